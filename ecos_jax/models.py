@@ -1,0 +1,126 @@
+"""Flax models used across ecos_jax: a small CNN, a wider CNN, a small ResNet and an MLP.
+
+Every model maps images `x: [B, H, W, C] float32` to logits `[B, num_classes]`, and with
+`features=True` to its penultimate embedding `[B, d]` (the cloud's public feature space, the
+CoOpt target space). None uses BatchNorm: per-sample gradients and DP-SGD need each example's
+output to depend on that example only, so the ResNet normalises with GroupNorm.
+
+    >>> model = get_model("cnn", num_classes=10)
+    >>> params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    >>> model.apply(params, jnp.zeros((4, 28, 28, 1))).shape
+    (4, 10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class CNN(nn.Module):
+    """Two conv + max-pool blocks and a dense head (the 'small CNN' of the DP-SGD literature).
+
+    Attributes:
+      num_classes: logits dimension.
+      channels: output channels of the two conv blocks.
+      embed_dim: width of the penultimate dense layer (the feature dimension).
+    """
+
+    num_classes: int = 10
+    channels: Sequence[int] = (16, 32)
+    embed_dim: int = 64
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, features: bool = False) -> jax.Array:
+        for c in self.channels:
+            x = nn.Conv(c, (3, 3), padding="SAME")(x)
+            x = self.activation(x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = self.activation(nn.Dense(self.embed_dim)(x))
+        if features:
+            return x
+        return nn.Dense(self.num_classes)(x)
+
+
+class MLP(nn.Module):
+    """Fully connected network on flattened pixels."""
+
+    num_classes: int = 10
+    hidden: Sequence[int] = (256, 128)
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, features: bool = False) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        for h in self.hidden:
+            x = self.activation(nn.Dense(h)(x))
+        if features:
+            return x
+        return nn.Dense(self.num_classes)(x)
+
+
+class ResidualBlock(nn.Module):
+    channels: int
+    stride: int = 1
+    groups: int = 8
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nn.Conv(self.channels, (3, 3), strides=self.stride, padding="SAME", use_bias=False)(x)
+        y = nn.relu(nn.GroupNorm(num_groups=min(self.groups, self.channels))(y))
+        y = nn.Conv(self.channels, (3, 3), padding="SAME", use_bias=False)(y)
+        y = nn.GroupNorm(num_groups=min(self.groups, self.channels))(y)
+        if x.shape[-1] != self.channels or self.stride != 1:
+            x = nn.Conv(self.channels, (1, 1), strides=self.stride, use_bias=False)(x)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """A small ResNet (one block per stage) with GroupNorm, for 28x28-ish images."""
+
+    num_classes: int = 10
+    stage_channels: Sequence[int] = (16, 32, 64)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, features: bool = False) -> jax.Array:
+        x = nn.Conv(self.stage_channels[0], (3, 3), padding="SAME", use_bias=False)(x)
+        x = nn.relu(nn.GroupNorm(num_groups=min(8, self.stage_channels[0]))(x))
+        for i, c in enumerate(self.stage_channels):
+            x = ResidualBlock(c, stride=1 if i == 0 else 2)(x)
+        x = jnp.mean(x, axis=(1, 2))
+        if features:
+            return x
+        return nn.Dense(self.num_classes)(x)
+
+
+def _wide_cnn(num_classes: int, **kw) -> CNN:
+    kw.setdefault("channels", (32, 64))
+    kw.setdefault("embed_dim", 128)
+    return CNN(num_classes=num_classes, **kw)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cnn": lambda num_classes, **kw: CNN(num_classes=num_classes, **kw),
+    "wide_cnn": _wide_cnn,
+    "resnet": lambda num_classes, **kw: ResNet(num_classes=num_classes, **kw),
+    "mlp": lambda num_classes, **kw: MLP(num_classes=num_classes, **kw),
+}
+
+
+def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+    """Builds a model by name: one of `MODELS` ('cnn', 'wide_cnn', 'resnet', 'mlp')."""
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}; choose one of {sorted(MODELS)}.")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    return MODELS[name](num_classes, **kwargs)
+
+
+def init_params(model: nn.Module, key: jax.Array, input_shape: Sequence[int]):
+    """Initialises `model` for inputs of shape `[1, *input_shape]` (input_shape = (H, W, C))."""
+    return model.init(key, jnp.zeros((1, *input_shape), jnp.float32))
