@@ -1,0 +1,231 @@
+"""ECOS sampling on the cloud (SPEC §3 step 3): allocate the budget over clusters from the
+client's noisy coverage counts, then choose points within each cluster.
+
+The protocol (messages, DP noise, byte counts) lives in `ecos_jax.ecos`; this module holds the
+pure pieces it calls.
+
+Design choices (configurable):
+  * Allocation: weights max(s̃_r, 0); largest-remainder rounding (ties: larger remainder, then
+    larger weight, then lower cluster index); a cluster gives at most what it holds and the
+    overflow is re-allocated to the others in proportion to their weights. If every weight is
+    <= 0 (the noise swamped the counts) the budget is spread uniformly over the non-empty
+    clusters; if every positive-weight cluster is exhausted, the rest is spread uniformly over
+    clusters that still have points.
+  * Within a cluster that receives k points: the round(proximity · k) points closest to the
+    centroid first (proximity), then k-center greedy inside the cluster, seeded by those
+    points, for the rest (diversity). With proximity = 0 the greedy starts from a random
+    member. Near-duplicate removal is a separate stage:
+    `chain(ecos_sampler(...), dedup_filter(...))`.
+  * Output order interleaves clusters by rank fraction (j + ½)/k_r, so any prefix of the
+    output is itself close to a proportional allocation (what `chain` truncates to).
+
+Example:
+  >>> counts = allocate(noisy_counts, np.bincount(assignments, minlength=R), budget=1000)
+  >>> idx = ecos_sample(key, features, 1000, centroids=c, assignments=a, noisy_counts=s)
+"""
+from __future__ import annotations
+
+import numbers
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ecos_jax.samplers import validation
+from ecos_jax.samplers.kcenter import first_pick_min_d, greedy_dense
+from ecos_jax.samplers.kmeans import assign
+from ecos_jax.samplers.pool import Pool
+
+
+def allocate(weights, cluster_sizes, budget: int) -> np.ndarray:
+    """Splits `budget` over R clusters in proportion to max(weights, 0), capped by size.
+
+    Args:
+      weights: [R] float, e.g. the client's noisy counts s̃ (negative entries count as 0).
+      cluster_sizes: [R] int, points available in each cluster.
+      budget: total points to allocate, 1 <= budget <= Σ cluster_sizes.
+    Returns:
+      [R] int64 counts with Σ = budget and 0 <= counts <= cluster_sizes.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    sizes = np.asarray(cluster_sizes)
+    if w.ndim != 1 or w.size == 0:
+        raise ValueError(f"weights must have shape [R] with R >= 1, got {w.shape}")
+    if sizes.shape != w.shape:
+        raise ValueError(f"cluster_sizes shape {sizes.shape} != weights shape {w.shape}")
+    if not np.isfinite(w).all():
+        raise ValueError("weights contain NaN or inf values")
+    if sizes.size and (not np.issubdtype(sizes.dtype, np.integer) or sizes.min() < 0):
+        raise ValueError("cluster_sizes must be non-negative integers")
+    sizes = sizes.astype(np.int64)
+    budget = validation.check_budget(budget, int(sizes.sum()), "clusters")
+
+    w = np.maximum(w, 0.0)
+    if w.sum() <= 0:
+        w = (sizes > 0).astype(np.float64)  # uniform fallback, see module docstring
+    counts = np.zeros_like(sizes)
+    remaining = budget
+    while remaining > 0:
+        room = sizes - counts
+        active = np.flatnonzero((room > 0) & (w > 0))
+        if active.size == 0:  # every positive-weight cluster is full
+            w = (room > 0).astype(np.float64)
+            active = np.flatnonzero(room > 0)
+        wa = w[active]
+        share = remaining * wa / wa.sum()
+        give = np.floor(share).astype(np.int64)
+        while give.sum() > remaining:  # guards float rounding in `share`
+            give[np.argmax(give)] -= 1
+        extra = remaining - int(give.sum())
+        order = np.lexsort((active, -wa, -(share - give)))  # last key sorts first
+        give[order[:extra]] += 1
+        give = np.minimum(give, room[active])
+        counts[active] += give
+        remaining -= int(give.sum())
+    return counts
+
+
+def _bucket(m: int, floor: int = 16) -> int:
+    """Next power of two >= m: few distinct shapes, so few compilations."""
+    return max(floor, 1 << max(0, int(m) - 1).bit_length())
+
+
+@partial(jax.jit, static_argnames=("max_steps",))
+def _select_cluster(key, x, m, centroid, n_prox, steps, max_steps: int):
+    """One cluster. x: [M, d] members (rows >= m are padding); centroid: [d].
+
+    Returns (members by distance to the centroid [M] int32, k-center picks [max_steps] int32
+    (−1 past `steps`)), both as row positions in x.
+    """
+    rows = jnp.arange(x.shape[0])
+    valid = rows < m
+    d_c = jnp.where(valid, jnp.sum((x - centroid) ** 2, axis=1), jnp.inf)
+    by_proximity = jnp.argsort(d_c, stable=True).astype(jnp.int32)
+
+    def lower(i, md):
+        return jnp.minimum(md, jnp.sum((x - x[by_proximity[i]]) ** 2, axis=1))
+
+    min_d = jnp.where(valid, jnp.finfo(jnp.float32).max, -1.0).astype(jnp.float32)
+    min_d = jax.lax.fori_loop(0, n_prox, lower, min_d)
+    rank = jnp.zeros(x.shape[0], jnp.int32).at[by_proximity].set(rows.astype(jnp.int32))
+    min_d = jnp.where(rank < n_prox, -1.0, min_d)
+    min_d = jnp.where(n_prox == 0, first_pick_min_d(key, rows, m), min_d)
+    return by_proximity, greedy_dense(x, min_d, steps, max_steps)
+
+
+def _check_assignments(assignments, n: int, num_clusters: int) -> np.ndarray:
+    a = np.asarray(assignments)
+    if a.shape != (n,):
+        raise ValueError(f"assignments must have shape [N={n}], got {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"assignments must be integers, got dtype {a.dtype}")
+    if a.size and (a.min() < 0 or a.max() >= num_clusters):
+        raise ValueError(f"assignments must lie in [0, R={num_clusters})")
+    return a.astype(np.int64)
+
+
+def _check_centroids(centroids, d: int) -> np.ndarray:
+    c = np.asarray(centroids, np.float32)
+    if c.ndim != 2 or c.shape[1] != d or c.shape[0] == 0:
+        raise ValueError(f"centroids must have shape [R, {d}], got {c.shape}")
+    if not np.isfinite(c).all():
+        raise ValueError("centroids contain NaN or inf values")
+    return c
+
+
+def _check_proximity(proximity) -> float:
+    if isinstance(proximity, bool) or not isinstance(proximity, numbers.Real) \
+            or not 0.0 <= float(proximity) <= 1.0:
+        raise ValueError(f"proximity must be a float in [0, 1], got {proximity!r}")
+    return float(proximity)
+
+
+def select_within(key, features, assignments, centroids, counts, *, proximity: float = 0.5,
+                  candidates=None, chunk_size: int | None = None) -> jax.Array:
+    """Picks counts[r] points inside every cluster r (proximity, then k-center diversity).
+
+    Args:
+      key: PRNG key (only used for clusters where no point is picked by proximity).
+      features: [N, d] float pool (numpy / memmap / jax); only member rows are read.
+      assignments: [N] int cluster of every pool row.
+      centroids: [R, d] float.
+      counts: [R] int points to pick per cluster, counts[r] <= members of r.
+      proximity: fraction in [0, 1] of each cluster's picks taken closest to the centroid.
+      candidates: optional [M] pool indices to restrict the selection to.
+      chunk_size: unused for the gather (members are read directly); accepted for symmetry.
+    Returns:
+      [Σ counts] int32 unique pool indices, clusters interleaved by rank fraction.
+    """
+    del chunk_size
+    validation.check_key(key)
+    pool = Pool(features, check=True)
+    centroids = _check_centroids(centroids, pool.d)
+    num_clusters = centroids.shape[0]
+    a = _check_assignments(assignments, pool.n, num_clusters)
+    proximity = _check_proximity(proximity)
+    counts = np.asarray(counts)
+    if counts.shape != (num_clusters,) or not np.issubdtype(counts.dtype, np.integer) \
+            or (counts.size and counts.min() < 0):
+        raise ValueError(f"counts must be [R={num_clusters}] non-negative ints, got {counts!r}")
+    ids = np.arange(pool.n) if candidates is None else \
+        np.unique(validation.check_indices(candidates, pool.n, "candidates"))
+    order = ids[np.argsort(a[ids], kind="stable")]
+    bounds = np.searchsorted(a[order], np.arange(num_clusters + 1))
+    sizes = np.diff(bounds)
+    if (counts > sizes).any():
+        r = int(np.argmax(counts > sizes))
+        raise ValueError(f"counts[{r}]={counts[r]} exceeds the {sizes[r]} points of cluster {r}")
+
+    picks, fractions, cluster_of = [], [], []
+    for r in np.flatnonzero(counts):
+        members = order[bounds[r]:bounds[r + 1]]
+        k, m = int(counts[r]), members.size
+        n_prox = int(np.floor(proximity * k + 0.5))
+        x = pool.take(members)
+        x = jnp.pad(x, ((0, _bucket(m) - m), (0, 0)))
+        by_prox, greedy = _select_cluster(jax.random.fold_in(key, int(r)), x, m,
+                                          jnp.asarray(centroids[r]), n_prox, k - n_prox,
+                                          _bucket(k - n_prox))
+        local = np.concatenate([np.asarray(by_prox)[:n_prox], np.asarray(greedy)[:k - n_prox]])
+        picks.append(members[local])
+        fractions.append((np.arange(k) + 0.5) / k)
+        cluster_of.append(np.full(k, r))
+    picks, fractions, cluster_of = (np.concatenate(v) for v in (picks, fractions, cluster_of))
+    return jnp.asarray(picks[np.lexsort((cluster_of, fractions))], jnp.int32)
+
+
+def ecos_sample(key, features, budget: int, *, centroids, noisy_counts, assignments=None,
+                proximity: float = 0.5, candidates=None,
+                chunk_size: int | None = None) -> jax.Array:
+    """SPEC §3 step 3 end to end, given the client's noisy coverage counts.
+
+    Args:
+      key: PRNG key.
+      features: [N, d] float pool.
+      budget: points to select, 1 <= budget <= N (or len(candidates)).
+      centroids: [R, d] the centroids sent to the client.
+      noisy_counts: [R] float, the client's released s̃.
+      assignments: [N] int cluster of each pool row; computed with `assign` when None.
+      proximity: see `select_within`.
+      candidates: optional pool indices to restrict the selection to.
+      chunk_size: rows per device transfer when `assignments` must be computed.
+    Returns:
+      [budget] int32 unique pool indices.
+    """
+    validation.check_key(key)
+    n, d = validation.check_features(features)
+    centroids = _check_centroids(centroids, d)
+    if assignments is None:
+        assignments = assign(features, centroids, chunk_size=chunk_size)
+    a = _check_assignments(assignments, n, centroids.shape[0])
+    ids = np.arange(n) if candidates is None else \
+        np.unique(validation.check_indices(candidates, n, "candidates"))
+    validation.check_budget(budget, ids.size, "candidates" if candidates is not None else "pool")
+    s = np.asarray(noisy_counts)
+    if s.shape != (centroids.shape[0],):
+        raise ValueError(f"noisy_counts must have shape [R={centroids.shape[0]}], got {s.shape}")
+    sizes = np.bincount(a[ids], minlength=centroids.shape[0])
+    counts = allocate(s, sizes, budget)
+    return select_within(key, features, a, centroids, counts, proximity=proximity,
+                         candidates=ids)

@@ -1,0 +1,217 @@
+"""k-means (Lloyd) over a pool streamed in row blocks: the cloud's compression step (SPEC §3.1).
+
+Distances use ||x||² − 2 x·c + ||c||² with one [B, d] x [d, R] matmul per block of B rows;
+the nearest centroid is the first minimum (ties go to the lower centroid index). Centroid sums
+are taken per block and combined in row order (see `pool.py`), so a chunked, host-streamed or
+multi-device run gives bit-identical centroids and assignments to an in-memory run with the
+same key.
+
+Design choices (configurable or documented):
+  * init "kmeans++" seeds by D² sampling on a uniform subsample of `init_sample_size` rows
+    (default min(N, max(10_000, 50 R))), so seeding costs O(S R d) rather than O(N R d)
+    and never needs the whole pool on the device; "random" takes R distinct rows; an explicit
+    [R, d] array is used as given (this is how a scikit-learn comparison shares the init).
+  * an empty cluster keeps its previous centroid.
+  * iteration stops early once an update leaves every centroid bit-identical (a fixed point).
+
+Example:
+  >>> res = kmeans(jax.random.key(0), features, 100, iters=20, chunk_size=65536)
+  >>> res.centroids.shape, res.assignments.shape   # (100, d), (N,)
+"""
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ecos_jax.samplers import validation
+from ecos_jax.samplers.pool import Pool, map_blocks, sequential_sum
+
+_HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 on GPUs: distances decide assignments
+
+
+class KMeansResult(NamedTuple):
+    centroids: jax.Array    # [R, d] float32
+    assignments: jax.Array  # [N] int32, index of the nearest centroid (final centroids)
+    inertia: float          # Σ_i ||x_i − c_{a_i}||², squared feature units
+    iterations: int         # Lloyd updates actually run (<= iters)
+
+
+def _block_assign(x, rows, centroids, c_sqnorm, n):
+    """x: [B, d]; rows: [B] int32 global row ids -> (assignments [B] int32, block inertia)."""
+    scores = c_sqnorm[None, :] - 2.0 * jnp.dot(x, centroids.T, precision=_HIGHEST)  # [B, R]
+    a = jnp.argmin(scores, axis=1).astype(jnp.int32)
+    best = jnp.min(scores, axis=1)
+    d2 = jnp.maximum(jnp.sum(x * x, axis=1) + best, 0.0)  # cancellation can dip below 0
+    return a, jnp.sum(jnp.where(rows < n, d2, 0.0))
+
+
+def _block_stats(x, rows, centroids, c_sqnorm, n):
+    """Per-block Lloyd statistics: (sums [R, d], counts [R] int32, inertia)."""
+    a, inertia = _block_assign(x, rows, centroids, c_sqnorm, n)
+    valid = rows < n
+    num_clusters = centroids.shape[0]
+    if jax.default_backend() == "cpu":
+        # A CPU scatter-add applies updates in order: deterministic and O(B d).
+        sums = jax.ops.segment_sum(jnp.where(valid[:, None], x, 0.0), a, num_clusters)
+    else:
+        # Accelerator scatters use atomics (order varies); a one-hot matmul is deterministic.
+        onehot = ((a[:, None] == jnp.arange(num_clusters)[None, :]) & valid[:, None])
+        sums = jnp.dot(onehot.astype(x.dtype).T, x, precision=_HIGHEST)
+    counts = jax.ops.segment_sum(valid.astype(jnp.int32), a, num_clusters)
+    return sums, counts, inertia
+
+
+@partial(jax.jit, static_argnames=("mesh",))
+def _lloyd_chunk(carry, chunk, row0, n, centroids, mesh):
+    c_sqnorm = jnp.sum(centroids * centroids, axis=1)
+    partials = map_blocks(_block_stats, chunk, row0, (centroids, c_sqnorm, n), mesh)
+    return sequential_sum(carry, partials)
+
+
+@partial(jax.jit, static_argnames=("mesh",))
+def _assign_chunk(inertia, chunk, row0, n, centroids, mesh):
+    c_sqnorm = jnp.sum(centroids * centroids, axis=1)
+    a, block_inertia = map_blocks(_block_assign, chunk, row0, (centroids, c_sqnorm, n), mesh)
+    return a.reshape(-1), sequential_sum(inertia, block_inertia)
+
+
+def _assign_pool(pool: Pool, centroids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    parts = []
+    inertia, n, centroids = pool.replicate((jnp.zeros((), jnp.float32), jnp.int32(pool.n),
+                                            centroids))
+    for start, chunk in pool.chunks():
+        a, inertia = _assign_chunk(inertia, chunk, jnp.int32(start), n, centroids, pool.mesh)
+        parts.append(a)
+    return jnp.concatenate(parts)[:pool.n], inertia
+
+
+def _check_centroids(centroids, d: int) -> jax.Array:
+    if not validation.is_array(centroids) or centroids.ndim != 2 or centroids.shape[1] != d:
+        shape = getattr(centroids, "shape", None)
+        raise ValueError(f"centroids must have shape [R, {d}], got {shape}")
+    if centroids.shape[0] == 0:
+        raise ValueError("centroids is empty: need at least one centroid")
+    centroids = jnp.asarray(centroids, jnp.float32)
+    if not bool(jnp.isfinite(centroids).all()):
+        raise ValueError("centroids contain NaN or inf values")
+    return centroids
+
+
+def assign(features, centroids, *, chunk_size: int | None = None,
+           devices: Sequence[jax.Device] | None = None) -> jax.Array:
+    """Index of the nearest centroid for every row (the client's coverage step, SPEC §3.2).
+
+    Args:
+      features: [N, d] float array (numpy / memmap streamed in chunks, or jax).
+      centroids: [R, d] float array.
+      chunk_size: rows per device transfer; None keeps the pool on the device.
+      devices: devices to shard rows over (default: all local devices).
+    Returns:
+      [N] int32 in [0, R); ties go to the lower centroid index. Identical for any chunk_size.
+    """
+    pool = Pool(features, chunk_size=chunk_size, devices=devices)
+    centroids = _check_centroids(centroids, pool.d)
+    return _assign_pool(pool, centroids)[0]
+
+
+@partial(jax.jit, static_argnames=("num_clusters",))
+def _kmeanspp(key, x, num_clusters: int):
+    """D² seeding on x: [S, d] -> [R, d]. The first centre is uniform, then each next centre
+    is drawn with probability proportional to its squared distance to the nearest centre."""
+    first = jax.random.randint(jax.random.fold_in(key, 0), (), 0, x.shape[0])
+    centers = jnp.zeros((num_clusters, x.shape[1]), x.dtype).at[0].set(x[first])
+    min_d = jnp.sum((x - x[first]) ** 2, axis=1)
+
+    def body(i, state):
+        centers, min_d = state
+        # All-zero distances (fewer distinct rows than R) fall back to a uniform draw.
+        logits = jnp.where(min_d.sum() > 0, jnp.log(min_d), 0.0)
+        j = jax.random.categorical(jax.random.fold_in(key, i), logits)
+        c = x[j]
+        return centers.at[i].set(c), jnp.minimum(min_d, jnp.sum((x - c) ** 2, axis=1))
+
+    return jax.lax.fori_loop(1, num_clusters, body, (centers, min_d))[0]
+
+
+def default_init_sample_size(n: int, num_clusters: int) -> int:
+    return min(n, max(10_000, 50 * num_clusters))
+
+
+def init_centroids(key, pool: Pool, num_clusters: int, init: str = "kmeans++",
+                   init_sample_size: int | None = None) -> jax.Array:
+    """Initial centroids [R, d] for a Pool by "kmeans++" (on a subsample) or "random" rows."""
+    if init == "random":
+        rows = jax.random.choice(key, pool.n, (num_clusters,), replace=False)
+        return pool.take(np.asarray(rows))
+    if init != "kmeans++":
+        raise ValueError(f"init must be 'kmeans++', 'random' or an [R, d] array, got {init!r}")
+    size = default_init_sample_size(pool.n, num_clusters) if init_sample_size is None \
+        else int(init_sample_size)
+    if not num_clusters <= size <= pool.n:
+        raise ValueError(f"init_sample_size must lie in [num_clusters={num_clusters}, "
+                         f"N={pool.n}], got {size}")
+    k_rows, k_pp = jax.random.split(key)
+    if size == pool.n:
+        rows = np.arange(pool.n)
+    else:
+        rows = np.sort(np.asarray(jax.random.choice(k_rows, pool.n, (size,), replace=False)))
+    return _kmeanspp(k_pp, pool.take(rows), num_clusters)
+
+
+def kmeans(key, features, num_clusters: int, *, iters: int = 20, chunk_size: int | None = None,
+           init: str | np.ndarray | jax.Array = "kmeans++", init_sample_size: int | None = None,
+           devices: Sequence[jax.Device] | None = None) -> KMeansResult:
+    """Lloyd's k-means on features [N, d] into `num_clusters` centroids.
+
+    Args:
+      key: PRNG key for the initialisation.
+      features: [N, d] float array; numpy or np.memmap pools are streamed `chunk_size` rows at
+        a time, so only one chunk (plus [R, d] statistics) is on the device.
+      num_clusters: R, 1 <= R <= N.
+      iters: maximum Lloyd updates (stops early at a fixed point).
+      chunk_size: rows per device transfer, None = whole pool resident on the device(s).
+      init: "kmeans++", "random", or an initial [R, d] centroid array.
+      init_sample_size: rows used for kmeans++ seeding (see module docstring).
+      devices: devices to shard rows over (default all local devices).
+    Returns:
+      KMeansResult(centroids [R, d], assignments [N] int32, inertia, iterations); the
+      assignments and inertia are for the returned centroids.
+    """
+    validation.check_key(key)
+    pool = Pool(features, chunk_size=chunk_size, devices=devices)
+    if isinstance(num_clusters, bool) or not isinstance(num_clusters, numbers.Integral):
+        raise ValueError(f"num_clusters must be an int, got {num_clusters!r}")
+    if not 1 <= num_clusters <= pool.n:
+        raise ValueError(f"num_clusters must lie in [1, N={pool.n}], got {num_clusters}")
+    if isinstance(iters, bool) or not isinstance(iters, numbers.Integral) or iters < 0:
+        raise ValueError(f"iters must be a non-negative int, got {iters!r}")
+    if validation.is_array(init):
+        centroids = _check_centroids(init, pool.d)
+        if centroids.shape[0] != num_clusters:
+            raise ValueError(f"init has {centroids.shape[0]} centroids, expected {num_clusters}")
+    else:
+        centroids = init_centroids(key, pool, int(num_clusters), init, init_sample_size)
+
+    n, centroids = pool.replicate((jnp.int32(pool.n), centroids))
+    done = 0
+    for _ in range(iters):
+        carry = pool.replicate((jnp.zeros_like(centroids), jnp.zeros((num_clusters,), jnp.int32),
+                                jnp.zeros((), jnp.float32)))
+        for start, chunk in pool.chunks():
+            carry = _lloyd_chunk(carry, chunk, jnp.int32(start), n, centroids, pool.mesh)
+        sums, counts, _ = carry
+        new = jnp.where(counts[:, None] > 0,
+                        sums / jnp.maximum(counts, 1)[:, None].astype(sums.dtype), centroids)
+        done += 1
+        converged = bool(jnp.array_equal(new, centroids))
+        centroids = new
+        if converged:
+            break
+    assignments, inertia = _assign_pool(pool, centroids)
+    return KMeansResult(centroids, assignments, float(inertia), done)
