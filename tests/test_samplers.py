@@ -7,6 +7,7 @@ from sklearn.cluster import KMeans
 
 from ecos_jax import samplers
 from ecos_jax.samplers.kcenter import greedy_dense
+from ecos_jax.samplers.kmeans import kmeans
 
 
 def blobs(n_per, centers, scale, seed=0):
@@ -92,7 +93,7 @@ def test_greedy_dense_stops_at_steps():
 
 def test_kmeans_finds_blobs_and_matches_sklearn():
     x, labels = blobs([50, 80, 70], [[0, 0], [10, 0], [0, 10]], 0.5, seed=1)
-    res = samplers.kmeans(jax.random.key(0), x, 3, iters=10)
+    res = kmeans(jax.random.key(0), x, 3, iters=10)
     a = np.asarray(res.assignments)
     # Each blob maps to one cluster and each cluster to one blob.
     assert len({(int(p), int(q)) for p, q in zip(labels, a)}) == 3
@@ -103,7 +104,7 @@ def test_kmeans_finds_blobs_and_matches_sklearn():
     rng = np.random.default_rng(0)
     y = rng.normal(size=(400, 5)).astype(np.float32)
     init = y[:7].copy()
-    ours = samplers.kmeans(jax.random.key(0), y, 7, iters=4, init=init)
+    ours = kmeans(jax.random.key(0), y, 7, iters=4, init=init)
     ref = KMeans(7, init=init, n_init=1, max_iter=4, tol=0.0, algorithm="lloyd").fit(y)
     assert ours.iterations == ref.n_iter_
     np.testing.assert_allclose(np.asarray(ours.centroids), ref.cluster_centers_, atol=1e-4)
@@ -112,12 +113,12 @@ def test_kmeans_finds_blobs_and_matches_sklearn():
 
 def test_kmeans_random_init_and_errors():
     x, _ = blobs([30, 30], [[0, 0], [9, 9]], 0.3)
-    res = samplers.kmeans(jax.random.key(2), x, 2, iters=5, init="random")
+    res = kmeans(jax.random.key(2), x, 2, iters=5, init="random")
     assert res.centroids.shape == (2, 2) and res.iterations <= 5
     with pytest.raises(ValueError, match="num_clusters"):
-        samplers.kmeans(jax.random.key(0), x, 61)
+        kmeans(jax.random.key(0), x, 61)
     with pytest.raises(ValueError, match="init"):
-        samplers.kmeans(jax.random.key(0), x, 2, init="farthest")
+        kmeans(jax.random.key(0), x, 2, init="farthest")
     with pytest.raises(ValueError, match="centroids"):
         samplers.assign(x, np.zeros((3, 5), np.float32))
 
@@ -149,7 +150,7 @@ def test_allocate_largest_remainder_caps_and_fallbacks():
 
 def pool_with_clusters():
     x, labels = blobs([120, 80, 100, 60], [[0, 0, 0], [8, 0, 0], [0, 8, 0], [0, 0, 8]], 1.0, 2)
-    res = samplers.kmeans(jax.random.key(0), x, 4, iters=10)
+    res = kmeans(jax.random.key(0), x, 4, iters=10)
     return x, res
 
 
@@ -246,7 +247,7 @@ def test_chain_tops_up_when_filter_removes_too_much():
 ])
 def test_bad_features_raise(bad, match):
     for call in (lambda: samplers.kcenter_greedy(jax.random.key(0), bad, 1),
-                 lambda: samplers.kmeans(jax.random.key(0), bad, 1),
+                 lambda: kmeans(jax.random.key(0), bad, 1),
                  lambda: samplers.random_sample(jax.random.key(0), bad, 1)):
         with pytest.raises(ValueError, match=match):
             call()
