@@ -70,6 +70,11 @@ def _keep_mask(x, m, threshold, metric: str):
     return keep.reshape(-1)
 
 
+def _bucket_tiles(t: int) -> int:
+    """Tiles rounded up to a power of two: few distinct shapes, few compilations."""
+    return 1 << max(0, t - 1).bit_length()
+
+
 def _check_threshold(threshold, metric) -> float:
     if metric not in ("cosine", "l2"):
         raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
@@ -97,7 +102,6 @@ def remove_near_duplicates(features, indices, *, threshold: float,
     if idx.size == 0:
         return jnp.zeros((0,), jnp.int32)
     m = idx.size
-    x = pool.take(idx)
-    x = jnp.pad(x, ((0, -(-m // _TILE) * _TILE - m), (0, 0)))
+    x = pool.take(idx, size=_TILE * _bucket_tiles(-(-m // _TILE)))  # rows >= m are masked
     keep = np.asarray(_keep_mask(x, m, threshold, metric))[:m]
     return jnp.asarray(idx[keep], jnp.int32)

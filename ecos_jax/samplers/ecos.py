@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import numbers
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -91,12 +90,13 @@ def _bucket(m: int, floor: int = 16) -> int:
     return max(floor, 1 << max(0, int(m) - 1).bit_length())
 
 
-@partial(jax.jit, static_argnames=("max_steps",))
-def _select_cluster(key, x, m, centroid, n_prox, steps, max_steps: int):
+@jax.jit
+def _select_cluster(key, x, m, centroid, n_prox, steps):
     """One cluster. x: [M, d] members (rows >= m are padding); centroid: [d].
 
-    Returns (members by distance to the centroid [M] int32, k-center picks [max_steps] int32
-    (−1 past `steps`)), both as row positions in x.
+    Returns (members by distance to the centroid [M] int32, k-center picks [M] int32 (−1 past
+    `steps`)), both as row positions in x. Only M is static, so one compilation serves every
+    cluster whose size rounds up to the same power of two.
     """
     rows = jnp.arange(x.shape[0])
     valid = rows < m
@@ -111,7 +111,7 @@ def _select_cluster(key, x, m, centroid, n_prox, steps, max_steps: int):
     rank = jnp.zeros(x.shape[0], jnp.int32).at[by_proximity].set(rows.astype(jnp.int32))
     min_d = jnp.where(rank < n_prox, -1.0, min_d)
     min_d = jnp.where(n_prox == 0, first_pick_min_d(key, rows, m), min_d)
-    return by_proximity, greedy_dense(x, min_d, steps, max_steps)
+    return by_proximity, greedy_dense(x, min_d, steps, x.shape[0])
 
 
 def _check_assignments(assignments, n: int, num_clusters: int) -> np.ndarray:
@@ -182,11 +182,9 @@ def select_within(key, features, assignments, centroids, counts, *, proximity: f
         members = order[bounds[r]:bounds[r + 1]]
         k, m = int(counts[r]), members.size
         n_prox = int(np.floor(proximity * k + 0.5))
-        x = pool.take(members)
-        x = jnp.pad(x, ((0, _bucket(m) - m), (0, 0)))
+        x = pool.take(members, size=_bucket(m))  # rows >= m are masked in _select_cluster
         by_prox, greedy = _select_cluster(jax.random.fold_in(key, int(r)), x, m,
-                                          jnp.asarray(centroids[r]), n_prox, k - n_prox,
-                                          _bucket(k - n_prox))
+                                          jnp.asarray(centroids[r]), n_prox, k - n_prox)
         local = np.concatenate([np.asarray(by_prox)[:n_prox], np.asarray(greedy)[:k - n_prox]])
         picks.append(members[local])
         fractions.append((np.arange(k) + 0.5) / k)

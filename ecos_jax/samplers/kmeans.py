@@ -44,9 +44,13 @@ class KMeansResult(NamedTuple):
 
 def _block_assign(x, rows, centroids, c_sqnorm, n):
     """x: [B, d]; rows: [B] int32 global row ids -> (assignments [B] int32, block inertia)."""
-    scores = c_sqnorm[None, :] - 2.0 * jnp.dot(x, centroids.T, precision=_HIGHEST)  # [B, R]
-    a = jnp.argmin(scores, axis=1).astype(jnp.int32)
-    best = jnp.min(scores, axis=1)
+    # [R, B] layout: reducing over the leading axis vectorises across the B rows on a CPU,
+    # and "first index attaining the minimum" by comparison is several times faster there
+    # than a variadic argmin reduction (same answer, ties to the lower index).
+    scores = c_sqnorm[:, None] - 2.0 * jnp.dot(centroids, x.T, precision=_HIGHEST)  # [R, B]
+    best = jnp.min(scores, axis=0)
+    cluster = jnp.arange(scores.shape[0], dtype=jnp.int32)[:, None]
+    a = jnp.min(jnp.where(scores == best[None, :], cluster, scores.shape[0]), axis=0)
     d2 = jnp.maximum(jnp.sum(x * x, axis=1) + best, 0.0)  # cancellation can dip below 0
     return a, jnp.sum(jnp.where(rows < n, d2, 0.0))
 

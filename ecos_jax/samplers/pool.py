@@ -35,6 +35,19 @@ def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
+def aligned_empty(shape, dtype=np.float32, alignment: int = 4096) -> np.ndarray:
+    """An uninitialised host array whose data starts on an `alignment`-byte boundary.
+
+    On the CPU backend `jax.device_put` aliases (does not copy) host memory that is 64-byte
+    aligned, so a pool allocated here (or a .npy memmap, whose header keeps 64-byte alignment)
+    is streamed chunk by chunk without any copy. numpy's own allocations usually are not.
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + alignment, np.uint8)
+    offset = (-raw.ctypes.data) % alignment
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
 class Pool:
     """Features `[N, d]` float32 plus how to stream them: chunk size and devices.
 
@@ -59,6 +72,7 @@ class Pool:
             raise ValueError("devices must not be empty")
         self.mesh = Mesh(np.array(devices), (AXIS,)) if len(devices) > 1 else None
         self.device = devices[0]
+        self.devices = devices
         self.num_devices = len(devices)
         unit = BLOCK_ROWS * self.num_devices
         rows = self.n if chunk_size is None else min(chunk_size, self.n)
@@ -83,9 +97,12 @@ class Pool:
         return -(-self.n // self.chunk_rows)
 
     def _host_chunk(self, start: int) -> np.ndarray:
-        x = np.asarray(self.features[start:start + self.chunk_rows], dtype=np.float32)
+        x = np.asarray(self.features[start:start + self.chunk_rows], dtype=np.float32)  # a view
         if x.shape[0] < self.chunk_rows:
-            x = np.concatenate([x, np.zeros((self.chunk_rows - x.shape[0], self.d), np.float32)])
+            padded = aligned_empty((self.chunk_rows, self.d))
+            padded[:x.shape[0]] = x
+            padded[x.shape[0]:] = 0.0
+            x = padded
         return x
 
     def chunks(self) -> Iterator[tuple[int, jax.Array]]:
@@ -109,9 +126,15 @@ class Pool:
                 x = self._host_chunk(start)
             yield start, jax.device_put(x, self.sharding)
 
-    def take(self, rows) -> jax.Array:
-        """Gathers rows (any order) as a [len(rows), d] float32 device array."""
+    def take(self, rows, size: int | None = None) -> jax.Array:
+        """Gathers rows (any order) as a [len(rows), d] float32 device array.
+
+        With `size` (>= len(rows)) the result has `size` rows, the extra ones repeating
+        rows[0]; callers mask them. A fixed bucket size means one compilation for many calls.
+        """
         rows = np.asarray(rows, dtype=np.int64)
+        if size is not None and size > rows.size:
+            rows = np.concatenate([rows, np.full(size - rows.size, rows[0] if rows.size else 0)])
         if isinstance(self.features, jax.Array):
             return jnp.asarray(self.features[jnp.asarray(rows)], dtype=jnp.float32)
         # Sorted reads are what a memmap serves well; undo the sort afterwards.

@@ -1,0 +1,258 @@
+"""Sampling at scale: the ECOS path and K-Center over a pool streamed from host memory.
+
+Run (about 3-4 minutes on 2 CPU cores at the default size; JSON to --out):
+  python benchmarks/sampling.py                       # 1,000,000 x 128, R = 100, budget 10,000
+  python benchmarks/sampling.py --n 100000 --budget 2000 --kcenter_budget 1000   # quick
+
+What is timed, in one process, on one synthetic clustered pool (float32, host numpy array or
+np.memmap with --memmap, streamed to the device --chunk_size rows at a time):
+  * ECOS end to end (SPEC §3): k-means++ seeding, Lloyd k-means (R centroids, --iters), the
+    client's coverage counts on its own features (+ Gaussian noise; the DP accounting of that
+    noise is the protocol's job, see ecos_jax/ecos), allocation, within-cluster selection.
+  * K-Center greedy (block-pruned, exact) for --kcenter_budget points.
+  * scikit-learn KMeans (lloyd, n_init=1, tol=0) from the *same* initial centroids, the same R
+    and max iterations, on the same array: the k-means speed reference. faiss if installed.
+  * Exactness: on the first --check_n rows, the streamed ECOS path (k-means, assignments,
+    picks) and K-Center are compared with the in-memory (device-resident) run, same key.
+Peak memory is the process's peak resident set (ru_maxrss) after each phase; it includes the
+pool itself (N x d x 4 bytes) and, on CPU, the "device" buffers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ecos_jax import samplers
+from ecos_jax.samplers import kmeans as km_module  # the module
+from ecos_jax.samplers.pool import Pool, aligned_empty
+
+
+def peak_rss_gib() -> float:
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib / 2**20
+
+
+def make_pool(n: int, d: int, num_true: int, seed: int, path: str | None):
+    """Gaussian blobs: num_true centres ~ N(0, 1), points = centre + N(0, 0.15²) per dim.
+    Written in row chunks so generation never needs a second copy."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_true, d)).astype(np.float32)
+    labels = rng.integers(0, num_true, size=n)
+    if path is None:
+        x = aligned_empty((n, d))  # 64-byte aligned: streamed to a CPU device without copies
+    else:
+        x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    step = 1 << 16
+    for s in range(0, n, step):
+        lab = labels[s:s + step]
+        x[s:s + step] = centres[lab] + 0.15 * rng.standard_normal((lab.size, d), np.float32)
+    if path is not None:
+        x.flush()
+    return x, labels, centres
+
+
+def client_features(centres, domain, size, d, seed):
+    """The client's private features: `size` points from a few of the pool's clusters."""
+    rng = np.random.default_rng(seed + 1)
+    lab = rng.choice(domain, size=size)
+    return (centres[lab] + 0.15 * rng.standard_normal((size, d), np.float32)).astype(np.float32)
+
+
+def ecos_path(key, pool, client, args, chunk_size):
+    """SPEC §3 steps 1-3; returns (timings dict, kmeans result, picks)."""
+    t = {}
+    k_init, k_noise, k_sel = jax.random.split(key, 3)
+    t0 = time.perf_counter()
+    p = Pool(pool, chunk_size=chunk_size)
+    init = km_module.init_centroids(k_init, p, args.clusters)
+    init.block_until_ready()
+    t["kmeans_init_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    res = km_module.kmeans(k_init, pool, args.clusters, iters=args.iters, chunk_size=chunk_size,
+                          init=init)
+    t["kmeans_lloyd_s"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    counts = np.bincount(np.asarray(samplers.assign(client, res.centroids)),
+                         minlength=args.clusters)
+    noisy = counts + args.sigma * np.asarray(jax.random.normal(k_noise, (args.clusters,)))
+    t["client_response_s"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    alloc = samplers.allocate(noisy, np.bincount(np.asarray(res.assignments),
+                                                 minlength=args.clusters), args.budget)
+    picks = samplers.select_within(k_sel, pool, res.assignments, res.centroids, alloc,
+                                   proximity=args.proximity)
+    picks.block_until_ready()
+    t["allocate_select_s"] = time.perf_counter() - t3
+    t["total_s"] = time.perf_counter() - t0
+    return t, res, np.asarray(picks), init
+
+
+def exactness_check(x, client, args):
+    """Streamed (host, small chunks) vs in-memory (device array) on the same rows and key."""
+    key = jax.random.key(args.seed)
+    small = argparse.Namespace(**{**vars(args), "budget": min(args.budget, x.shape[0] // 10)})
+    chunk = max(1, x.shape[0] // 4)  # >= 4 chunks
+    _, r_s, p_s, _ = ecos_path(key, x, client, small, chunk)
+    _, r_m, p_m, _ = ecos_path(key, jnp.asarray(x), client, small, None)
+    kc_budget = min(args.kcenter_budget, 300)
+    kc_s = samplers.kcenter_greedy(key, x, kc_budget, chunk_size=chunk)
+    kc_m = samplers.kcenter_greedy(key, jnp.asarray(x), kc_budget)
+    return {
+        "rows": int(x.shape[0]), "chunk_size": chunk, "budget": small.budget,
+        "kcenter_budget": kc_budget,
+        "kmeans_centroids_equal": bool(np.array_equal(r_s.centroids, r_m.centroids)),
+        "kmeans_assignments_equal": bool(np.array_equal(r_s.assignments, r_m.assignments)),
+        "ecos_picks_equal": bool(np.array_equal(p_s, p_m)),
+        "kcenter_picks_equal": bool(np.array_equal(kc_s, kc_m)),
+    }
+
+
+def time_sklearn(x, init, args):
+    from sklearn import __version__ as skv
+    from sklearn.cluster import KMeans
+    out = {"version": skv}
+    t = time.perf_counter()
+    km = KMeans(args.clusters, init=np.asarray(init), n_init=1, max_iter=args.iters, tol=0.0,
+                algorithm="lloyd").fit(x)
+    out["same_init_s"] = time.perf_counter() - t
+    out["same_init_iterations"] = int(km.n_iter_)
+    out["same_init_inertia"] = float(km.inertia_)
+    if args.sklearn_kmeanspp:
+        t = time.perf_counter()
+        km = KMeans(args.clusters, init="k-means++", n_init=1, max_iter=args.iters, tol=0.0,
+                    algorithm="lloyd", random_state=args.seed).fit(x)
+        out["kmeanspp_total_s"] = time.perf_counter() - t
+        out["kmeanspp_iterations"] = int(km.n_iter_)
+    return out
+
+
+def time_faiss(x, args):
+    try:
+        import faiss  # noqa: PLC0415
+    except ImportError:
+        return {"installed": False}
+    t = time.perf_counter()
+    f = faiss.Kmeans(x.shape[1], args.clusters, niter=args.iters, seed=args.seed,
+                     max_points_per_centroid=x.shape[0])
+    f.train(np.ascontiguousarray(x))
+    return {"installed": True, "total_s": time.perf_counter() - t}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--clusters", type=int, default=100, help="R, k-means centroids")
+    ap.add_argument("--true_clusters", type=int, default=100)
+    ap.add_argument("--budget", type=int, default=10_000)
+    ap.add_argument("--kcenter_budget", type=int, default=10_000)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--chunk_size", type=int, default=65_536)
+    ap.add_argument("--proximity", type=float, default=0.5)
+    ap.add_argument("--sigma", type=float, default=5.0, help="noise std on the client counts")
+    ap.add_argument("--client_size", type=int, default=2_000)
+    ap.add_argument("--check_n", type=int, default=40_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--memmap", action="store_true", help="stream the pool from a .npy memmap")
+    ap.add_argument("--skip_kcenter", action="store_true")
+    ap.add_argument("--sklearn_kmeanspp", action="store_true",
+                    help="also time scikit-learn with its own k-means++ seeding")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                  "sampling.json"))
+    args = ap.parse_args(argv)
+
+    report = {"args": vars(args), "python": sys.version.split()[0], "jax": jax.__version__,
+              "devices": [str(dv) for dv in jax.devices()], "cpu_count": os.cpu_count(),
+              "machine": platform.machine(), "loadavg_start": os.getloadavg()}
+    tmp = tempfile.TemporaryDirectory() if args.memmap else None
+    t = time.perf_counter()
+    x, _, centres = make_pool(args.n, args.d, args.true_clusters, args.seed,
+                              os.path.join(tmp.name, "pool.npy") if tmp else None)
+    if args.memmap:
+        x = np.load(os.path.join(tmp.name, "pool.npy"), mmap_mode="r")
+    domain = np.arange(3)  # the client's domain: three of the pool's clusters
+    client = client_features(centres, domain, args.client_size, args.d, args.seed)
+    report["pool"] = {"shape": list(x.shape), "bytes": int(x.nbytes),
+                      "generate_s": time.perf_counter() - t, "memmap": bool(args.memmap)}
+    report["peak_rss_gib_after_pool"] = peak_rss_gib()
+
+    check_rows = min(args.check_n, args.n)
+    report["exactness"] = exactness_check(np.asarray(x[:check_rows]), client, args)
+    report["peak_rss_gib_after_check"] = peak_rss_gib()
+
+    timings, res, picks, init = ecos_path(jax.random.key(args.seed), x, client, args,
+                                          args.chunk_size)
+    report["ecos"] = {**timings, "kmeans_iterations": res.iterations, "inertia": res.inertia,
+                      "picks": int(picks.size), "unique_picks": int(np.unique(picks).size),
+                      "peak_rss_gib": peak_rss_gib()}
+
+    if not args.skip_kcenter:
+        t = time.perf_counter()
+        kc = samplers.kcenter_greedy(jax.random.key(args.seed), x, args.kcenter_budget,
+                                     chunk_size=args.chunk_size)
+        kc.block_until_ready()
+        report["kcenter"] = {"total_s": time.perf_counter() - t, "picks": int(kc.size),
+                             "unique_picks": int(np.unique(np.asarray(kc)).size),
+                             "peak_rss_gib": peak_rss_gib()}
+
+    report["sklearn"] = time_sklearn(np.asarray(x), init, args)
+    report["faiss"] = time_faiss(np.asarray(x), args)
+    ours_per_it = timings["kmeans_lloyd_s"] / max(res.iterations, 1)
+    sk_per_it = report["sklearn"]["same_init_s"] / max(report["sklearn"]["same_init_iterations"],
+                                                       1)
+    report["kmeans_speedup_vs_sklearn"] = {
+        "ours_lloyd_s": timings["kmeans_lloyd_s"], "sklearn_lloyd_s":
+            report["sklearn"]["same_init_s"],
+        "ours_per_iteration_s": ours_per_it, "sklearn_per_iteration_s": sk_per_it,
+        "speedup_per_iteration": sk_per_it / ours_per_it}
+    report["peak_rss_gib_end"] = peak_rss_gib()
+    report["loadavg_end"] = os.getloadavg()
+
+    rows = [("pool", f"{args.n:,} x {args.d} float32", f"{report['pool']['generate_s']:.1f} s gen"),
+            ("ECOS k-means++ init", f"{timings['kmeans_init_s']:.2f} s", ""),
+            ("ECOS k-means Lloyd", f"{timings['kmeans_lloyd_s']:.2f} s",
+             f"{res.iterations} it, {ours_per_it:.3f} s/it"),
+            ("ECOS client response", f"{timings['client_response_s']:.2f} s", ""),
+            ("ECOS allocate+select", f"{timings['allocate_select_s']:.2f} s",
+             f"{picks.size} picks"),
+            ("ECOS end to end", f"{timings['total_s']:.2f} s",
+             f"peak RSS {report['ecos']['peak_rss_gib']:.2f} GiB")]
+    if "kcenter" in report:
+        rows.append(("K-Center greedy", f"{report['kcenter']['total_s']:.2f} s",
+                     f"{args.kcenter_budget} picks, peak RSS "
+                     f"{report['kcenter']['peak_rss_gib']:.2f} GiB"))
+    sk = report["sklearn"]
+    rows.append(("sklearn KMeans (same init)", f"{sk['same_init_s']:.2f} s",
+                 f"{sk['same_init_iterations']} it, {sk_per_it:.3f} s/it"))
+    if "kmeanspp_total_s" in sk:
+        rows.append(("sklearn KMeans (own k-means++)", f"{sk['kmeanspp_total_s']:.2f} s",
+                     f"{sk['kmeanspp_iterations']} it"))
+    rows.append(("faiss KMeans", f"{report['faiss']['total_s']:.2f} s"
+                 if report["faiss"]["installed"] else "not installed", ""))
+    rows.append(("k-means speed-up vs sklearn", f"{sk_per_it / ours_per_it:.2f}x", "per iteration"))
+    rows.append(("streamed == in-memory", str(all(v for k, v in report["exactness"].items()
+                                                  if k.endswith("equal"))),
+                 f"first {check_rows:,} rows"))
+    width = max(len(r[0]) for r in rows)
+    for name, val, note in rows:
+        print(f"{name:<{width}}  {val:>14}  {note}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {args.out}")
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Scale-out paths give the in-memory answer exactly: pools streamed from host numpy or an
+np.memmap in chunks, and rows sharded over the 4 forced host devices (see conftest.py)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ecos_jax import samplers
+from ecos_jax.samplers import kcenter_stream
+from ecos_jax.samplers.kmeans import kmeans
+from ecos_jax.samplers.pool import BLOCK_ROWS, Pool, aligned_empty
+
+N = 3 * BLOCK_ROWS + 517  # four blocks, the last one partial
+
+
+@pytest.fixture(scope="module")
+def pool():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(12, 8)).astype(np.float32) * 3
+    x = centres[rng.integers(0, 12, N)] + rng.normal(size=(N, 8)).astype(np.float32)
+    x[40:50] = x[7]  # exact duplicates
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    return jax.devices()[:1]
+
+
+def test_four_host_devices_are_present():
+    assert len(jax.devices()) == 4
+
+
+def test_kmeans_streamed_and_sharded_match_in_memory(pool, one_device, tmp_path):
+    ref = kmeans(jax.random.key(0), jnp.asarray(pool), 12, iters=6, devices=one_device)
+    path = tmp_path / "pool.npy"
+    np.save(path, pool)
+    memmap = np.load(path, mmap_mode="r")
+    runs = {
+        "host chunks, 1 device": dict(features=pool, chunk_size=BLOCK_ROWS, devices=one_device),
+        "memmap chunks, 4 devices": dict(features=memmap, chunk_size=BLOCK_ROWS, devices=None),
+        "resident, 4 devices": dict(features=pool, chunk_size=None, devices=None),
+    }
+    for name, kw in runs.items():
+        res = kmeans(jax.random.key(0), kw["features"], 12, iters=6, chunk_size=kw["chunk_size"],
+                     devices=kw["devices"])
+        assert np.array_equal(np.asarray(res.centroids), np.asarray(ref.centroids)), name
+        assert np.array_equal(np.asarray(res.assignments), np.asarray(ref.assignments)), name
+        assert res.inertia == ref.inertia and res.iterations == ref.iterations, name
+    assert np.array_equal(np.asarray(samplers.assign(memmap, ref.centroids, chunk_size=3000)),
+                          np.asarray(ref.assignments))
+
+
+def test_pool_chunks_cover_rows_and_alias_aligned_memory(pool, one_device):
+    x = aligned_empty(pool.shape)
+    x[:] = pool
+    p = Pool(x, chunk_size=BLOCK_ROWS, devices=one_device)
+    chunks = list(p.chunks())
+    assert [s for s, _ in chunks] == list(range(0, N, BLOCK_ROWS))
+    assert np.array_equal(np.concatenate([np.asarray(c) for _, c in chunks])[:N], pool)
+    assert np.asarray(chunks[-1][1])[N % BLOCK_ROWS:].sum() == 0.0  # zero padding
+    if jax.default_backend() == "cpu":  # aligned host memory is streamed without a copy
+        assert chunks[0][1].unsafe_buffer_pointer() == x.ctypes.data
+
+
+@pytest.mark.parametrize("device_loop", [True, False])
+def test_kcenter_streamed_matches_in_memory(pool, one_device, device_loop):
+    ref = np.asarray(samplers.kcenter_greedy(jax.random.key(1), pool, 60, devices=one_device))
+    p = Pool(pool, chunk_size=BLOCK_ROWS, devices=one_device)
+    got = kcenter_stream.kcenter_stream(jax.random.key(1), p, 60, None, device_loop=device_loop)
+    assert np.array_equal(np.asarray(got), ref)
+    initial = np.array([7, 41, 5000])
+    ref = np.asarray(samplers.kcenter_greedy(jax.random.key(1), pool, 20, initial=initial,
+                                             devices=one_device))
+    got = kcenter_stream.kcenter_stream(jax.random.key(1), p, 20, initial,
+                                        device_loop=device_loop)
+    assert np.array_equal(np.asarray(got), ref)
+
+
+def test_kcenter_sharded_matches_single_device(pool, one_device):
+    ref = samplers.kcenter_greedy(jax.random.key(2), pool, 40, devices=one_device)
+    assert np.array_equal(np.asarray(samplers.kcenter_greedy(jax.random.key(2), pool, 40)),
+                          np.asarray(ref))
+    streamed = samplers.kcenter_greedy(jax.random.key(2), pool, 40, chunk_size=BLOCK_ROWS)
+    assert np.array_equal(np.asarray(streamed), np.asarray(ref))
+
+
+@pytest.mark.slow  # ~15 s; the gathers it relies on are covered by the kmeans/assign test
+def test_ecos_streamed_matches_in_memory(pool, one_device):
+    res = kmeans(jax.random.key(0), pool, 12, iters=4, devices=one_device)
+    noisy = np.linspace(-2.0, 30.0, 12)
+    kw = dict(centroids=res.centroids, noisy_counts=noisy, proximity=0.3)
+    ref = samplers.ecos_sample(jax.random.key(3), jnp.asarray(pool), 150, **kw)
+    got = samplers.ecos_sample(jax.random.key(3), pool, 150, chunk_size=BLOCK_ROWS, **kw)
+    assert np.array_equal(np.asarray(got), np.asarray(ref))
+    assert len(np.unique(np.asarray(got))) == 150
