@@ -38,8 +38,9 @@ def test_kmeans_streamed_and_sharded_match_in_memory(pool, one_device, tmp_path)
     memmap = np.load(path, mmap_mode="r")
     runs = {
         "host chunks, 1 device": dict(features=pool, chunk_size=BLOCK_ROWS, devices=one_device),
-        "memmap chunks, 4 devices": dict(features=memmap, chunk_size=BLOCK_ROWS, devices=None),
-        "resident, 4 devices": dict(features=pool, chunk_size=None, devices=None),
+        "memmap chunks, 4 devices": dict(features=memmap, chunk_size=BLOCK_ROWS,
+                                         devices=jax.devices()),
+        "resident, 4 devices": dict(features=pool, chunk_size=None, devices=jax.devices()),
     }
     for name, kw in runs.items():
         res = kmeans(jax.random.key(0), kw["features"], 12, iters=6, chunk_size=kw["chunk_size"],
@@ -63,8 +64,16 @@ def test_pool_chunks_cover_rows_and_alias_aligned_memory(pool, one_device):
         assert chunks[0][1].unsafe_buffer_pointer() == x.ctypes.data
 
 
+def test_kcenter_streamed_matches_in_memory(pool, one_device):
+    ref = np.asarray(samplers.kcenter_greedy(jax.random.key(1), pool, 60, devices=one_device))
+    got = samplers.kcenter_greedy(jax.random.key(1), pool, 60, chunk_size=BLOCK_ROWS,
+                                  devices=one_device)
+    assert np.array_equal(np.asarray(got), ref)
+
+
+@pytest.mark.slow  # ~20 s: both drivers (device loop, host loop), with and without `initial`
 @pytest.mark.parametrize("device_loop", [True, False])
-def test_kcenter_streamed_matches_in_memory(pool, one_device, device_loop):
+def test_kcenter_stream_drivers_match_in_memory(pool, one_device, device_loop):
     ref = np.asarray(samplers.kcenter_greedy(jax.random.key(1), pool, 60, devices=one_device))
     p = Pool(pool, chunk_size=BLOCK_ROWS, devices=one_device)
     got = kcenter_stream.kcenter_stream(jax.random.key(1), p, 60, None, device_loop=device_loop)
@@ -79,9 +88,10 @@ def test_kcenter_streamed_matches_in_memory(pool, one_device, device_loop):
 
 def test_kcenter_sharded_matches_single_device(pool, one_device):
     ref = samplers.kcenter_greedy(jax.random.key(2), pool, 40, devices=one_device)
-    assert np.array_equal(np.asarray(samplers.kcenter_greedy(jax.random.key(2), pool, 40)),
-                          np.asarray(ref))
-    streamed = samplers.kcenter_greedy(jax.random.key(2), pool, 40, chunk_size=BLOCK_ROWS)
+    sharded = samplers.kcenter_greedy(jax.random.key(2), pool, 40, devices=jax.devices())
+    assert np.array_equal(np.asarray(sharded), np.asarray(ref))
+    streamed = samplers.kcenter_greedy(jax.random.key(2), pool, 40, chunk_size=BLOCK_ROWS,
+                                       devices=jax.devices())
     assert np.array_equal(np.asarray(streamed), np.asarray(ref))
 
 

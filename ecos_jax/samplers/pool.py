@@ -55,8 +55,8 @@ class Pool:
       features: [N, d] float array; numpy / np.memmap (host, streamed) or jax.Array.
       chunk_size: rows per device transfer (rounded up to whole blocks on every device). None
         puts the whole pool on the device(s) once and keeps it there.
-      devices: devices whose memory shares each chunk's rows. None uses every local device of
-        the default backend (one device means no sharding).
+      devices: devices whose memory shares each chunk's rows. None uses the local devices of
+        the default backend, at most one per 2 * BLOCK_ROWS rows (one device: no sharding).
     """
 
     def __init__(self, features, *, chunk_size: int | None = None,
@@ -67,7 +67,12 @@ class Pool:
             self.n, self.d = (int(s) for s in features.shape)
         chunk_size = validation.check_chunk_size(chunk_size)
         self.features = features
-        devices = list(jax.local_devices() if devices is None else devices)
+        if devices is None:
+            # Shard only pools big enough to give every device a couple of blocks: a tiny pool
+            # gains nothing and would pay for a multi-device compilation.
+            devices = jax.local_devices()
+            devices = devices[:max(1, min(len(devices), self.n // (2 * BLOCK_ROWS)))]
+        devices = list(devices)
         if not devices:
             raise ValueError("devices must not be empty")
         self.mesh = Mesh(np.array(devices), (AXIS,)) if len(devices) > 1 else None
