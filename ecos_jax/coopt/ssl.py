@@ -14,6 +14,7 @@ Gaussian noise and an optional inversion, which suit greyscale digits.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -97,8 +98,12 @@ def nt_xent(z: jax.Array, temperature: float) -> jax.Array:
     return -jnp.mean(logp[jnp.arange(n), pos])
 
 
+@functools.cache
 def simclr_objective(model: nn.Module, *, temperature: float, augment: Augment) -> Objective:
-    """SimCLR's objective for `train_epochs` (targets are ignored): NT-Xent of two views."""
+    """SimCLR's objective for `train_epochs` (targets are ignored): NT-Xent of two views.
+
+    Cached, like `training.regression_objective`, so repeated runs reuse one compilation.
+    """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
 

@@ -1,0 +1,35 @@
+r"""CoOpt against SimCLR, single-prior distillation, no alignment and supervised training.
+
+  python experiments/coopt.py --workdir=runs/coopt
+  python experiments/coopt.py --config=configs/coopt.py:quick --workdir=runs/coopt_quick
+  python experiments/coopt.py --config.participants.scheme=iid --config.alignment.method=linear
+
+See configs/coopt.py for every field and ecos_jax/coopt/experiment.py for what the run computes.
+Writes results.json, results.md, curves.png and optimised_data.npz into --workdir.
+"""
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ecos_jax.coopt import experiment  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "coopt.py"),
+    "Experiment configuration (an ml_collections config file).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/coopt", "Where results are written.")
+
+
+def main(argv):
+    del argv
+    logging.getLogger("ecos_jax").setLevel(logging.INFO)
+    experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
