@@ -21,25 +21,37 @@ import jax.numpy as jnp
 
 
 class CNN(nn.Module):
-    """Two conv + max-pool blocks and a dense head (the 'small CNN' of the DP-SGD literature).
+    """Two downsampling conv blocks and a dense head (the 'small CNN' of the DP-SGD literature).
+
+    Each block halves the resolution. By default with a stride-2 3x3 conv ('stride'): on XLA's
+    CPU backend the gradient of max-pooling (select-and-scatter) costs ~15x a strided conv's
+    (measured: 0.24 s vs 0.017 s per batch-128 gradient), and DP-SGD, VoG and PLIS all
+    differentiate through it. 'max' (conv + 2x2 max-pool) and 'avg' remain available.
 
     Attributes:
       num_classes: logits dimension.
       channels: output channels of the two conv blocks.
       embed_dim: width of the penultimate dense layer (the feature dimension).
+      pooling: 'stride' | 'max' | 'avg'.
     """
 
     num_classes: int = 10
     channels: Sequence[int] = (16, 32)
     embed_dim: int = 64
+    pooling: str = "stride"
     activation: Callable[[jax.Array], jax.Array] = nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array, *, features: bool = False) -> jax.Array:
+        if self.pooling not in ("stride", "max", "avg"):
+            raise ValueError(f"pooling must be 'stride', 'max' or 'avg', got {self.pooling!r}.")
         for c in self.channels:
-            x = nn.Conv(c, (3, 3), padding="SAME")(x)
-            x = self.activation(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            if self.pooling == "stride":
+                x = self.activation(nn.Conv(c, (3, 3), strides=2, padding="SAME")(x))
+                continue
+            x = self.activation(nn.Conv(c, (3, 3), padding="SAME")(x))
+            pool = nn.max_pool if self.pooling == "max" else nn.avg_pool
+            x = pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         x = self.activation(nn.Dense(self.embed_dim)(x))
         if features:

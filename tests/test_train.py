@@ -27,9 +27,9 @@ def test_fit_learns_and_snapshots():
 def test_epoch_compiles_once():
     x, y = _toy()
     model = models.get_model("mlp", num_classes=2, hidden=(8,))
-    train._train_epoch.clear_cache()
+    train._train_step.clear_cache()
     train.fit(model, x, y, epochs=4, batch_size=40, learning_rate=1e-2, seed=0, progress=False)
-    assert train._train_epoch._cache_size() == 1
+    assert train._train_step._cache_size() == 1
 
 
 def test_weights_zero_out_examples():

@@ -1,0 +1,71 @@
+r"""ECOS selective labelling on the embedded digits + MNIST-C domains (the main job).
+
+Every domain in turn plays the client. The cloud picks `budget` pool samples by each method,
+labels them with the pool's labels, trains `train.model` on them and is scored on the client's
+held-out test split.
+
+Run (from the repository root):
+
+  python experiments/selective_labeling.py --workdir=runs/selective_labeling
+  python experiments/selective_labeling.py --config=configs/selective_labeling.py:quick --workdir=runs/quick
+  # any field overrides:
+  python experiments/selective_labeling.py --config.budgets='(300,600)' --config.ecos.epsilon=1.0
+
+Expected runtime on a 2-core CPU: default ~10 min (7 domains x 2 budgets x 3 seeds x 5 methods);
+`quick` under 2 min. Expected result: averaged over domains and seeds, ECOS > Random > K-Center
+at both budgets at ε = 0.58 (see README, "Results", for the measured table).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                 # base seed; seed i of a run is seed + i
+    c.num_seeds = 3
+    c.budgets = (200, 400)
+    c.methods = ("ecos", "random", "kcenter", "local", "oracle")
+    c.progress = True
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits_mnist_c"          # or a prepared tfds catalogue name, e.g. "mnist,svhn_cropped"
+    c.data.data_dir = config_dict.placeholder(str)   # default: $ECOS_JAX_DATA_DIR or ~/.cache/ecos_jax
+    c.data.image_size = 28
+    c.data.client_domains = ()              # empty: every domain takes a turn as the client
+    c.data.n_client_train = 100
+    c.data.n_client_test = 300
+    c.data.pool = "id+ood"                  # "id+ood" | "ood" | "id"
+    c.data.split_seed = 0
+
+    c.features = ml_collections.ConfigDict()
+    c.features.kind = "autoencoder"         # "autoencoder" | "classifier" | "pca" | "raw"
+    c.features.dim = 32
+    c.features.epochs = 8
+    c.features.cache_dir = config_dict.placeholder(str)  # default: <data cache>/features
+
+    c.ecos = ml_collections.ConfigDict()
+    c.ecos.num_centroids = 30
+    c.ecos.kmeans_iters = 20
+    c.ecos.epsilon = 0.58
+    c.ecos.delta = 1e-5
+    c.ecos.accountant = "pld"
+    c.ecos.proximity = 0.5                  # share of each cluster's picks closest to its centroid
+    c.ecos.noise_seed = config_dict.placeholder(int)   # None: DP noise keyed from OS entropy
+
+    c.train = ml_collections.ConfigDict()
+    c.train.model = "cnn"
+    c.train.steps = 300                     # optimiser steps per run, the same for every budget
+    c.train.batch_size = 64
+    c.train.learning_rate = 1e-3
+
+    if arg == "quick":
+        c.num_seeds = 2
+        c.budgets = (100, 200)
+        c.data.client_domains = ("digits", "mnist_invert")
+        c.features.epochs = 2
+        c.train.steps = 80
+    elif arg not in (None, ""):
+        raise ValueError(f"Unknown config variant {arg!r}; use nothing or 'quick'.")
+    c.lock()
+    return c

@@ -1,0 +1,188 @@
+"""The ECOS protocol (SPEC §3) as two parties that exchange only messages.
+
+    cloud.compress(key)            -> Centroids     (R × d floats, cloud → client)
+    client.respond(msg, ledger)    -> NoisyCoverage (R noisy scalars, client → cloud)
+    cloud.sample(key, resp, B)     -> indices into the pool
+
+The client never sends data or features: only the centroid-coverage counts
+s_r = #{x ∈ D_c : r = argmin_r' ‖f(x) − c_r'‖₂}, released with the Gaussian mechanism.
+Adding or removing one client sample moves one count by one, so the L2 sensitivity is 1 and
+s̃ = s + N(0, σ²I) is (ε, δ)-DP for σ calibrated by `dp_accounting` on `GaussianDpEvent(σ)`.
+Each response is one event in the run's privacy ledger.
+
+    >>> cloud = Cloud(pool_features, num_centroids=30)
+    >>> client = Client(client_features, epsilon=0.58, delta=1e-5)
+    >>> result = run(cloud, client, budget=300, key=jax.random.key(0), ledger=PrivacyLedger(1e-5))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import dp_accounting
+import jax
+import numpy as np
+
+from ecos_jax.privacy import accounting
+from ecos_jax.privacy.keys import noise_key
+from ecos_jax.privacy.ledger import PrivacyLedger
+from ecos_jax.privacy.mechanisms import gaussian_mechanism
+from ecos_jax.samplers import ecos as ecos_sampler
+from ecos_jax.samplers import kmeans as km
+
+SENSITIVITY = "L2 = 1: adding or removing one client sample changes one coverage count by one"
+
+
+@functools.lru_cache(maxsize=64)
+def gaussian_sigma(epsilon: float, delta: float, accountant: str) -> float:
+    """σ of a sensitivity-1 Gaussian release at (ε, δ) (memoised: PLD calibration is a search)."""
+    return accounting.calibrate_gaussian_sigma(epsilon, delta, accountant=accountant)
+
+
+def _check_features(name: str, features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, np.float32)
+    if features.ndim != 2:
+        raise ValueError(f"{name} features must be [N, d], got shape {features.shape}.")
+    if features.shape[0] == 0:
+        raise ValueError(f"{name} has no samples (empty {name.lower()}).")
+    if not np.isfinite(features).all():
+        raise ValueError(f"{name} features contain NaN or inf.")
+    return features
+
+
+@dataclasses.dataclass(frozen=True)
+class Centroids:
+    """Cloud → client: the k-means centroids of the pool's public features, `[R, d]` float32."""
+
+    centroids: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.centroids.nbytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoisyCoverage:
+    """Client → cloud: noisy centroid-coverage counts `[R]` float32 and the σ that made them."""
+
+    counts: np.ndarray
+    sigma: float
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.counts.nbytes)
+
+
+def coverage_counts(client_features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """s_r = number of client samples whose nearest centroid is r: `[R]` int64."""
+    client_features = _check_features("Client", client_features)
+    if centroids.ndim != 2 or centroids.shape[1] != client_features.shape[1]:
+        raise ValueError(f"centroids must be [R, {client_features.shape[1]}], got {centroids.shape}.")
+    nearest = np.asarray(km.assign(client_features, np.asarray(centroids, np.float32)))
+    return np.bincount(nearest, minlength=centroids.shape[0]).astype(np.int64)
+
+
+@dataclasses.dataclass
+class Client:
+    """The data owner. Holds its private features; releases only noisy coverage counts.
+
+    epsilon: target ε of one response (> 0; `inf` releases exact counts, for ablations only).
+    delta: δ of the response, in (0, 1).
+    noise_seed: None (default) draws the noise key from OS entropy; an int makes the run
+      reproducible and the ledger marks it research-only.
+    """
+
+    features: np.ndarray
+    epsilon: float = 0.58
+    delta: float = 1e-5
+    accountant: str = "pld"
+    noise_seed: int | None = None
+    sigma: float = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        self.features = _check_features("Client", self.features)
+        if not self.epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, got {self.epsilon}.")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}.")
+        self.sigma = 0.0 if math.isinf(self.epsilon) else gaussian_sigma(
+            float(self.epsilon), float(self.delta), self.accountant)
+
+    def respond(self, message: Centroids, ledger: PrivacyLedger | None = None) -> NoisyCoverage:
+        """Counts coverage of `message.centroids` and releases it with Gaussian noise σ."""
+        counts = coverage_counts(self.features, message.centroids).astype(np.float32)
+        key, reproducible = noise_key(self.noise_seed)
+        noisy = counts if self.sigma == 0 else np.asarray(
+            gaussian_mechanism(key, counts, sigma=self.sigma, l2_sensitivity=1.0), np.float32)
+        if ledger is not None and self.sigma > 0:
+            ledger.record("ecos_client_response", dp_accounting.GaussianDpEvent(self.sigma),
+                          sensitivity=SENSITIVITY, num_centroids=int(counts.shape[0]),
+                          target_epsilon=self.epsilon, reproducible_noise=reproducible)
+        elif ledger is not None:
+            ledger.record("ecos_client_response", dp_accounting.NonPrivateDpEvent(),
+                          sensitivity=SENSITIVITY, num_centroids=int(counts.shape[0]))
+        return NoisyCoverage(counts=noisy, sigma=self.sigma)
+
+
+@dataclasses.dataclass
+class Cloud:
+    """The pool owner. Compresses its pool's public features and samples from the response."""
+
+    features: np.ndarray
+    num_centroids: int = 30
+    kmeans_iters: int = 20
+    proximity: float = 0.5
+    _clusters: km.KMeansResult | None = dataclasses.field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        self.features = _check_features("Pool", self.features)
+        if not 1 <= self.num_centroids <= self.features.shape[0]:
+            raise ValueError(f"num_centroids must be in [1, pool size {self.features.shape[0]}], "
+                             f"got {self.num_centroids}.")
+
+    def compress(self, key: jax.Array) -> Centroids:
+        """SPEC §3 step 1: k-means of the pool's features into R centroids."""
+        self._clusters = km.kmeans(key, self.features, self.num_centroids, iters=self.kmeans_iters)
+        return Centroids(np.asarray(self._clusters.centroids, np.float32))
+
+    def sample(self, key: jax.Array, response: NoisyCoverage, budget: int) -> np.ndarray:
+        """SPEC §3 step 3: allocate `budget` over clusters by the noisy counts, pick within each."""
+        if self._clusters is None:
+            raise RuntimeError("Cloud.sample called before Cloud.compress.")
+        if response.counts.shape != (self.num_centroids,):
+            raise ValueError(f"response has {response.counts.shape} counts, expected ({self.num_centroids},).")
+        if not 1 <= budget <= self.features.shape[0]:
+            raise ValueError(f"budget must be in [1, pool size {self.features.shape[0]}], got {budget}.")
+        return np.asarray(ecos_sampler.ecos_sample(
+            key, self.features, budget, centroids=self._clusters.centroids,
+            assignments=self._clusters.assignments, noisy_counts=response.counts,
+            proximity=self.proximity))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolResult:
+    """One ECOS round: the picks and what it cost in privacy and bytes."""
+
+    indices: np.ndarray
+    sigma: float
+    epsilon: float
+    bytes_down: int
+    bytes_up: int
+    noisy_counts: np.ndarray
+
+
+def run(cloud: Cloud, client: Client, budget: int, key: jax.Array, ledger: PrivacyLedger | None = None) -> ProtocolResult:
+    """Runs compress → respond → sample and returns the picks with their privacy and byte cost."""
+    if not 1 <= budget <= cloud.features.shape[0]:
+        raise ValueError(f"budget must be in [1, pool size {cloud.features.shape[0]}], got {budget}.")
+    if cloud.features.shape[1] != client.features.shape[1]:
+        raise ValueError(f"Cloud features are {cloud.features.shape[1]}-d but client features are "
+                         f"{client.features.shape[1]}-d: both must use the same public extractor.")
+    k_compress, k_sample = jax.random.split(key)
+    down = cloud.compress(k_compress)
+    up = client.respond(down, ledger)
+    idx = cloud.sample(k_sample, up, budget)
+    return ProtocolResult(indices=idx, sigma=client.sigma, epsilon=client.epsilon,
+                          bytes_down=down.nbytes, bytes_up=up.nbytes, noisy_counts=up.counts)

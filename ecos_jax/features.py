@@ -1,0 +1,182 @@
+"""The public feature extractor f shared by cloud and client (SPEC §3, "Setup").
+
+f is fit on the cloud's public pool only — never on client data — then cached to disk and
+reused; the client receives f (it is public) and computes f(x) on its own data.
+
+Kinds (`kind=`):
+  'autoencoder'  a conv autoencoder trained on pool images, no labels (default: it keeps the
+                 low-level appearance that tells domains apart, which is what ECOS must see);
+  'classifier'   the `cnn` model trained on the pool's labels, penultimate layer (uses the
+                 open-source labels; features are label-aware and more domain-invariant);
+  'pca'          PCA of raw pixels fit on the pool;
+  'raw'          flattened pixels.
+
+    >>> f = fit_extractor("pca", pool_images, dim=32, cache_dir="~/.cache/ecos_jax/features")
+    >>> f(pool_images).shape
+    (N, 32)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from ecos_jax import models, train
+from ecos_jax.utils import io
+
+log = logging.getLogger(__name__)
+KINDS = ("autoencoder", "classifier", "pca", "raw")
+
+
+class ConvAutoencoder(nn.Module):
+    """Encoder: the `cnn` trunk to a `dim`-d code; decoder: dense + two transposed convs."""
+
+    dim: int = 64
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+
+    def setup(self):
+        self.encoder = models.CNN(num_classes=1, embed_dim=self.dim)
+        h, w, c = self.image_shape
+        self.h4, self.w4 = -(-h // 4), -(-w // 4)
+        self.dense = nn.Dense(self.h4 * self.w4 * 32)
+        self.up1 = nn.ConvTranspose(16, (3, 3), strides=(2, 2), padding="SAME")
+        self.up2 = nn.ConvTranspose(c, (3, 3), strides=(2, 2), padding="SAME")
+
+    def __call__(self, x: jax.Array, *, features: bool = False) -> jax.Array:
+        z = self.encoder(x, features=True)
+        if features:
+            return z
+        y = nn.relu(self.dense(z)).reshape(x.shape[0], self.h4, self.w4, 32)
+        y = self.up2(nn.relu(self.up1(y)))
+        h, w, _ = self.image_shape
+        # Reconstruction flattened so the train loop's per-example MSE applies: [B, H*W*C].
+        return nn.sigmoid(y[:, :h, :w]).reshape(x.shape[0], -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureExtractor:
+    """A fitted, public feature map `images [N, H, W, C] -> features [N, dim] float32`."""
+
+    kind: str
+    dim: int
+    apply: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4:
+            raise ValueError(f"images must be [N, H, W, C], got shape {images.shape}.")
+        if images.shape[0] == 0:
+            raise ValueError("Cannot extract features of an empty image set.")
+        if not np.isfinite(images).all():
+            raise ValueError("images contain NaN or inf.")
+        return self.apply(images)
+
+
+def _cache_key(kind: str, images: np.ndarray, labels: np.ndarray | None, settings: dict) -> str:
+    h = hashlib.sha256()
+    h.update(kind.encode())
+    h.update(repr(sorted(settings.items())).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    if labels is not None:
+        h.update(np.ascontiguousarray(labels).tobytes())
+    return h.hexdigest()[:20]
+
+
+def _fit_pca(images: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    mean = flat.mean(0)
+    centred = flat - mean
+    # Eigenvectors of the D x D covariance: O(N D^2), far cheaper than an SVD of the N x D pool.
+    evals, evecs = np.linalg.eigh(centred.T @ centred)
+    comps = evecs[:, np.argsort(evals)[::-1][:dim]].T
+    comps *= np.sign(comps[np.arange(dim), np.argmax(np.abs(comps), axis=1)])[:, None]  # fixed sign
+    return mean.astype(np.float32), comps.astype(np.float32)
+
+
+def fit_extractor(
+    kind: str,
+    pool_images: np.ndarray,
+    *,
+    pool_labels: np.ndarray | None = None,
+    num_classes: int | None = None,
+    dim: int = 64,
+    epochs: int = 10,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> FeatureExtractor:
+    """Fits feature extractor `kind` on the public pool (cached under `cache_dir` by content hash).
+
+    Args:
+      kind: one of KINDS.
+      pool_images: `[N, H, W, C]` float32 in [0, 1], public pool only.
+      pool_labels / num_classes: needed for 'classifier' only.
+      dim: output dimension (PCA components, autoencoder code, classifier embedding).
+      epochs, batch_size, learning_rate, seed: training of the learned kinds.
+      cache_dir: where fitted extractors are stored and reused; None disables caching.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Unknown feature extractor {kind!r}; choose one of {KINDS}.")
+    pool_images = np.asarray(pool_images, np.float32)
+    if pool_images.ndim != 4 or pool_images.shape[0] == 0:
+        raise ValueError(f"pool_images must be a non-empty [N, H, W, C] array, got {pool_images.shape}.")
+    if not np.isfinite(pool_images).all():
+        raise ValueError("pool_images contain NaN or inf.")
+    if kind == "raw":
+        d = int(np.prod(pool_images.shape[1:]))
+        return FeatureExtractor("raw", d, lambda x: x.reshape(len(x), -1))
+    if dim < 1:
+        raise ValueError(f"feature dim must be >= 1, got {dim}.")
+    if kind == "classifier" and (pool_labels is None or num_classes is None):
+        raise ValueError("The 'classifier' extractor needs pool_labels and num_classes.")
+
+    settings = {"dim": dim, "epochs": epochs, "batch_size": batch_size, "lr": learning_rate, "seed": seed}
+    key = _cache_key(kind, pool_images, pool_labels if kind == "classifier" else None, settings)
+    path = Path(cache_dir).expanduser() / f"{kind}-{key}.npz" if cache_dir else None
+
+    if kind == "pca":
+        if dim > min(pool_images.shape[0], np.prod(pool_images.shape[1:])):
+            raise ValueError(f"PCA dim {dim} exceeds min(N, D) of the pool {pool_images.shape}.")
+        if path is not None and path.exists():
+            z = np.load(path)
+            mean, comps = z["mean"], z["components"]
+        else:
+            mean, comps = _fit_pca(pool_images, dim)
+            if path is not None:
+                io.save_npz(path, mean=mean, components=comps)
+        return FeatureExtractor("pca", dim, lambda x: (x.reshape(len(x), -1) - mean) @ comps.T)
+
+    if kind == "autoencoder":
+        model = ConvAutoencoder(dim=dim, image_shape=tuple(pool_images.shape[1:]))
+        targets, loss_fn = pool_images.reshape(len(pool_images), -1), train.mse_regression
+    else:
+        model = models.get_model("cnn", num_classes, embed_dim=dim)
+        targets, loss_fn = np.asarray(pool_labels, np.int32), train.softmax_xent
+    template = model.init(jax.random.key(seed), jnp.zeros((1, *pool_images.shape[1:])))
+    if path is not None and path.exists():
+        params = serialization.from_bytes(template, np.load(path)["params"].tobytes())
+        log.info("Loaded cached %s feature extractor from %s", kind, path)
+    else:
+        params = train.fit(
+            model, pool_images, targets, epochs=epochs, batch_size=batch_size,
+            learning_rate=learning_rate, seed=seed, loss_fn=loss_fn, progress=progress,
+            desc=f"features[{kind}]",
+        ).params
+        if path is not None:
+            io.save_npz(path, params=np.frombuffer(serialization.to_bytes(params), np.uint8))
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        return train.predict(model, params, x, features=True)
+
+    return FeatureExtractor(kind, dim, apply)

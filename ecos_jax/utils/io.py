@@ -1,0 +1,72 @@
+"""Atomic file writes: a crash mid-write never leaves a half-written result or checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):  # jax arrays
+        return np.asarray(obj).tolist()
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes `obj` as indented JSON, atomically (numpy / jax values converted)."""
+    _atomic_write_bytes(path, (json.dumps(_to_jsonable(obj), indent=2, allow_nan=False) + "\n").encode())
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` atomically."""
+    _atomic_write_bytes(path, text.encode())
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Saves arrays to an .npz atomically."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Saves a matplotlib figure as PNG atomically and closes it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    _atomic_write_bytes(path, buf.getvalue())

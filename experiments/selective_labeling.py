@@ -1,0 +1,35 @@
+r"""ECOS selective labelling against Random, K-Center, Local and the in-domain oracle.
+
+  python experiments/selective_labeling.py --workdir=runs/selective_labeling
+  python experiments/selective_labeling.py --config=configs/selective_labeling.py:quick --workdir=runs/quick
+  python experiments/selective_labeling.py --config.budgets='(300,600)' --config.ecos.epsilon=1.0
+
+See configs/selective_labeling.py for every field and ecos_jax/ecos/selective_labeling.py for
+what the run computes.
+"""
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ecos_jax.ecos import selective_labeling  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "selective_labeling.py"),
+    "Experiment configuration (an ml_collections config file).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/selective_labeling", "Where results and state are written.")
+
+
+def main(argv):
+    del argv
+    logging.getLogger("ecos_jax").setLevel(logging.INFO)
+    selective_labeling.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,92 @@
+"""The ECOS protocol: coverage counts, their noise, ε against dp_accounting, bytes, bad input."""
+import dp_accounting
+import jax
+import numpy as np
+import pytest
+from dp_accounting import pld
+
+from ecos_jax.ecos import protocol
+from ecos_jax.privacy.ledger import PrivacyLedger
+
+
+def _layout(seed=0):
+    """Pool: 6 well-separated blobs of 100 points in 4-d; client: 60 points from blob 2."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, (6, 4))
+    pool = np.concatenate([c + rng.normal(0, 0.5, (100, 4)) for c in centres]).astype(np.float32)
+    client = (centres[2] + rng.normal(0, 0.5, (60, 4))).astype(np.float32)
+    return pool, client, np.repeat(np.arange(6), 100)
+
+
+def test_coverage_counts_by_hand():
+    centroids = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
+    client = np.array([[1, 0], [9, 1], [11, -1], [0, 8]], np.float32)
+    np.testing.assert_array_equal(protocol.coverage_counts(client, centroids), [1, 2, 1])
+
+
+def test_epsilon_matches_dp_accounting_and_ledger():
+    _, client_f, _ = _layout()
+    client = protocol.Client(client_f, epsilon=0.58, delta=1e-5, accountant="pld")
+    acc = pld.PLDAccountant()
+    acc.compose(dp_accounting.GaussianDpEvent(client.sigma))
+    direct = acc.get_epsilon(1e-5)
+    assert direct == pytest.approx(0.58, abs=0.01)  # calibrated to the target, not looser
+    ledger = PrivacyLedger(1e-5, accountant="pld")
+    client.respond(protocol.Centroids(np.zeros((5, 4), np.float32)), ledger)
+    assert len(ledger) == 1
+    assert ledger.epsilon() == pytest.approx(direct, rel=1e-6)
+
+
+def test_noise_scale_matches_sigma():
+    rng = np.random.default_rng(0)
+    client_f = rng.normal(size=(50, 2)).astype(np.float32)
+    centroids = rng.normal(size=(4000, 2)).astype(np.float32)
+    client = protocol.Client(client_f, epsilon=1.0, delta=1e-5, noise_seed=3)
+    resp = client.respond(protocol.Centroids(centroids))
+    residual = resp.counts - protocol.coverage_counts(client_f, centroids)
+    # 4000 draws: the sample std is within ~5% of sigma with overwhelming probability.
+    assert np.std(residual) == pytest.approx(client.sigma, rel=0.06)
+    assert abs(np.mean(residual)) < 4 * client.sigma / np.sqrt(4000)
+
+
+def test_run_concentrates_on_client_blob_and_counts_bytes():
+    pool, client_f, blob = _layout()
+    ledger = PrivacyLedger(1e-5, accountant="pld")
+    res = protocol.run(protocol.Cloud(pool, num_centroids=6), protocol.Client(client_f, epsilon=8.0, noise_seed=0),
+                       budget=80, key=jax.random.key(0), ledger=ledger)
+    assert len(np.unique(res.indices)) == 80
+    assert np.mean(blob[res.indices] == 2) > 0.9
+    assert res.bytes_down == 6 * 4 * 4 and res.bytes_up == 6 * 4
+    assert ledger.to_dict()["entries"][0]["sensitivity"].startswith("L2 = 1")
+
+
+def test_seeded_noise_is_reproducible_and_default_is_not():
+    _, client_f, _ = _layout()
+    msg = protocol.Centroids(np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
+    a = protocol.Client(client_f, noise_seed=1).respond(msg).counts
+    b = protocol.Client(client_f, noise_seed=1).respond(msg).counts
+    c = protocol.Client(client_f).respond(msg).counts
+    d = protocol.Client(client_f).respond(msg).counts
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(c, d)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"epsilon": 0.0}, "epsilon"),
+    ({"epsilon": -1.0}, "epsilon"),
+    ({"delta": 1.0}, "delta"),
+    ({"features": np.zeros((0, 4), np.float32)}, "empty"),
+    ({"features": np.full((3, 4), np.nan, np.float32)}, "NaN"),
+    ({"features": np.zeros((3, 4, 1), np.float32)}, r"\[N, d\]"),
+])
+def test_client_bad_input(kwargs, match):
+    args = {"features": np.zeros((3, 4), np.float32), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        protocol.Client(**args)
+
+
+def test_budget_larger_than_pool():
+    pool, client_f, _ = _layout()
+    with pytest.raises(ValueError, match="budget"):
+        protocol.run(protocol.Cloud(pool, num_centroids=6), protocol.Client(client_f), budget=601,
+                     key=jax.random.key(0))
