@@ -84,8 +84,10 @@ def kcenter_greedy(key, features, budget: int, *, chunk_size: int | None = None,
       key: PRNG key; draws the first centre when `initial` is None.
       features: [N, d] float array (numpy / memmap / jax).
       budget: number of new points to pick, 1 <= budget <= N − len(initial).
-      chunk_size: rows per device transfer for a pool streamed from the host; None keeps the
-        pool resident. The picks do not depend on it.
+      chunk_size: None keeps the pool resident and every step scans all N rows (fine for small
+        pools). An int selects the block-pruned streamed driver (kcenter_stream.py): the pool
+        is grouped and blocked on the host and a step only touches blocks the new centre can
+        change, which is far faster for large N and budgets. The picks do not depend on it.
       initial: optional indices [K] of points already chosen; they seed the min-distances and
         are never returned.
       devices: devices to shard rows over (default all local devices).

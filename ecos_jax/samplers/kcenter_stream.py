@@ -81,8 +81,11 @@ class BlockedPool:
         valid = self.ids >= 0
         count = valid.sum(1, keepdims=True)
         self.mean = (self.x.sum(1, dtype=np.float64) / count).astype(np.float32)
-        dev = np.where(valid, np.sqrt(((self.x - self.mean[:, None, :]) ** 2).sum(-1)), 0.0)
-        self.radius = dev.max(1).astype(np.float32)
+        self.radius = np.empty(nb, np.float32)
+        for s in range(0, nb, 64):  # 64 blocks at a time: no pool-sized temporaries
+            diff = self.x[s:s + 64] - self.mean[s:s + 64, None, :]
+            dev = np.where(valid[s:s + 64], np.sqrt((diff * diff).sum(-1)), 0.0)
+            self.radius[s:s + 64] = dev.max(1)
         self.num_blocks = nb
         self.slot = np.empty(n, np.int64)
         self.slot[flat_ids[flat_ids >= 0]] = np.flatnonzero(flat_ids >= 0)

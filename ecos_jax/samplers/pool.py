@@ -81,7 +81,9 @@ class Pool:
         self.num_devices = len(devices)
         unit = BLOCK_ROWS * self.num_devices
         rows = self.n if chunk_size is None else min(chunk_size, self.n)
-        self.chunk_rows = _round_up(rows, unit)
+        # Spread the rows evenly over the chunks so the (zero-padded) last chunk wastes little.
+        num_chunks = -(-self.n // rows)
+        self.chunk_rows = _round_up(-(-self.n // num_chunks), unit)
         self.streamed = chunk_size is not None and self.chunk_rows < _round_up(self.n, unit)
         self._resident: jax.Array | None = None
 
