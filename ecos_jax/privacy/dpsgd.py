@@ -1,0 +1,370 @@
+"""DP-SGD: per-example gradients → clip → Gaussian noise on the sum → any optax optimiser.
+
+SPEC §1. One jitted step `update_fn(state, x, y, mask) -> (state, metrics)`:
+
+    G = Σ_i m_i · clip_C(∇ℓ_i) + N(0, σ²C²I),     update = optimiser(G / (q·N))
+
+with the per-example part from `layer_grads` (fast: from layer inputs and output gradients,
+default) or `ecos_jax.per_sample` (`vmap(grad)`, any model). `train` runs many such steps over
+Poisson-sampled, fixed-shape padded batches in one compiled `lax.scan`, counts truncated
+batches, and records the run's DpEvent in a `PrivacyLedger`.
+
+    >>> config = DPSGDConfig(dataset_size=len(x), batch_size=256, l2_norm_clip=1.0,
+    ...                      noise_multiplier=1.1)
+    >>> result = train(model, params, x, y, config, optax.sgd(0.5), steps=1000, ledger=ledger)
+    >>> ledger.epsilon()          # includes this run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import dp_accounting
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ecos_jax import per_sample
+from ecos_jax.privacy import accounting, clipping, layer_grads
+from ecos_jax.privacy.keys import noise_key
+from ecos_jax.privacy.ledger import PrivacyLedger
+from ecos_jax.privacy.noise import add_gaussian_noise
+from ecos_jax.privacy.pooling import fast_max_pool_grads
+from ecos_jax.privacy.sampling import PoissonSampler, ShuffleSampler, poisson_batch
+
+PyTree = Any
+BatchLoss = Callable[[jax.Array, jax.Array], jax.Array]
+
+log = logging.getLogger(__name__)
+
+GRAD_METHODS = ("layers", "vmap")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPSGDConfig:
+    """Everything that determines DP-SGD's privacy, validated on construction.
+
+    Attributes:
+      dataset_size: N, the number of private training examples.
+      batch_size: expected batch size q·N (Poisson) or the fixed batch size (shuffle).
+      l2_norm_clip: C > 0 (inf only with noise_multiplier = 0: plain SGD on summed grads).
+      noise_multiplier: σ ≥ 0; noise std on the sum is σ·C. 0 means non-private.
+      sampling: "poisson" (amplified accounting) or "shuffle" (no amplification claimed).
+      max_batch_size: Poisson batch slots (default q·N + 5 std); over-full batches truncated.
+      clipping: "flat" or "per_layer" (each of L layers to C/√L).
+      grad_method: "layers" (fast, Dense/Conv models) or "vmap" (any model).
+      microbatch_size: examples per chunk of per-example work (bounded memory); None = all.
+    """
+
+    dataset_size: int
+    batch_size: int
+    l2_norm_clip: float = 1.0
+    noise_multiplier: float = 1.0
+    sampling: str = "poisson"
+    max_batch_size: int | None = None
+    clipping: str = "flat"
+    grad_method: str = "layers"
+    microbatch_size: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.dataset_size, bool) or int(self.dataset_size) != self.dataset_size or self.dataset_size < 1:
+            raise ValueError(f"dataset_size must be a positive integer, got {self.dataset_size!r}.")
+        if not 1 <= int(self.batch_size) <= self.dataset_size:
+            raise ValueError(f"batch_size must be in [1, N={self.dataset_size}], got {self.batch_size}.")
+        sigma = float(self.noise_multiplier)
+        if not sigma >= 0.0 or math.isinf(sigma):
+            raise ValueError(f"noise_multiplier sigma must be finite and >= 0, got {self.noise_multiplier}.")
+        c = clipping.check_clip(self.l2_norm_clip)
+        if math.isinf(c) and sigma > 0.0:
+            raise ValueError("l2_norm_clip = inf gives unbounded sensitivity: noise cannot make it private.")
+        if self.sampling not in accounting.SAMPLINGS:
+            raise ValueError(f"sampling must be one of {accounting.SAMPLINGS}, got {self.sampling!r}.")
+        if self.clipping not in clipping.CLIPPINGS:
+            raise ValueError(f"clipping must be one of {clipping.CLIPPINGS}, got {self.clipping!r}.")
+        if self.grad_method not in GRAD_METHODS:
+            raise ValueError(f"grad_method must be one of {GRAD_METHODS}, got {self.grad_method!r}.")
+        if self.microbatch_size is not None and self.microbatch_size < 1:
+            raise ValueError(f"microbatch_size must be >= 1 or None, got {self.microbatch_size}.")
+        self.sampler()  # validates max_batch_size
+
+    @property
+    def sampling_rate(self) -> float:
+        """q = batch_size / N."""
+        return self.batch_size / self.dataset_size
+
+    @property
+    def expected_batch_size(self) -> float:
+        return float(self.batch_size)
+
+    def sampler(self) -> PoissonSampler | ShuffleSampler:
+        if self.sampling == "poisson":
+            return PoissonSampler(self.dataset_size, self.sampling_rate, self.max_batch_size)
+        if self.max_batch_size not in (None, self.batch_size):
+            raise ValueError("max_batch_size applies to Poisson sampling only.")
+        return ShuffleSampler(self.dataset_size, self.batch_size)
+
+    def event(self, steps: int) -> dp_accounting.DpEvent:
+        """The DpEvent of `steps` steps (SPEC §1.5); non-private when σ = 0."""
+        return accounting.dpsgd_event(self.sampling_rate, self.noise_multiplier, steps, self.sampling)
+
+    def epsilon(self, steps: int, delta: float, accountant: str = "rdp") -> float:
+        return accounting.epsilon(self.event(steps), delta, accountant)
+
+
+class DPTrainState(NamedTuple):
+    params: PyTree
+    opt_state: optax.OptState
+    step: jax.Array  # int32 []
+
+
+def _example_loss(model: nn.Module, loss: BatchLoss) -> Callable:
+    def example(params, x, y):
+        return loss(model.apply(params, x[None]), y[None])[0]
+
+    # Same values as the plain loss; its pooling gradient avoids XLA:CPU's select_and_scatter.
+    return fast_max_pool_grads(example)
+
+
+def make_dp_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    config: DPSGDConfig,
+    *,
+    key: jax.Array,
+    loss: BatchLoss = layer_grads.softmax_xent,
+) -> tuple[Callable[[PyTree], DPTrainState], Callable]:
+    """Builds `(init_fn, update_fn)` for DP-SGD with `optimizer` after clip and noise.
+
+    `update_fn(state, x [M, ...], y [M], mask [M]) -> (state, metrics)` is pure and jitted;
+    rows with mask 0 (Poisson padding) contribute nothing. The noise key lives in the optimiser
+    state (`NoiseState`), advanced per step by `fold_in`.
+
+    With grad_method="vmap", the chain is literally
+    `optax.chain(clip_and_sum(C), add_gaussian_noise(σ, C, q·N), optimizer)` over
+    `per_sample.per_example_grads`; with "layers", clip and sum are fused in
+    `layer_grads.clipped_grad_sum`, followed by the same noise and optimizer.
+    """
+    c = float(config.l2_norm_clip)
+    noise_tx = add_gaussian_noise(
+        config.noise_multiplier, c, expected_batch_size=config.expected_batch_size, key=key
+    )
+    vmap = config.grad_method == "vmap"
+    if vmap:
+        tx = optax.chain(clipping.clip_and_sum(c, clipping=config.clipping), noise_tx, optimizer)
+        example_loss = _example_loss(model, loss)
+    else:
+        tx = optax.chain(noise_tx, optimizer)
+
+    def init_fn(params: PyTree) -> DPTrainState:
+        return DPTrainState(params, tx.init(params), jnp.zeros([], jnp.int32))
+
+    def update_fn(state: DPTrainState, x: jax.Array, y: jax.Array, mask: jax.Array):
+        mask = mask.astype(jnp.float32)
+        if vmap:
+            grads = per_sample.per_example_grads(
+                example_loss, state.params, x, y, microbatch_size=config.microbatch_size
+            )
+            norms = per_sample.global_norms(grads)
+            losses = loss(model.apply(state.params, x), y)
+        else:
+            grads, aux = layer_grads.clipped_grad_sum(
+                model, state.params, x, y, l2_norm_clip=c, mask=mask,
+                per_layer=config.clipping == "per_layer", loss=loss,
+                microbatch_size=config.microbatch_size,
+            )
+            norms, losses = aux["norms"], aux["losses"]
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, mask=mask)
+        params = optax.apply_updates(state.params, updates)
+        n = jnp.maximum(jnp.sum(mask), 1.0)
+        metrics = {
+            "loss": jnp.sum(losses * mask) / n,
+            "grad_norm": jnp.sum(norms * mask) / n,
+            "clipped_fraction": jnp.sum((norms > c) * mask) / n,
+            "batch_size": jnp.sum(mask),
+        }
+        return DPTrainState(params, opt_state, state.step + 1), metrics
+
+    return init_fn, jax.jit(update_fn)
+
+
+@dataclasses.dataclass
+class DPTrainResult:
+    """What `train` returns. `epsilon` is this run's own ε at the ledger's δ (RDP and PLD)."""
+
+    params: PyTree
+    history: list[dict[str, float]]
+    steps: int
+    event: dp_accounting.DpEvent
+    epsilon: dict[str, float]
+    truncated_examples: int
+    truncated_batches: int
+    reproducible: bool
+    compilations: int
+
+
+def _run_chunk(update_fn, state, sample_key, x_all, y_all, active, *, chunk, sampler_kind, n, q, m,
+               shuffle_idx):
+    """Up to `chunk` DP-SGD steps in one scan (the first `active` run; the rest are skipped so
+    every chunk has one compiled shape). Poisson batches are drawn inside, shuffled ones given."""
+
+    def one_step(state, t):
+        if sampler_kind == "poisson":
+            b = poisson_batch(jax.random.fold_in(sample_key, state.step), dataset_size=n,
+                              sampling_rate=q, max_batch_size=m)
+            idx, mask, dropped = b.indices, b.mask, b.truncated
+        else:
+            idx, mask, dropped = shuffle_idx[t], jnp.ones(m, bool), jnp.zeros([], jnp.int32)
+        state, metrics = update_fn(state, x_all[idx], y_all[idx], mask)
+        return state, metrics, dropped
+
+    def body(carry, t):
+        state, trunc, trunc_batches = carry
+        skip_metrics = jax.eval_shape(lambda s: one_step(s, t)[1], state)
+        state, metrics, dropped = jax.lax.cond(
+            t < active,
+            one_step,
+            lambda s, t: (s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), skip_metrics),
+                          jnp.zeros([], jnp.int32)),
+            state, t,
+        )
+        return (state, trunc + dropped, trunc_batches + (dropped > 0)), metrics
+
+    zero = jnp.zeros([], jnp.int32)
+    (state, trunc, trunc_batches), metrics = jax.lax.scan(
+        body, (state, zero, zero), jnp.arange(chunk)
+    )
+    live = (jnp.arange(chunk) < active).astype(jnp.float32)
+    mean = jax.tree.map(lambda v: jnp.sum(v * live) / jnp.maximum(jnp.sum(live), 1.0), metrics)
+    return state, trunc, trunc_batches, mean
+
+
+def train(
+    model: nn.Module,
+    params: PyTree,
+    x: np.ndarray,
+    y: np.ndarray,
+    config: DPSGDConfig,
+    optimizer: optax.GradientTransformation,
+    *,
+    steps: int,
+    seed: int | None = None,
+    ledger: PrivacyLedger | None = None,
+    name: str = "dpsgd_model",
+    loss: BatchLoss = layer_grads.softmax_xent,
+    log_every: int = 100,
+    progress: bool = True,
+    desc: str = "dp-sgd",
+) -> DPTrainResult:
+    """Trains with DP-SGD for `steps` steps and records the release in `ledger`.
+
+    Args:
+      model, params: flax model and its initial `{"params": ...}` variables.
+      x: `[N, ...]` private inputs; y: `[N]` labels. N must equal `config.dataset_size`.
+      config: `DPSGDConfig`; its sampling decides the batches and the accounting.
+      optimizer: any optax transformation, applied to the noisy mean gradient.
+      steps: number of DP-SGD steps T.
+      seed: None takes the noise and sampling key from OS entropy (secure); an int makes the run
+        reproducible and marks the ledger reproducible-research-only.
+      ledger: where the model release is recorded (a new one is not created for you: pass
+        one to keep the run's privacy claim).
+      log_every: steps per compiled scan chunk and per history entry.
+
+    Returns:
+      `DPTrainResult` with the final params, per-chunk history, the event and its ε.
+    """
+    x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    if x.shape[0] != config.dataset_size or y.shape[0] != config.dataset_size:
+        raise ValueError(
+            f"config.dataset_size={config.dataset_size} but x has {x.shape[0]} and y "
+            f"{y.shape[0]} examples; the sampling rate q would be wrong."
+        )
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}.")
+    if ledger is not None and ledger.reproducible != (seed is not None):
+        raise ValueError(
+            f"ledger.reproducible_seed={ledger.reproducible_seed} but seed={seed}: create the "
+            "ledger with reproducible_seed=seed so a seeded run is marked as such."
+        )
+    key, reproducible = noise_key(seed)
+    noise_k, sample_k = jax.random.split(key)
+    init_fn, update_fn = make_dp_step(model, optimizer, config, key=noise_k, loss=loss)
+    state = init_fn(jax.tree.map(jnp.array, params))  # a copy: the loop donates its state
+    sampler = config.sampler()
+    kind = "poisson" if isinstance(sampler, PoissonSampler) else "shuffle"
+
+    traces = []
+    chunk = min(log_every, int(steps))
+
+    @partial(jax.jit, donate_argnums=(0,))
+    def run(state, x_all, y_all, shuffle_idx, active):
+        traces.append(1)  # runs once per compilation
+        return _run_chunk(
+            update_fn, state, sample_k, x_all, y_all, active, chunk=chunk, sampler_kind=kind,
+            n=config.dataset_size, q=config.sampling_rate, m=sampler.max_batch_size,
+            shuffle_idx=shuffle_idx,
+        )
+
+    history: list[dict[str, float]] = []
+    trunc_total = trunc_batches_total = 0
+    done = 0
+    epochs: dict[int, jax.Array] = {}
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    while done < steps:
+        active = min(chunk, steps - done)
+        if kind == "shuffle":
+            rows = []
+            for t in range(done, done + chunk):
+                epoch, within = divmod(t, sampler.steps_per_epoch)
+                if epoch not in epochs:
+                    epochs = {epoch: sampler.epoch(jax.random.fold_in(sample_k, epoch))}
+                rows.append(epochs[epoch][within])
+            shuffle_idx = jnp.stack(rows)
+        else:
+            shuffle_idx = jnp.zeros((chunk, 1), jnp.int32)
+        state, trunc, trunc_b, metrics = run(state, x, y, shuffle_idx, jnp.int32(active))
+        done += active
+        trunc_total += int(trunc)
+        trunc_batches_total += int(trunc_b)
+        record = {"step": done, **{k: float(v) for k, v in metrics.items()}}
+        if not np.isfinite(record["loss"]):
+            raise FloatingPointError(f"{desc}: loss became {record['loss']} at step {done}.")
+        history.append(record)
+        bar.update(active)
+        bar.set_postfix(loss=round(record["loss"], 4), clipped=round(record["clipped_fraction"], 3))
+    bar.close()
+    if trunc_total:
+        log.warning("%s: %d examples dropped from %d over-full Poisson batches (max_batch_size=%d).",
+                    desc, trunc_total, trunc_batches_total, sampler.max_batch_size)
+
+    event = config.event(steps)
+    delta = ledger.delta if ledger is not None else 1e-5
+    eps = {acc: accounting.epsilon(event, delta, acc) for acc in accounting.ACCOUNTANTS}
+    if ledger is not None:
+        ledger.record(
+            name, event,
+            sensitivity=(
+                f"L2 = C = {config.l2_norm_clip} on the sum of clipped per-example gradients "
+                f"({config.clipping} clipping); adding or removing one training example"
+            ),
+            mechanism="DP-SGD", sampling=config.sampling, sampling_rate=config.sampling_rate,
+            noise_multiplier=config.noise_multiplier, l2_norm_clip=config.l2_norm_clip,
+            steps=int(steps), dataset_size=config.dataset_size, batch_size=config.batch_size,
+            max_batch_size=sampler.max_batch_size, truncated_examples=trunc_total,
+            truncated_batches=trunc_batches_total, reproducible=reproducible,
+        )
+    return DPTrainResult(
+        params=state.params, history=history, steps=int(steps), event=event, epsilon=eps,
+        truncated_examples=trunc_total, truncated_batches=trunc_batches_total,
+        reproducible=reproducible, compilations=len(traces),
+    )

@@ -1,0 +1,379 @@
+"""Per-example gradients, norms and clipped sums from layer inputs and output gradients.
+
+The fast path for DP-SGD (SPEC §1.1-1.3). For a Dense or Conv layer y = a·W + b, example i's
+weight gradient is a sum of outer products of that example's layer input a_i and output
+gradient δ_i = ∂ℓ_i/∂y_i:
+
+    dense:  ∇W ℓ_i = a_iᵀ δ_i                      ‖∇W ℓ_i‖² = ‖a_i‖²‖δ_i‖²   (ghost norm)
+    conv:   ∇W ℓ_i = Σ_t p_{i,t} δ_{i,t}ᵀ          p_{i,t}: the input patch under output t
+
+One forward pass records each layer's input (`sow`) and adds a zero perturbation to its output
+(`perturb`); one backward pass to those perturbations gives every δ at once, and never forms
+weight gradients. From (a, δ) we get each example's gradient norm, either from a materialised
+per-example gradient [B, K, C] (cheap when T·K·C is small) or from Gram matrices
+Σ_{t,s}(p_t·p_s)(δ_t·δ_s) without materialising it (when T² (K + C) is smaller), and then the
+clipped sum Σ_i w_i ∇ℓ_i directly, with w_i = m_i·min(1, C/‖∇ℓ_i‖). This is the "book-keeping"
+/ mixed ghost-clipping formulation (Bu et al. 2022, Li et al. 2022), and it replaces XLA's
+CPU backward-filter convolution, which is several times slower than its forward one, by
+patches and matrix products.
+
+Supported layers: `nn.Dense` and 2-D `nn.Conv` (any strides and padding; no dilation or
+feature groups), each called once per forward pass; every parameter must belong to one of
+them (so the ResNet's GroupNorm needs `ecos_jax.per_sample`). Others raise ValueError.
+
+    >>> grads, aux = clipped_grad_sum(model, params, x, y, l2_norm_clip=1.0, mask=mask)
+    >>> aux["norms"].shape == (x.shape[0],)
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+from jax import lax
+
+from ecos_jax.privacy.pooling import fast_max_pool_grads
+
+PyTree = Any
+BatchLoss = Callable[[jax.Array, jax.Array], jax.Array]  # (logits [B, K], y [B]) -> [B]
+
+_INPUTS = "layer_inputs"
+_PERTURB = "perturbations"
+
+
+def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy: `[B, K], [B] int -> [B]`."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    """What the per-example formulas need to know about one intercepted layer."""
+
+    path: tuple[str, ...]
+    kind: str  # "dense" | "conv"
+    has_bias: bool
+    kernel_size: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    padding: tuple[tuple[int, int], ...] = ()
+
+
+def _conv_layer(mod: nn.Conv, x: jax.Array) -> _Layer:
+    path = tuple(mod.path)
+    if x.ndim != 4 or len(mod.kernel_size) != 2:
+        raise ValueError(f"layer {path}: only 2-D convolutions on [B, H, W, C] are supported.")
+    if mod.feature_group_count != 1:
+        raise ValueError(f"layer {path}: grouped convolutions are not supported.")
+    for name in ("input_dilation", "kernel_dilation"):
+        d = getattr(mod, name)
+        if d is not None and any(v != 1 for v in ((d,) * 2 if isinstance(d, int) else d)):
+            raise ValueError(f"layer {path}: {name} != 1 is not supported.")
+    if getattr(mod, "mask", None) is not None:
+        raise ValueError(f"layer {path}: masked convolutions are not supported.")
+    ks = tuple(mod.kernel_size)
+    strides = mod.strides or 1
+    strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+    pad = mod.padding
+    if isinstance(pad, str):
+        if pad.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"layer {path}: padding {pad!r} is not supported.")
+        pads = tuple(lax.padtype_to_pads(x.shape[1:3], ks, strides, pad.upper()))
+    elif isinstance(pad, int):
+        pads = ((pad, pad),) * 2
+    else:
+        pads = tuple((p, p) if isinstance(p, int) else tuple(p) for p in pad)
+    return _Layer(path, "conv", mod.use_bias, ks, strides, tuple(map(tuple, pads)))
+
+
+def _make_tape(layers: dict) -> Callable:
+    """A flax interceptor recording Dense/Conv inputs and perturbing their outputs."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        mod = context.module
+        if context.method_name != "__call__" or type(mod) not in (nn.Dense, nn.Conv):
+            return next_fun(*args, **kwargs)
+        x = args[0] if args else kwargs["inputs"]
+        path = tuple(mod.path)
+        if path in layers:
+            raise ValueError(
+                f"layer {path} is called more than once per forward pass; per-example "
+                "gradients from layer inputs need one call per layer (use ecos_jax.per_sample)."
+            )
+        if type(mod) is nn.Dense:
+            layers[path] = _Layer(path, "dense", mod.use_bias)
+        else:
+            layers[path] = _conv_layer(mod, x)
+        mod.sow(_INPUTS, "x", x)
+        return mod.perturb("y", next_fun(*args, **kwargs), collection=_PERTURB)
+
+    return interceptor
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _patches(x: jax.Array, layer: _Layer) -> jax.Array:
+    """Input patches under each conv output: `[B, H, W, Cin] -> [B, Ho*Wo, kh*kw*Cin]`.
+
+    Strided slices of the padded input (kh, kw, Cin order, matching an HWIO kernel); this
+    is plain data movement, unlike `conv_general_dilated_patches`, which XLA runs as a
+    convolution with a one-hot kernel.
+    """
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.strides
+    xp = jnp.pad(x, ((0, 0), layer.padding[0], layer.padding[1], (0, 0)))
+    ho = (xp.shape[1] - kh) // sh + 1
+    wo = (xp.shape[2] - kw) // sw + 1
+    b, c = x.shape[0], x.shape[3]
+    cols = [
+        lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+                  (1, sh, sw, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.stack(cols, axis=3).reshape(b, ho * wo, kh * kw * c)
+
+
+def _layer_factors(layer: _Layer, a: jax.Array, d: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(A [B, T, K], D [B, T, C]) such that example i's kernel gradient is A_iᵀ D_i."""
+    if layer.kind == "conv":
+        a = _patches(a, layer)
+    b = a.shape[0]
+    return a.reshape(b, -1, a.shape[-1]), d.reshape(b, -1, d.shape[-1])
+
+
+def _materialise(t: int, k: int, c: int) -> bool:
+    """Whether forming [B, K, C] per-example kernels is cheaper than T×T Gram matrices."""
+    return t * k * c <= t * t * (k + c)
+
+
+def _tape(model: nn.Module, params: PyTree, x: jax.Array, y: jax.Array, loss: BatchLoss):
+    """Forward + one backward pass: per-layer (inputs, output grads), losses, logits, layers."""
+    layers: dict = {}
+    tape = _make_tape(layers)
+
+    def run(perturbations):
+        with nn.intercept_methods(tape):
+            logits, state = model.apply(
+                {**params, _PERTURB: perturbations}, x, mutable=[_INPUTS]
+            )
+        losses = loss(logits, y)
+        # Examples are independent (no BatchNorm), so ∂Σℓ/∂y_i = ∂ℓ_i/∂y_i.
+        return jnp.sum(losses), (state[_INPUTS], losses, logits)
+
+    def zeros():
+        with nn.intercept_methods(_make_tape({})):
+            _, state = model.apply(params, x, mutable=[_PERTURB])
+        return state[_PERTURB]
+
+    perturb = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(zeros))
+    # Pooling gradients through `max_pool`'s custom VJP: same values, no select_and_scatter.
+    out_grads, (inputs, losses, logits) = jax.grad(fast_max_pool_grads(run), has_aux=True)(
+        perturb
+    )
+    _check_coverage(params, layers)
+    factors = {
+        path: _layer_factors(layer, _get(inputs, path)["x"][0], _get(out_grads, path)["y"])
+        for path, layer in layers.items()
+    }
+    return layers, factors, losses, logits
+
+
+def _check_coverage(params: PyTree, layers: dict) -> None:
+    if set(params) != {"params"}:
+        raise ValueError(f"only 'params' variables are supported, got collections {set(params)}.")
+    covered = {path + (leaf,) for path in layers for leaf in ("kernel", "bias")}
+    missing = [k for k in traverse_util.flatten_dict(params["params"]) if k not in covered]
+    if missing:
+        names = ", ".join("/".join(k) for k in missing)
+        raise ValueError(
+            f"parameters outside Dense/Conv layers ({names}) have no per-example formula "
+            "here; use ecos_jax.per_sample (vmap) for this model."
+        )
+
+
+def _per_layer_sq_norms(layer: _Layer, a: jax.Array, d: jax.Array):
+    """Squared per-example gradient norm of one layer [B], and the materialised kernel or None."""
+    _, t, k = a.shape
+    c = d.shape[-1]
+    sq = jnp.zeros(a.shape[0], jnp.float32)
+    kernel = None
+    if t == 1:
+        sq = sq + jnp.sum(a[:, 0] ** 2, -1) * jnp.sum(d[:, 0] ** 2, -1)
+    elif _materialise(t, k, c):
+        kernel = jnp.einsum("btk,btc->bkc", a, d)
+        sq = sq + jnp.sum(kernel**2, axis=(1, 2))
+    else:
+        gram_a = jnp.einsum("btk,bsk->bts", a, a)
+        gram_d = jnp.einsum("btc,bsc->bts", d, d)
+        sq = sq + jnp.sum(gram_a * gram_d, axis=(1, 2))
+    if layer.has_bias:
+        sq = sq + jnp.sum(jnp.sum(d, axis=1) ** 2, -1)
+    return sq, kernel
+
+
+def _weighted_sum(layer: _Layer, a, d, kernel, w: jax.Array, kernel_shape) -> dict:
+    """Σ_i w_i ∇ℓ_i for one layer's kernel (and bias)."""
+    if kernel is not None:
+        k_sum = jnp.einsum("b,bkc->kc", w, kernel)
+    else:
+        k_sum = jnp.einsum("btk,btc->kc", a, d * w[:, None, None])
+    out = {"kernel": k_sum.reshape(kernel_shape)}
+    if layer.has_bias:
+        out["bias"] = jnp.einsum("b,bc->c", w, jnp.sum(d, axis=1))
+    return out
+
+
+def _assemble(params: PyTree, per_layer: dict) -> PyTree:
+    flat = {}
+    for path, leaves in per_layer.items():
+        for name, value in leaves.items():
+            flat[path + (name,)] = value
+    tree = traverse_util.unflatten_dict(flat)
+    # Same structure and leaf order as params (dicts from flax are plain dicts here).
+    return {"params": jax.tree.map(lambda p, g: g.astype(p.dtype), params["params"], tree)}
+
+
+def _clipped_chunk(model, loss, l2_norm_clip, per_layer, params, x, y, mask):
+    layers, factors, losses, logits = _tape(model, params, x, y, loss)
+    sq, kernels = {}, {}
+    for path, layer in layers.items():
+        sq[path], kernels[path] = _per_layer_sq_norms(layer, *factors[path])
+    layer_norms = jnp.sqrt(jnp.stack([sq[p] for p in layers], axis=1))  # [B, L]
+    norms = jnp.sqrt(jnp.sum(layer_norms**2, axis=1))
+    m = mask.astype(jnp.float32)
+    if per_layer:
+        # Each of the L layers gets C/sqrt(L), so the whole update still has sensitivity C.
+        clip = l2_norm_clip / jnp.sqrt(len(layers))
+        w = m[:, None] * jnp.minimum(1.0, clip / jnp.maximum(layer_norms, 1e-12))
+        weights = {p: w[:, i] for i, p in enumerate(layers)}
+    else:
+        w = m * jnp.minimum(1.0, l2_norm_clip / jnp.maximum(norms, 1e-12))
+        weights = {p: w for p in layers}
+    sums = {
+        path: _weighted_sum(
+            layer, *factors[path], kernels[path], weights[path],
+            _get(params["params"], path)["kernel"].shape,
+        )
+        for path, layer in layers.items()
+    }
+    aux = {"norms": norms, "losses": losses, "logits": logits}
+    return _assemble(params, sums), aux
+
+
+def _scan_chunks(fn, microbatch_size: int | None, *batched):
+    """Sums `fn`'s first output over chunks of the batch; concatenates the aux."""
+    n = batched[0].shape[0]
+    if microbatch_size is None or microbatch_size >= n:
+        return fn(*batched)
+    if microbatch_size < 1:
+        raise ValueError(f"microbatch_size must be >= 1, got {microbatch_size}.")
+    pad = (-n) % microbatch_size
+    padded = [jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in batched]
+    chunks = [a.reshape(-1, microbatch_size, *a.shape[1:]) for a in padded]
+    first = fn(*[c[0] for c in chunks])
+    init = jax.tree.map(jnp.zeros_like, first[0])
+
+    def body(acc, chunk):
+        total, aux = fn(*chunk)
+        return jax.tree.map(jnp.add, acc, total), aux
+
+    total, aux = lax.scan(body, init, chunks)
+    return total, jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:])[:n], aux)
+
+
+@partial(jax.jit, static_argnames=("model", "loss", "per_layer", "microbatch_size"))
+def clipped_grad_sum(
+    model: nn.Module,
+    params: PyTree,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    l2_norm_clip: float | jax.Array,
+    mask: jax.Array | None = None,
+    per_layer: bool = False,
+    loss: BatchLoss = softmax_xent,
+    microbatch_size: int | None = None,
+) -> tuple[PyTree, dict]:
+    """Σ_i m_i · clip(∇ℓ_i) without materialising every per-example gradient.
+
+    Args:
+      model: flax model whose parameters all sit in Dense / 2-D Conv layers.
+      params: `{"params": ...}` variables of `model`.
+      x: `[B, ...]` inputs; y: `[B]` targets for `loss`.
+      l2_norm_clip: C > 0. Flat: each example's whole gradient is scaled to norm ≤ C.
+        Per-layer: each of the L layers is scaled to norm ≤ C/√L (total still ≤ C).
+      mask: `[B]` bool/0-1 inclusion mask (padding rows get 0); None includes all.
+      per_layer: per-layer instead of flat clipping.
+      loss: per-example loss `(logits [B, K], y [B]) -> [B]`.
+      microbatch_size: examples per chunk (bounded memory), None for the whole batch.
+
+    Returns:
+      `(grad_sum, aux)`: a pytree like `params`, and `aux` with `norms` [B] (un-clipped
+      ‖∇ℓ_i‖₂), `losses` [B] and `logits` [B, K].
+    """
+    if mask is None:
+        mask = jnp.ones(x.shape[0], jnp.float32)
+    fn = partial(_clipped_chunk, model, loss, l2_norm_clip, per_layer, params)
+    return _scan_chunks(fn, microbatch_size, x, y, mask)
+
+
+@partial(jax.jit, static_argnames=("model", "loss"))
+def grad_sum(
+    model: nn.Module, params: PyTree, x: jax.Array, y: jax.Array, *,
+    mask: jax.Array | None = None, loss: BatchLoss = softmax_xent,
+) -> PyTree:
+    """The non-private Σ_i m_i ∇ℓ_i by the same formulation (batched matmuls, no clipping).
+
+    The fair non-private baseline for `clipped_grad_sum`: same forward, same backward to
+    layer outputs, one [K, T·B] x [T·B, C] product per layer instead of per-example work.
+    """
+    layers, factors, _, _ = _tape(model, params, x, y, loss)
+    w = jnp.ones(x.shape[0], jnp.float32) if mask is None else mask.astype(jnp.float32)
+    sums = {
+        path: _weighted_sum(
+            layer, *factors[path], None, w, _get(params["params"], path)["kernel"].shape
+        )
+        for path, layer in layers.items()
+    }
+    return _assemble(params, sums)
+
+
+@partial(jax.jit, static_argnames=("model", "loss"))
+def per_example_grads(
+    model: nn.Module, params: PyTree, x: jax.Array, y: jax.Array, *,
+    loss: BatchLoss = softmax_xent,
+) -> PyTree:
+    """Every ∇ℓ_i materialised: a pytree like `params` with a leading `[B]` axis."""
+    layers, factors, _, _ = _tape(model, params, x, y, loss)
+    out = {}
+    for path, layer in layers.items():
+        a, d = factors[path]
+        shape = _get(params["params"], path)["kernel"].shape
+        leaves = {"kernel": jnp.einsum("btk,btc->bkc", a, d).reshape(x.shape[0], *shape)}
+        if layer.has_bias:
+            leaves["bias"] = jnp.sum(d, axis=1)
+        out[path] = leaves
+    flat = {p + (n,): v for p, leaves in out.items() for n, v in leaves.items()}
+    return {"params": traverse_util.unflatten_dict(flat)}
+
+
+@partial(jax.jit, static_argnames=("model", "loss"))
+def per_example_grad_norms(
+    model: nn.Module, params: PyTree, x: jax.Array, y: jax.Array, *,
+    loss: BatchLoss = softmax_xent,
+) -> jax.Array:
+    """‖∇ℓ_i‖₂ for each example, `[B]`, by ghost norms where they are cheaper."""
+    layers, factors, _, _ = _tape(model, params, x, y, loss)
+    sq = sum(_per_layer_sq_norms(layer, *factors[p])[0] for p, layer in layers.items())
+    return jnp.sqrt(sq)

@@ -1,0 +1,150 @@
+"""DP-SGD pieces: clipping bound, noise scale, Poisson rate, one compilation, non-private limit."""
+import dp_accounting
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ecos_jax.models import get_model
+from ecos_jax.privacy import accounting, clipping, dpsgd
+from ecos_jax.privacy.ledger import PrivacyLedger
+from ecos_jax.privacy.noise import add_gaussian_noise
+from ecos_jax.privacy.sampling import PoissonSampler, ShuffleSampler
+
+N, B = 48, 8
+
+
+def _per_example():
+    k = jax.random.split(jax.random.key(0), 3)
+    return {"layer0": {"kernel": 3 * jax.random.normal(k[0], (16, 4, 3)),
+                       "bias": jax.random.normal(k[1], (16, 3))},
+            "layer1": {"kernel": 0.01 * jax.random.normal(k[2], (16, 5))}}
+
+
+def test_clipped_norms_are_at_most_c():
+    g = _per_example()
+    for mode, bound in [("flat", 1.0), ("per_layer", 1.0 / np.sqrt(2))]:
+        clipped, norms = clipping.clip_per_example(g, 1.0, clipping=mode)
+        new_norms = np.asarray(clipping.clip_weights(clipped, np.inf)[1])
+        assert (new_norms <= 1.0 + 1e-5).all()
+        for layer in clipped.values():  # per layer: each module within C/sqrt(L)
+            layer_norm = np.sqrt(sum(np.sum(np.reshape(v, (16, -1)) ** 2, 1) for v in layer.values()))
+            if mode == "per_layer":
+                assert (layer_norm <= bound + 1e-5).all()
+        small = np.asarray(norms) <= 1.0  # already-small gradients are untouched
+        np.testing.assert_allclose(new_norms[small], np.asarray(norms)[small], rtol=1e-5)
+    mask = jnp.arange(16) % 3 != 0
+    total, state = clipping.clip_and_sum(1.0).update(g, clipping.clip_and_sum(1.0).init(None), mask=mask)
+    want = jax.tree.map(lambda v: jnp.sum(v * mask.reshape(-1, *[1] * (v.ndim - 1)), 0),
+                        clipping.clip_per_example(g, 1.0)[0])
+    for a, b in zip(jax.tree.leaves(total), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_noise_std_matches_sigma_c_and_divides_by_expected_batch():
+    zeros = {"w": jnp.zeros((300, 300)), "b": jnp.zeros(1000)}
+    tx = add_gaussian_noise(1.5, 2.0, expected_batch_size=4.0, key=jax.random.key(3))
+    state = tx.init(zeros)
+    out, state = tx.update(zeros, state)
+    out2, state = tx.update(zeros, state)
+    z = np.concatenate([np.ravel(v) for v in jax.tree.leaves(out)]) * 4.0
+    # std of the sample std ~ s/sqrt(2n) = 3/sqrt(182000) = 0.005: allow 5 of those.
+    assert z.std() == pytest.approx(1.5 * 2.0, abs=0.035)
+    assert abs(z.mean()) < 5 * 3.0 / np.sqrt(z.size)
+    assert int(state.count) == 2 and not np.allclose(out["b"], out2["b"])
+    for bad, match in [(dict(noise_multiplier=-1.0), "noise_multiplier"),
+                       (dict(l2_sensitivity=0.0), "l2_sensitivity"),
+                       (dict(expected_batch_size=0.0), "expected_batch_size")]:
+        kw = dict(noise_multiplier=1.0, l2_sensitivity=1.0, expected_batch_size=1.0) | bad
+        with pytest.raises(ValueError, match=match):
+            add_gaussian_noise(kw.pop("noise_multiplier"), kw.pop("l2_sensitivity"), key=jax.random.key(0), **kw)
+
+
+def test_poisson_inclusion_rate_and_truncation():
+    sampler = PoissonSampler(dataset_size=400, sampling_rate=0.05)
+    keys = jax.random.split(jax.random.key(0), 300)
+    batches = jax.vmap(sampler.sample)(keys)
+    counts = np.zeros(400)
+    for idx, m in zip(np.asarray(batches.indices), np.asarray(batches.mask)):
+        assert len(set(idx[m])) == m.sum()  # no example twice
+        np.add.at(counts, idx[m], 1)
+    rate = counts.sum() / (300 * 400)
+    assert rate == pytest.approx(0.05, abs=5 * np.sqrt(0.05 * 0.95 / (300 * 400)))
+    np.testing.assert_array_equal(np.asarray(batches.mask).sum(1), np.asarray(batches.num_sampled))
+    assert int(batches.truncated.sum()) == 0
+    small = PoissonSampler(dataset_size=400, sampling_rate=0.5, max_batch_size=150)
+    b = small.sample(jax.random.key(1))
+    assert bool(b.mask.all()) and int(b.truncated) == int(b.num_sampled) - 150 > 0
+    assert len(set(np.asarray(b.indices))) == 150
+
+
+def test_shuffle_epoch_covers_dataset_once():
+    s = ShuffleSampler(dataset_size=50, batch_size=8)
+    idx = np.asarray(s.epoch(jax.random.key(0)))
+    assert idx.shape == (6, 8) and len(set(idx.ravel())) == 48
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(noise_multiplier=-0.1), "sigma"),
+        (dict(l2_norm_clip=0.0), "l2_norm_clip"),
+        (dict(l2_norm_clip=-1.0), "l2_norm_clip"),
+        (dict(batch_size=N + 1), "batch_size"),
+        (dict(l2_norm_clip=float("inf")), "unbounded"),
+        (dict(sampling="fixed"), "sampling"),
+        (dict(max_batch_size=0), "max_batch_size"),
+    ],
+)
+def test_config_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        dpsgd.DPSGDConfig(**(dict(dataset_size=N, batch_size=B) | kw))
+    with pytest.raises(ValueError, match="q must be in"):
+        PoissonSampler(dataset_size=N, sampling_rate=1.5)
+
+
+def _data():
+    model = get_model("mlp", 3, hidden=(8,))
+    x = np.asarray(jax.random.normal(jax.random.key(1), (N, 4, 4, 1)))
+    y = np.arange(N) % 3
+    return model, model.init(jax.random.key(0), x[:1]), x, y
+
+
+@pytest.mark.parametrize("grad_method", ["layers", "vmap"])
+def test_c_inf_sigma_zero_equals_non_private_update(grad_method):
+    model, params, x, y = _data()
+    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, l2_norm_clip=float("inf"),
+                            noise_multiplier=0.0, grad_method=grad_method)
+    init, step = dpsgd.make_dp_step(model, optax.sgd(0.3), cfg, key=jax.random.key(0))
+    state, _ = step(init(params), x[:B], y[:B], jnp.ones(B))
+
+    def mean_loss(p):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x[:B]), y[:B]).mean()
+
+    want = optax.apply_updates(params, jax.tree.map(lambda g: -0.3 * g, jax.grad(mean_loss)(params)))
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_train_compiles_once_and_records_ledger():
+    model, params, x, y = _data()
+    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, l2_norm_clip=1.0, noise_multiplier=1.2)
+    ledger = PrivacyLedger(1e-3, reproducible_seed=5, dataset_size=N, allow_large_delta=True)
+    res = dpsgd.train(model, params, x, y, cfg, optax.sgd(0.1), steps=7, seed=5, ledger=ledger,
+                      log_every=3, progress=False)
+    assert res.compilations == 1 and len(res.history) == 3 and res.history[-1]["step"] == 7
+    assert res.reproducible and ledger.to_dict()["reproducible"]
+    direct = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(B / N, dp_accounting.GaussianDpEvent(1.2)), 7)
+    assert res.event == direct and ledger.composed_event() == dp_accounting.ComposedDpEvent([direct])
+    assert res.epsilon["rdp"] == accounting.epsilon(direct, 1e-3) == ledger.epsilon()
+    assert ledger.entries[0].meta["truncated_examples"] == res.truncated_examples
+    # The same seed reproduces the run exactly; an unseeded ledger refuses a seeded run.
+    again = dpsgd.train(model, params, x, y, cfg, optax.sgd(0.1), steps=7, seed=5, log_every=3,
+                        progress=False)
+    for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="reproducible_seed"):
+        dpsgd.train(model, params, x, y, cfg, optax.sgd(0.1), steps=1, seed=5,
+                    ledger=PrivacyLedger(1e-3, allow_large_delta=True), progress=False)

@@ -1,0 +1,140 @@
+"""Per-example gradients from layer inputs/output grads equal vmap(grad) on the real models."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ecos_jax import per_sample
+from ecos_jax.models import get_model
+from ecos_jax.privacy import clipping, layer_grads
+from ecos_jax.privacy.pooling import fast_max_pool_grads, max_pool
+
+B = 6
+MASK = jnp.array([1, 0, 1, 1, 0, 1])
+
+
+def _setup(name, size=28, **kw):
+    model = get_model(name, 10, **kw)
+    params = model.init(jax.random.key(0), jnp.zeros((1, size, size, 1)))
+    x = jax.random.normal(jax.random.key(1), (B, size, size, 1))
+    y = jnp.arange(B) % 10
+    return model, params, x, y
+
+
+def _close(a, b, rtol=2e-5, atol=1e-6):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol)
+
+
+def _both_ways(model):
+    """Every quantity by both formulations, in ONE compiled function (compile time dominates)."""
+
+    @jax.jit
+    def run(params, x, y):
+        ref = per_sample.per_example_grads(per_sample.example_loss(model), params, x, y)
+        out = {"ref": ref, "ref_norms": per_sample.global_norms(ref)}
+        out["grads"] = layer_grads.per_example_grads(model, params, x, y)
+        out["norms"] = layer_grads.per_example_grad_norms(model, params, x, y)
+        for mode in clipping.CLIPPINGS:
+            out["want_" + mode] = clipping.clipped_sum(ref, 0.3, mask=MASK, clipping=mode)
+            out["got_" + mode] = layer_grads.clipped_grad_sum(
+                model, params, x, y, l2_norm_clip=0.3, mask=MASK, per_layer=mode == "per_layer"
+            )
+        out["chunked"] = layer_grads.clipped_grad_sum(
+            model, params, x, y, l2_norm_clip=0.3, mask=MASK, microbatch_size=4
+        )[0]
+        out["sum"] = layer_grads.grad_sum(model, params, x, y)
+        out["sum_ref"] = jax.grad(
+            lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).sum()
+        )(params)
+        return out
+
+    return run
+
+
+def _check(out):
+    _close(out["grads"], out["ref"])
+    _close(out["norms"], out["ref_norms"])
+    for mode in clipping.CLIPPINGS:
+        want, want_norms = out["want_" + mode]
+        got, aux = out["got_" + mode]
+        _close(got, want)
+        _close(aux["norms"], want_norms)
+    _close(out["chunked"], out["got_flat"][0])
+    _close(out["sum"], out["sum_ref"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, kw", [("cnn", {}), ("mlp", {"hidden": (32, 16)})])
+def test_matches_vmap_grad_on_real_models(name, kw):
+    model, params, x, y = _setup(name, **kw)
+    _check(_both_ways(model)(params, x, y))
+
+
+@pytest.mark.slow
+def test_matches_vmap_grad_on_wide_cnn():
+    model, params, x, y = _setup("wide_cnn")
+    _check(_both_ways(model)(params, x, y))
+
+
+def test_strided_valid_and_gram_norm_branch():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(8, (2, 2), strides=2, padding="VALID")(x))  # 10x10 -> 5x5
+            x = nn.Conv(16, (3, 3), padding="VALID", use_bias=False)(x)  # T = 9: Gram norms
+            return nn.Dense(4)(x.reshape(x.shape[0], -1))
+
+    model = Net()
+    x = jax.random.normal(jax.random.key(2), (B, 10, 10, 1))
+    y = jnp.arange(B) % 4
+    params = model.init(jax.random.key(0), x[:1])
+    assert not layer_grads._materialise(t=9, k=72, c=16)
+
+    @jax.jit
+    def run(params):
+        ref = per_sample.per_example_grads(per_sample.example_loss(model), params, x, y)
+        return (ref, per_sample.global_norms(ref), layer_grads.per_example_grads(model, params, x, y),
+                layer_grads.per_example_grad_norms(model, params, x, y))
+
+    ref, ref_norms, grads, norms = run(params)
+    _close(grads, ref)
+    _close(norms, ref_norms)
+
+
+def test_unsupported_layers_raise():
+    model, params, x, y = _setup("resnet", size=8, stage_channels=(8,))
+    with pytest.raises(ValueError, match="GroupNorm"):
+        jax.eval_shape(lambda p: layer_grads.per_example_grad_norms(model, p, x, y), params)
+
+
+def test_fast_pool_gradient_equals_select_and_scatter_with_ties():
+    x = jnp.round(jax.random.normal(jax.random.key(0), (2, 7, 9, 3)) * 2) / 2  # many ties
+    model, params, xs, y = _setup("cnn", size=12, channels=(4, 4), embed_dim=8)
+
+    def loss(p):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xs), y).sum()
+
+    fast = jax.grad(fast_max_pool_grads(loss))
+    assert "select_and_scatter" not in str(jax.make_jaxpr(fast)(params))
+
+    @jax.jit
+    def run(x, params):
+        out = []
+        for win in [(1, 2, 2, 1), (1, 3, 3, 1)]:
+            def ref(v, win=win):
+                return jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, win, win, "VALID")
+
+            g = jax.random.normal(jax.random.key(1), ref(x).shape)
+            out.append((max_pool(x, win), ref(x),
+                        jax.vjp(lambda v, win=win: max_pool(v, win), x)[1](g)[0],
+                        jax.vjp(ref, x)[1](g)[0]))
+        return out, fast(params), jax.grad(loss)(params)
+
+    pools, got, want = run(x, params)
+    for y_fast, y_ref, dx_fast, dx_ref in pools:
+        np.testing.assert_array_equal(y_fast, y_ref)
+        np.testing.assert_array_equal(dx_fast, dx_ref)
+    _close(got, want, rtol=1e-5)
