@@ -49,8 +49,8 @@ def _config_hash(config: ml_collections.ConfigDict) -> str:
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset) -> list[str]:
-    """Checks the config against the data before any work; returns the client domains."""
+def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset) -> dict[str, data_lib.EcosSplit]:
+    """Checks the config against the data before any work; returns {client domain: its split}."""
     unknown = set(config.methods) - set(METHODS)
     if unknown:
         raise ValueError(f"Unknown methods {sorted(unknown)}; choose from {METHODS}.")
@@ -68,7 +68,17 @@ def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset) -> li
         ds.domain_index(d)  # raises with the list of valid names
     if any(b < 1 for b in config.budgets) or not config.budgets:
         raise ValueError(f"budgets must be positive integers, got {tuple(config.budgets)}.")
-    return domains
+    splits = {}
+    for domain in domains:
+        split = data_lib.ecos_split(ds, domain, n_client_train=config.data.n_client_train,
+                                    n_client_test=config.data.n_client_test, pool=config.data.pool,
+                                    seed=config.data.split_seed)
+        too_big = [b for b in config.budgets if b > len(split.pool)]
+        if too_big:
+            raise ValueError(f"budget(s) {too_big} larger than the pool ({len(split.pool)} samples) "
+                             f"when {domain!r} is the client.")
+        splits[domain] = split
+    return splits
 
 
 def _train_and_score(config, x, y, test: data_lib.ArrayDataset, num_classes: int, seed: int, desc: str) -> float:
@@ -94,7 +104,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
     """Runs the whole experiment; writes results into `workdir` and returns the records."""
     workdir = Path(workdir)
     ds = data_lib.load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
-    domains = validate(config, ds)
+    splits = validate(config, ds)
+    domains = list(splits)
     chash = _config_hash(config)
     state_path = workdir / "state.json"
     records = _load_state(state_path, chash)
@@ -111,14 +122,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
                initial=len(done))
     ledgers, comm = {}, {}
     for domain in domains:
-        split = data_lib.ecos_split(ds, domain, n_client_train=config.data.n_client_train,
-                                    n_client_test=config.data.n_client_test, pool=config.data.pool,
-                                    seed=config.data.split_seed)
+        split = splits[domain]
         pool, client, test = split.pool, split.client_train, split.client_test
-        too_big = [b for b in config.budgets if b > len(pool)]
-        if too_big:
-            raise ValueError(f"budget(s) {too_big} larger than the pool ({len(pool)} samples) "
-                             f"when {domain!r} is the client.")
         f = features_lib.fit_extractor(
             config.features.kind, pool.images, pool_labels=pool.labels, num_classes=ds.num_classes,
             dim=config.features.dim, epochs=config.features.epochs, seed=config.data.split_seed,

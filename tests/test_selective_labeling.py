@@ -1,0 +1,78 @@
+"""The main job end to end on the quick config, its resume, and its errors on bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import selective_labeling as sl_config
+from ecos_jax.ecos import selective_labeling
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**overrides):
+    c = sl_config.get_config("quick")
+    c.progress = False
+    with c.unlocked():
+        for k, v in overrides.items():
+            obj = c
+            *path, leaf = k.split(".")
+            for p in path:
+                obj = obj[p]
+            obj[leaf] = v
+    return c
+
+
+def test_quick_config_end_to_end_and_resume(tmp_path):
+    config = _config()
+    records = selective_labeling.run(config, tmp_path)
+    methods = {r["method"] for r in records}
+    assert methods == {"ecos", "random", "kcenter", "local", "oracle"}
+    # 2 domains x 2 seeds x (4 pool methods x 2 budgets + local)
+    assert len(records) == 2 * 2 * (4 * 2 + 1)
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in records)
+    assert all(r["epsilon"] == pytest.approx(0.58, abs=0.01) for r in records if r["method"] == "ecos")
+    out = json.loads((tmp_path / "results.json").read_text())
+    assert len(out["records"]) == len(records)
+    assert (tmp_path / "accuracy_vs_budget.png").stat().st_size > 1000
+    assert "| budget | method | ε |" in (tmp_path / "results.md").read_text()
+    ledgers = json.loads((tmp_path / "ledgers.json").read_text())
+    assert len(ledgers) == 2 * 2  # one client response per domain and seed
+    comm = out["communication"]["digits"]
+    assert comm["ecos_up_bytes"] * 100 < comm["upload_client_data_bytes"]
+    # A second run with the same config resumes: nothing is recomputed.
+    again = selective_labeling.run(config, tmp_path)
+    assert [r["seconds"] for r in again] == [r["seconds"] for r in records]
+    # A different config refuses the workdir and leaves its state untouched.
+    state = (tmp_path / "state.json").read_bytes()
+    with pytest.raises(ValueError, match="different config"):
+        selective_labeling.run(_config(**{"ecos.epsilon": 1.0}), tmp_path)
+    assert (tmp_path / "state.json").read_bytes() == state
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"budgets": (100, 100_000)}, "larger than the pool"),
+    ({"ecos.epsilon": 0.0}, "epsilon must be > 0"),
+    ({"ecos.epsilon": -0.5}, "epsilon must be > 0"),
+    ({"data.n_client_train": 0}, "cannot be empty"),
+    ({"data.client_domains": ("no_such_domain",)}, "no_such_domain"),
+    ({"data.name": "no_such_dataset_xyz"}, "no_such_dataset_xyz"),
+    ({"methods": ("ecos", "bogus")}, "bogus"),
+])
+def test_bad_config_fails_before_any_work(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        selective_labeling.run(_config(**overrides), tmp_path)
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_command_line_rejects_misspelled_field(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "selective_labeling.py"),
+         "--config=" + os.path.join(ROOT, "configs", "selective_labeling.py") + ":quick",
+         f"--workdir={tmp_path}", "--config.budgt=3000"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "budgt" in proc.stderr
+    assert not any(tmp_path.iterdir())
