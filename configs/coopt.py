@@ -10,6 +10,7 @@ Run (from the repository root):
 
   python experiments/coopt.py --workdir=runs/coopt
   python experiments/coopt.py --config=configs/coopt.py:quick --workdir=runs/coopt_quick
+  python experiments/coopt.py --config=configs/coopt.py:broad --workdir=runs/coopt_broad
   # any field overrides:
   python experiments/coopt.py --config.participants.scheme=iid --config.alignment.method=linear
 
@@ -70,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.optimizer = "adam"
     c.train.loss = "cosine"         # "cosine" | "mse"
     c.train.eval_every = 2
+    c.train.augment = True          # regression and supervised methods use SimCLR's augmentations too
 
     c.ssl = ml_collections.ConfigDict()
     c.ssl.temperature = 0.2
@@ -82,6 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.baselines = ml_collections.ConfigDict()
     c.baselines.distill_prior = "mlp_digits"
+    c.baselines.distill_alignment = "project"   # standardise + PCA ("off" = raw prior features)
 
     c.probe = ml_collections.ConfigDict()
     c.probe.l2 = 1e-4
@@ -121,6 +124,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.ablation.num_participants = (1, 2)
         c.ablation.strengths = ml_collections.ConfigDict(dict(random=("mlp_random", "mlp_wide_random")))
         c.ablation.homogeneous_prior = "mlp_random"
+    elif arg == "broad":
+        # Priors get four held-out domains (3.3k labelled images, two of them MNIST corruptions);
+        # the pool keeps mnist, rotate and invert.
+        c.name = "broad"
+        c.data.pool_domains = ("mnist", "mnist_rotate", "mnist_invert")
+        c.data.public_domains = ("digits", "mnist_texture", "mnist_noise", "mnist_blur")
+        c.priors.names = ("mlp_broad", "mlp_wide_noise_blur", "mlp_deep_broad", "cnn_small_broad")
+        c.baselines.distill_prior = "mlp_broad"
+        c.ablation.homogeneous_prior = "mlp_broad"
     elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; use 'quick' or nothing.")
+        raise ValueError(f"unknown config variant {arg!r}; use 'quick', 'broad' or nothing.")
     return c

@@ -97,6 +97,7 @@ _MLP_WIDE = (("hidden", (512, 64)),)
 _MLP_DEEP = (("hidden", (256, 128, 64)),)
 _RESNET64 = (("stage_channels", (16, 32, 64)),)
 _HELD_OUT = ("digits", "mnist_texture")  # the default pool never contains these domains
+_BROAD = ("digits", "mnist_texture", "mnist_noise", "mnist_blur")  # held out by configs/coopt.py:broad
 
 # Convolutions are ~100x slower than dense layers on a small CPU, so the default experiment
 # uses the MLP priors and the small CNN; the larger convolutional ones are for accelerators.
@@ -109,6 +110,11 @@ REGISTRY: dict[str, PriorSpec] = {s.name: s for s in [
     _spec("cnn_digits", "cnn", _CNN64, domains=("digits",), epochs=10),
     _spec("wide_cnn_texture", "wide_cnn", _WIDE64, domains=("mnist_texture",), epochs=12),
     _spec("resnet_heldout", "resnet", _RESNET64, domains=_HELD_OUT, epochs=4),
+    # More (and more related) prior data, for pools without noise / blur.
+    _spec("mlp_broad", "mlp", _MLP, domains=_BROAD, epochs=30),
+    _spec("mlp_wide_noise_blur", "mlp", _MLP_WIDE, domains=("mnist_noise", "mnist_blur"), epochs=30),
+    _spec("mlp_deep_broad", "mlp", _MLP_DEEP, domains=_BROAD, epochs=20),
+    _spec("cnn_small_broad", "cnn", _CNN_SMALL, domains=_BROAD, epochs=2),
     # Task-agnostic: trained on half of the classes only.
     _spec("mlp_half_classes", "mlp", _MLP, domains=_HELD_OUT, classes=(0, 1, 2, 3, 4), epochs=30),
     # Self-supervised, no labels anywhere.
@@ -225,7 +231,8 @@ def load_prior(
     for d in spec.domains:
         data.domain_index(d)  # unknown domain names raise here, listing the valid ones
     model = spec.build(data.num_classes)
-    template = model.init(jax.random.key(spec.seed), jnp.zeros((1, *data.image_shape), jnp.float32))
+    # One compiled init instead of op-by-op dispatch (slow on a busy CPU).
+    template = jax.jit(model.init)(jax.random.key(spec.seed), jnp.zeros((1, *data.image_shape), jnp.float32))
     train = _training_data(spec, data)
     fp = _fingerprint(spec, train, data.image_shape)
     path = os.path.join(os.fspath(cache_dir), f"{spec.name}-{fp}.npz")

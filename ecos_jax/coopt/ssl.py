@@ -53,7 +53,7 @@ class Augment:
 
     def __call__(self, key: jax.Array, images: jax.Array) -> jax.Array:
         """`images: [B, H, W, C]` in [0, 1] -> one random view per image, same shape, in [0, 1]."""
-        return jax.vmap(self._one)(jax.random.split(key, images.shape[0]), images)
+        return _augment(self, key, images)
 
     def _one(self, key: jax.Array, image: jax.Array) -> jax.Array:
         k_rot, k_scale, k_shift, k_b, k_c, k_ns, k_n, k_inv = jax.random.split(key, 8)
@@ -82,6 +82,12 @@ class Augment:
         return jnp.clip(out, 0.0, 1.0)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _augment(aug: Augment, key: jax.Array, images: jax.Array) -> jax.Array:
+    return jax.vmap(aug._one)(jax.random.split(key, images.shape[0]), images)
+
+
+@jax.jit
 def nt_xent(z: jax.Array, temperature: float) -> jax.Array:
     """NT-Xent loss (nats) of `z: [2B, d]` where rows i and i + B are two views of one image.
 

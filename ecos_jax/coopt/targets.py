@@ -66,15 +66,17 @@ def embed(
 ) -> np.ndarray:
     """`model`'s embedding of `x: [N, H, W, C]` float32 -> `[N, d]` float32.
 
-    Batches have one fixed size (rounded up to a multiple of the devices; the tail is padded
-    with zeros and dropped), so the apply compiles once per model.
+    Batches have one fixed size per call, a power of two times the number of devices (capped
+    near `batch_size`); the tail is padded with zeros and dropped, so a model compiles for a
+    handful of sizes only.
     """
     x = np.asarray(x, np.float32)
     if x.ndim != 4 or x.shape[0] == 0:
         raise ValueError(f"embed takes a non-empty [N, H, W, C] array; got shape {x.shape}.")
     mesh = data_mesh() if mesh is None else mesh
     per = mesh.size
-    size = min(batch_size, x.shape[0])
+    # Batch sizes are powers of two (times the devices): shards of many sizes share few compilations.
+    size = min(batch_size, (1 << max(0, int(np.ceil(np.log2(-(-x.shape[0] // per)))))) * per)
     size = -(-size // per) * per
     out = []
     for start in range(0, x.shape[0], size):

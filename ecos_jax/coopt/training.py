@@ -38,15 +38,19 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def regression_objective(model: nn.Module, loss_fn: LossFn) -> Objective:
+def regression_objective(model: nn.Module, loss_fn: LossFn,
+                         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None) -> Objective:
     """Mean of `loss_fn(model(x), targets)` over the batch (regression, distillation, labels).
 
-    Cached: equal (model, loss_fn) give the same function, so `train_epochs` reuses its
-    compiled epoch across runs (seeds, ablations) instead of recompiling.
+    augment: optional `augment(key, x) -> x'` (e.g. `ssl.Augment`); x' keeps x's target, as
+    when a supervised model trains with data augmentation.
+    Cached: equal arguments give the same function, so `train_epochs` reuses its compiled
+    epoch across runs (seeds, ablations) instead of recompiling.
     """
 
     def objective(params, xb, tb, key):
-        del key  # deterministic objective
+        if augment is not None:
+            xb = augment(key, xb)
         return jnp.mean(loss_fn(model.apply(params, xb), tb))
 
     return objective
