@@ -10,7 +10,7 @@ from ecos_jax.samplers import kcenter_stream
 from ecos_jax.samplers.kmeans import kmeans
 from ecos_jax.samplers.pool import BLOCK_ROWS, Pool, aligned_empty
 
-N = 3 * BLOCK_ROWS + 517  # four blocks, the last one partial
+N = 20 * BLOCK_ROWS + 117  # 21 blocks, the last one partial
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def test_kmeans_streamed_and_sharded_match_in_memory(pool, one_device, tmp_path)
     np.save(path, pool)
     memmap = np.load(path, mmap_mode="r")
     runs = {
-        "host chunks, 1 device": dict(features=pool, chunk_size=BLOCK_ROWS, devices=one_device),
-        "memmap chunks, 4 devices": dict(features=memmap, chunk_size=BLOCK_ROWS,
+        "host chunks, 1 device": dict(features=pool, chunk_size=4 * BLOCK_ROWS, devices=one_device),
+        "memmap chunks, 4 devices": dict(features=memmap, chunk_size=4 * BLOCK_ROWS,
                                          devices=jax.devices()),
         "resident, 4 devices": dict(features=pool, chunk_size=None, devices=jax.devices()),
     }
@@ -55,18 +55,18 @@ def test_kmeans_streamed_and_sharded_match_in_memory(pool, one_device, tmp_path)
 def test_pool_chunks_cover_rows_and_alias_aligned_memory(pool, one_device):
     x = aligned_empty(pool.shape)
     x[:] = pool
-    p = Pool(x, chunk_size=BLOCK_ROWS, devices=one_device)
+    p = Pool(x, chunk_size=4 * BLOCK_ROWS, devices=one_device)
     chunks = list(p.chunks())
-    assert [s for s, _ in chunks] == list(range(0, N, BLOCK_ROWS))
+    assert [s for s, _ in chunks] == list(range(0, N, 4 * BLOCK_ROWS))
     assert np.array_equal(np.concatenate([np.asarray(c) for _, c in chunks])[:N], pool)
-    assert np.asarray(chunks[-1][1])[N % BLOCK_ROWS:].sum() == 0.0  # zero padding
+    assert np.asarray(chunks[-1][1])[N % (4 * BLOCK_ROWS):].sum() == 0.0  # zero padding
     if jax.default_backend() == "cpu":  # aligned host memory is streamed without a copy
         assert chunks[0][1].unsafe_buffer_pointer() == x.ctypes.data
 
 
 def test_kcenter_streamed_matches_in_memory(pool, one_device):
     ref = np.asarray(samplers.kcenter_greedy(jax.random.key(1), pool, 60, devices=one_device))
-    got = samplers.kcenter_greedy(jax.random.key(1), pool, 60, chunk_size=BLOCK_ROWS,
+    got = samplers.kcenter_greedy(jax.random.key(1), pool, 60, chunk_size=4 * BLOCK_ROWS,
                                   devices=one_device)
     assert np.array_equal(np.asarray(got), ref)
 
@@ -75,7 +75,7 @@ def test_kcenter_streamed_matches_in_memory(pool, one_device):
 @pytest.mark.parametrize("device_loop", [True, False])
 def test_kcenter_stream_drivers_match_in_memory(pool, one_device, device_loop):
     ref = np.asarray(samplers.kcenter_greedy(jax.random.key(1), pool, 60, devices=one_device))
-    p = Pool(pool, chunk_size=BLOCK_ROWS, devices=one_device)
+    p = Pool(pool, chunk_size=4 * BLOCK_ROWS, devices=one_device)
     got = kcenter_stream.kcenter_stream(jax.random.key(1), p, 60, None, device_loop=device_loop)
     assert np.array_equal(np.asarray(got), ref)
     initial = np.array([7, 41, 5000])
@@ -90,7 +90,7 @@ def test_kcenter_sharded_matches_single_device(pool, one_device):
     ref = samplers.kcenter_greedy(jax.random.key(2), pool, 40, devices=one_device)
     sharded = samplers.kcenter_greedy(jax.random.key(2), pool, 40, devices=jax.devices())
     assert np.array_equal(np.asarray(sharded), np.asarray(ref))
-    streamed = samplers.kcenter_greedy(jax.random.key(2), pool, 40, chunk_size=BLOCK_ROWS,
+    streamed = samplers.kcenter_greedy(jax.random.key(2), pool, 40, chunk_size=4 * BLOCK_ROWS,
                                        devices=jax.devices())
     assert np.array_equal(np.asarray(streamed), np.asarray(ref))
 
@@ -101,6 +101,6 @@ def test_ecos_streamed_matches_in_memory(pool, one_device):
     noisy = np.linspace(-2.0, 30.0, 12)
     kw = dict(centroids=res.centroids, noisy_counts=noisy, proximity=0.3)
     ref = samplers.ecos_sample(jax.random.key(3), jnp.asarray(pool), 150, **kw)
-    got = samplers.ecos_sample(jax.random.key(3), pool, 150, chunk_size=BLOCK_ROWS, **kw)
+    got = samplers.ecos_sample(jax.random.key(3), pool, 150, chunk_size=4 * BLOCK_ROWS, **kw)
     assert np.array_equal(np.asarray(got), np.asarray(ref))
     assert len(np.unique(np.asarray(got))) == 150

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecos_jax.samplers import validation
-from ecos_jax.samplers.pool import Pool, map_blocks, sequential_sum
+from ecos_jax.samplers.pool import Pool, map_blocks, reduce_blocks, sequential_sum
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 on GPUs: distances decide assignments
 
@@ -74,8 +74,7 @@ def _block_stats(x, rows, centroids, c_sqnorm, n):
 @partial(jax.jit, static_argnames=("mesh",))
 def _lloyd_chunk(carry, chunk, row0, n, centroids, mesh):
     c_sqnorm = jnp.sum(centroids * centroids, axis=1)
-    partials = map_blocks(_block_stats, chunk, row0, (centroids, c_sqnorm, n), mesh)
-    return sequential_sum(carry, partials)
+    return reduce_blocks(_block_stats, carry, chunk, row0, (centroids, c_sqnorm, n), mesh)
 
 
 @partial(jax.jit, static_argnames=("mesh",))
@@ -151,8 +150,7 @@ def init_centroids(key, pool: Pool, num_clusters: int, init: str = "kmeans++",
                    init_sample_size: int | None = None) -> jax.Array:
     """Initial centroids [R, d] for a Pool by "kmeans++" (on a subsample) or "random" rows."""
     if init == "random":
-        rows = jax.random.choice(key, pool.n, (num_clusters,), replace=False)
-        return pool.take(np.asarray(rows))
+        return pool.take(distinct_rows(key, pool.n, num_clusters))
     if init != "kmeans++":
         raise ValueError(f"init must be 'kmeans++', 'random' or an [R, d] array, got {init!r}")
     size = default_init_sample_size(pool.n, num_clusters) if init_sample_size is None \
@@ -161,11 +159,29 @@ def init_centroids(key, pool: Pool, num_clusters: int, init: str = "kmeans++",
         raise ValueError(f"init_sample_size must lie in [num_clusters={num_clusters}, "
                          f"N={pool.n}], got {size}")
     k_rows, k_pp = jax.random.split(key)
-    if size == pool.n:
-        rows = np.arange(pool.n)
-    else:
-        rows = np.sort(np.asarray(jax.random.choice(k_rows, pool.n, (size,), replace=False)))
+    rows = np.arange(pool.n) if size == pool.n else np.sort(distinct_rows(k_rows, pool.n, size))
     return _kmeanspp(k_pp, pool.take(rows), num_clusters)
+
+
+def distinct_rows(key, n: int, size: int) -> np.ndarray:
+    """`size` distinct uniform rows of [0, n), in draw order, as int64.
+
+    jax.random.choice(replace=False) permutes all n rows (seconds for n = 10⁶ on a CPU); for
+    size <= n/2 this draws with replacement and keeps first occurrences, drawing again (with
+    a folded key) until enough distinct rows have been seen: same distribution, O(size) work.
+    """
+    if 2 * size > n:
+        return np.asarray(jax.random.choice(key, n, (size,), replace=False), np.int64)
+    seen = np.zeros((0,), np.int64)
+    for i in range(1_000):
+        draw = np.asarray(jax.random.randint(jax.random.fold_in(key, i), (size + size // 8 + 16,),
+                                             0, n), np.int64)
+        allrows = np.concatenate([seen, draw])
+        _, first = np.unique(allrows, return_index=True)
+        seen = allrows[np.sort(first)]
+        if seen.size >= size:
+            return seen[:size]
+    raise RuntimeError("could not draw distinct rows")  # unreachable for size <= n/2
 
 
 def kmeans(key, features, num_clusters: int, *, iters: int = 20, chunk_size: int | None = None,

@@ -27,7 +27,12 @@ from jax.sharding import PartitionSpec as P
 
 from ecos_jax.samplers import validation
 
-BLOCK_ROWS = 2048  # rows per block; chunk sizes are rounded up to a multiple of this (x devices)
+# Rows per block; chunk sizes are rounded up to a multiple of this (x devices). 256 rows keep a
+# block's [R, 256] distance tile in cache (what scikit-learn's Lloyd does too): on a 2-core CPU
+# this is about twice as fast per row as 2048-row blocks.
+BLOCK_ROWS = 256
+# Pools are sharded over at most one device per this many rows (when devices is not given).
+MIN_ROWS_PER_DEVICE = 1 << 14
 AXIS = "rows"
 
 
@@ -56,7 +61,7 @@ class Pool:
       chunk_size: rows per device transfer (rounded up to whole blocks on every device). None
         puts the whole pool on the device(s) once and keeps it there.
       devices: devices whose memory shares each chunk's rows. None uses the local devices of
-        the default backend, at most one per 2 * BLOCK_ROWS rows (one device: no sharding).
+        the default backend, at most one per MIN_ROWS_PER_DEVICE rows (one: no sharding).
     """
 
     def __init__(self, features, *, chunk_size: int | None = None,
@@ -71,7 +76,7 @@ class Pool:
             # Shard only pools big enough to give every device a couple of blocks: a tiny pool
             # gains nothing and would pay for a multi-device compilation.
             devices = jax.local_devices()
-            devices = devices[:max(1, min(len(devices), self.n // (2 * BLOCK_ROWS)))]
+            devices = devices[:max(1, min(len(devices), self.n // MIN_ROWS_PER_DEVICE))]
         devices = list(devices)
         if not devices:
             raise ValueError("devices must not be empty")
@@ -174,6 +179,28 @@ def map_blocks(block_fn: Callable[..., Any], chunk: jax.Array, row0, consts: tup
         return run(xb, rows, *consts)
     specs = (P(AXIS), P(AXIS)) + (P(),) * len(consts)
     return jax.shard_map(run, mesh=mesh, in_specs=specs, out_specs=P(AXIS))(xb, rows, *consts)
+
+
+def reduce_blocks(block_fn: Callable[..., Any], carry, chunk: jax.Array, row0, consts: tuple,
+                  mesh: Mesh | None):
+    """carry + block_fn(block 0) + block_fn(block 1) + ... in row order (pytrees).
+
+    On one device this is a scan whose carry is the running total (nothing per block is kept);
+    across devices each device maps over its blocks and the partials are then added in the
+    same order. Both associate the additions identically, so the totals are bit-identical.
+    """
+    if mesh is not None:
+        return sequential_sum(carry, map_blocks(block_fn, chunk, row0, consts, mesh))
+    rows_per_chunk, d = chunk.shape
+    nb = rows_per_chunk // BLOCK_ROWS
+    xb = chunk.reshape(nb, BLOCK_ROWS, d)
+    rows = (row0 + jnp.arange(rows_per_chunk, dtype=jnp.int32)).reshape(nb, BLOCK_ROWS)
+
+    def body(total, a):
+        part = jax.lax.optimization_barrier(block_fn(a[0], a[1], *consts))
+        return jax.tree.map(jnp.add, total, part), None
+
+    return jax.lax.scan(body, carry, (xb, rows))[0]
 
 
 def sequential_sum(carry, partials):
