@@ -1,0 +1,254 @@
+"""The data-valuation experiment (SPEC §2; Usynin et al., arXiv 2305.02942): do gradient-based
+scores pick the same samples when the model is trained privately?
+
+For every architecture and every ε (∞ = non-private) the same training subset trains one model
+(`private_training.train_at_epsilon`, K checkpoints), and every training sample is scored with
+
+  loss       per-sample cross-entropy at the final checkpoint            (raw)
+  grad_norm  un-clipped per-sample gradient norm at the final checkpoint (raw)
+  vog        VoG over the K checkpoints, per-class min-max to [0, 1]    (+ early/middle/late)
+  plis       matrix-free PLIS at the final checkpoint (clipped ḡ), per-class min-max; on the
+             first `scores.plis_samples` samples (power iteration is ~K×VoG's cost per sample)
+
+Each run's normalised VoG is then released with per-sample Laplace noise and as a site-level
+DP mean/variance; both releases go into that run's privacy ledger beside the DP-SGD training,
+so the run reports one total ε. Consistency between runs (every ε pair within an architecture,
+and the two architectures at each ε) is measured on the raw (unreleased) ranking scores with
+Pearson, Spearman, top-k overlap, SSIM of the top-k sets' mean images and the Bhattacharyya
+distance of their pixel histograms.
+
+Writes to `workdir`: results.json, consistency.md, figures/{grid_*,hist_*}.png,
+ledgers/*.json, scores/*.npz.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ecos_jax import models
+from ecos_jax import train as trainer
+from ecos_jax.data import load, train_test_split
+from ecos_jax.privacy.keys import noise_key
+from ecos_jax.privacy.ledger import PrivacyLedger
+from ecos_jax.utils.io import save_npz, write_json, write_text
+from ecos_jax.utils.results import markdown_table
+from ecos_jax.valuation import consistency as cm
+from ecos_jax.valuation import figures
+from ecos_jax.valuation.grad_norm import grad_norm_scores
+from ecos_jax.valuation.loss import loss_scores
+from ecos_jax.valuation.normalize import per_class_minmax
+from ecos_jax.valuation.plis import plis_scores
+from ecos_jax.valuation.private_training import train_at_epsilon
+from ecos_jax.valuation.release import release_scores, release_site_summary
+from ecos_jax.valuation.vog import vog_scores, vog_stages
+
+log = logging.getLogger(__name__)
+
+METRICS = ("loss", "grad_norm", "vog", "plis")
+MEASURES = ("pearson", "spearman", "top_k_overlap", "ssim", "bhattacharyya")
+
+
+def eps_label(eps: float) -> str:
+    """'inf' or a compact number: used in file names, JSON keys and tables."""
+    return "inf" if math.isinf(eps) else f"{eps:g}"
+
+
+def prepare_data(c: ml_collections.ConfigDict):
+    """(x_train, y_train, x_test, y_test): a seeded subset of the embedded data's train split."""
+    ds = load(c.data.name)
+    train_ds, test_ds = train_test_split(ds, test_fraction=c.data.test_fraction, seed=c.data.split_seed)
+    rng = np.random.default_rng(c.data.split_seed)
+    tr = np.sort(rng.permutation(len(train_ds))[: c.data.n_train])
+    te = np.sort(rng.permutation(len(test_ds))[: c.data.n_test])
+    return (train_ds.images[tr], train_ds.labels[tr], test_ds.images[te], test_ds.labels[te],
+            ds.num_classes)
+
+
+def score_run(model, run, x, y, c: ml_collections.ConfigDict) -> tuple[dict[str, np.ndarray], dict]:
+    """All scores of one trained run: ({name: [n] float64}, timing / diagnostics)."""
+    apply, mb = model.apply, c.scores.microbatch_size
+    out, info = {}, {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        value = jax.block_until_ready(fn())
+        info[f"{name}_seconds"] = round(time.perf_counter() - t0, 3)
+        return value
+
+    out["loss"] = np.asarray(timed("loss", lambda: loss_scores(apply, run.params, x, y, microbatch_size=mb)), np.float64)
+    out["grad_norm"] = np.asarray(timed("grad_norm", lambda: grad_norm_scores(apply, run.params, x, y, microbatch_size=mb)), np.float64)
+    vog = timed("vog", lambda: vog_scores(apply, run.checkpoints, x, y, microbatch_size=mb))
+    out["vog_raw"] = np.asarray(vog, np.float64)
+    out["vog"] = np.asarray(per_class_minmax(vog, y), np.float64)
+    if len(run.checkpoints) >= 6:  # each of early / middle / late needs >= 2 checkpoints
+        for stage, v in vog_stages(apply, run.checkpoints, x, y, microbatch_size=mb).items():
+            out[f"vog_{stage}"] = np.asarray(per_class_minmax(v, y), np.float64)
+    n_plis = min(c.scores.plis_samples or len(x), len(x))
+    sigma, iters = timed("plis", lambda: plis_scores(
+        apply, run.params, x[:n_plis], y[:n_plis], clip_norm=c.scores.plis_clip_norm,
+        tol=c.scores.plis_tol, max_iters=c.scores.plis_max_iters,
+        microbatch_size=c.scores.plis_microbatch_size, return_iterations=True))
+    iters = np.asarray(iters)
+    out["plis_raw"] = np.asarray(sigma, np.float64)
+    out["plis"] = np.asarray(per_class_minmax(sigma, y[:n_plis]), np.float64)
+    info.update(plis_samples=n_plis, plis_iterations_mean=float(iters.mean()),
+                plis_hit_cap=int((iters >= c.scores.plis_max_iters).sum()))
+    for name, v in out.items():  # never let a NaN reach a table
+        if not np.all(np.isfinite(v)):
+            raise FloatingPointError(f"score {name!r} has {int((~np.isfinite(v)).sum())} non-finite values.")
+    return out, info
+
+
+def compare(a: np.ndarray, b: np.ndarray, x: np.ndarray, c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Every consistency measure between two score vectors over the same samples x[:n]."""
+    n = len(a)
+    k = max(1, int(round(c.consistency.top_fraction * n)))
+    ia, ib = cm.top_k_indices(a, k), cm.top_k_indices(b, k)
+    res: dict[str, Any] = {"n": n, "k": k}
+    for name, fn in (("pearson", lambda: cm.pearson(a, b)),
+                     ("spearman", lambda: cm.spearman(a, b)),
+                     ("top_k_overlap", lambda: cm.top_k_overlap(a, b, k)),
+                     ("ssim", lambda: cm.set_ssim(x[ia], x[ib], mode=c.consistency.ssim_mode)),
+                     ("bhattacharyya", lambda: cm.bhattacharyya_distance(
+                         x[ia], x[ib], bins=c.consistency.hist_bins))):
+        try:
+            value = float(fn())
+            # JSON has no infinity: disjoint histograms are reported as the string "inf"
+            res[name] = value if math.isfinite(value) else "inf"
+        except ValueError as err:  # e.g. a constant score vector: undefined, said so
+            res[name] = f"undefined: {err}"
+    return res
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else ("n/a" if str(v).startswith("undefined") else str(v))
+
+
+def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs the whole experiment; returns (and writes) the results dict."""
+    t_start = time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+    x, y, x_test, y_test, num_classes = prepare_data(c)
+    log.info("data: %d train / %d test samples", len(x), len(x_test))
+    epsilons = [float(e) for e in c.epsilons]
+    runs: list[dict] = []
+    scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+    for arch, eps in itertools.product(c.archs, epsilons):
+        label = f"{arch}_eps{eps_label(eps)}"
+        model = models.get_model(arch, num_classes)
+        ledger = PrivacyLedger(c.privacy.delta, accountant=c.privacy.accountant,
+                               reproducible_seed=c.privacy.noise_seed, dataset_size=len(x))
+        trained = train_at_epsilon(
+            model, x, y, epsilon=eps, epochs=c.train.epochs,
+            checkpoints_every=c.train.checkpoints_every, batch_size=c.train.batch_size,
+            learning_rate=c.train.learning_rate, dp_learning_rate=c.train.dp_learning_rate,
+            l2_norm_clip=c.train.l2_norm_clip, ledger=ledger, accountant=c.privacy.accountant,
+            seed=c.seed, noise_seed=c.privacy.noise_seed, name=f"dpsgd/{label}",
+            progress=c.progress)
+        s, info = score_run(model, trained, x, y, c)
+        scores[(arch, eps_label(eps))] = s
+
+        # DP release of this run's normalised VoG (bound 1): per sample and as a site summary.
+        key, _ = noise_key(c.privacy.noise_seed)
+        k1, k2 = jax.random.split(key)
+        released = np.asarray(release_scores(k1, s["vog"], bound=1.0, epsilon=c.privacy.release_epsilon,
+                                             ledger=ledger, name=f"vog/{label}"))
+        summary = release_site_summary(k2, s["vog"], bound=1.0, epsilon=c.privacy.release_epsilon,
+                                       ledger=ledger, name=f"vog_site/{label}")
+        ledger.save(os.path.join(workdir, "ledgers", f"{label}.json"))
+        save_npz(os.path.join(workdir, "scores", f"{label}.npz"), labels=y, vog_released=released, **s)
+        total = {acc: ledger.epsilon(accountant=acc) for acc in ("rdp", "pld")} if len(ledger) else {}
+        record = {
+            "arch": arch, "epsilon": eps_label(eps), "noise_multiplier": trained.noise_multiplier,
+            "steps": trained.steps, "checkpoints": len(trained.checkpoints),
+            "train_seconds": round(trained.seconds, 2),
+            "test_accuracy": trainer.evaluate(model, trained.params, x_test, y_test),
+            "train_accuracy": trainer.evaluate(model, trained.params, x, y),
+            # training alone is ∞ for the non-private model, so its total is ∞ as well
+            "total_epsilon": ({k: ("inf" if math.isinf(eps) else v) for k, v in total.items()}),
+            "ledger_entries": [e.name for e in ledger.entries],
+            "vog_release": {"spearman_released_vs_raw": cm.spearman(released, s["vog"]),
+                            "site_mean": summary.mean, "site_variance": summary.variance,
+                            "true_mean": float(np.mean(np.clip(s["vog"], 0, 1)))},
+            **info,
+        }
+        log.info("%s: test acc %.3f, total ε %s, scoring %s", label, record["test_accuracy"],
+                 record["total_epsilon"], {k: v for k, v in info.items() if k.endswith("seconds")})
+        runs.append(record)
+
+    # ---- consistency: ε pairs within an architecture, and architecture pairs at one ε --------
+    metric_names = [m for m in METRICS + ("vog_early", "vog_middle", "vog_late")
+                    if all(m in s for s in scores.values())]
+    pairs = []
+    for arch in c.archs:
+        for e1, e2 in itertools.combinations([eps_label(e) for e in epsilons], 2):
+            for m in metric_names:
+                a, b = scores[(arch, e1)][m], scores[(arch, e2)][m]
+                pairs.append({"kind": "epsilon", "arch": arch, "pair": f"{e1} vs {e2}", "metric": m,
+                              **compare(a, b, x[: len(a)], c)})
+    for a1, a2 in itertools.combinations(c.archs, 2):
+        for e in [eps_label(e) for e in epsilons]:
+            for m in metric_names:
+                a, b = scores[(a1, e)][m], scores[(a2, e)][m]
+                pairs.append({"kind": "architecture", "arch": f"{a1} vs {a2}", "pair": f"ε={e}",
+                              "metric": m, **compare(a, b, x[: len(a)], c)})
+
+    # ---- headline: agreement of each metric's DP selections with the non-private one --------
+    headline = {}
+    for arch in c.archs:
+        for m in metric_names:
+            rows = [p for p in pairs if p["kind"] == "epsilon" and p["arch"] == arch
+                    and p["metric"] == m and p["pair"].endswith("vs inf")]
+            vals = [p["top_k_overlap"] for p in rows if isinstance(p["top_k_overlap"], float)]
+            sp = [p["spearman"] for p in rows if isinstance(p["spearman"], float)]
+            if vals:
+                headline[f"{arch}/{m}"] = {"mean_top_k_overlap_vs_nonprivate": float(np.mean(vals)),
+                                           "mean_spearman_vs_nonprivate": float(np.mean(sp)) if sp else None}
+
+    # ---- figures ----------------------------------------------------------------------------
+    fig_dir = os.path.join(workdir, "figures")
+    g = c.consistency.grid_k
+    for arch in c.archs:
+        for m in METRICS:
+            rows = []
+            for e in [eps_label(e) for e in epsilons]:
+                v = scores[(arch, e)][m]
+                rows.append((f"ε={e}", x[cm.top_k_indices(v, g)], x[cm.top_k_indices(v, g, largest=False)]))
+            figures.image_grid(os.path.join(fig_dir, f"grid_{arch}_{m}.png"), rows,
+                               title=f"{arch}: {m} — highest (left) and lowest (right) scored samples")
+        figures.score_histograms(
+            os.path.join(fig_dir, f"hist_{arch}.png"),
+            {m: {f"ε={eps_label(e)}": scores[(arch, eps_label(e))][m if m in ("loss", "grad_norm") else f"{m}_raw"]
+                 for e in epsilons} for m in METRICS},
+            title=f"{arch}: score distributions (raw VoG / PLIS)")
+
+    # ---- tables -----------------------------------------------------------------------------
+    header = ["kind", "arch", "pair", "metric", "n", "k", *MEASURES]
+    table = markdown_table(header, [[p["kind"], p["arch"], p["pair"], p["metric"], p["n"], p["k"],
+                                     *(_fmt(p[m]) for m in MEASURES)] for p in pairs])
+    run_table = markdown_table(
+        ["arch", "ε (train)", "σ", "test acc", "train acc", "total ε RDP (train + releases)",
+         "VoG release Spearman", "PLIS iters (mean)", "train s", "VoG s", "PLIS s"],
+        [[r["arch"], r["epsilon"], f"{r['noise_multiplier']:.3f}", f"{r['test_accuracy']:.3f}",
+          f"{r['train_accuracy']:.3f}", _fmt(r["total_epsilon"].get("rdp", "n/a")),
+          f"{r['vog_release']['spearman_released_vs_raw']:.3f}", f"{r['plis_iterations_mean']:.1f}",
+          r["train_seconds"], r["vog_seconds"], r["plis_seconds"]] for r in runs])
+    write_text(os.path.join(workdir, "consistency.md"),
+               "# Runs\n\n" + run_table + "\n# Consistency (top-k = top "
+               f"{c.consistency.top_fraction:.0%} of the scored samples)\n\n" + table)
+    results = {"config": c.to_dict() | {"epsilons": [eps_label(e) for e in epsilons]},
+               "runs": runs, "consistency": pairs, "headline": headline,
+               "seconds": round(time.perf_counter() - t_start, 1)}
+    write_json(os.path.join(workdir, "results.json"), results)
+    log.info("wrote %s (%.0f s)", workdir, results["seconds"])
+    return results
