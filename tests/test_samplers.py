@@ -112,11 +112,15 @@ def test_kmeans_finds_blobs_and_matches_sklearn():
 
 
 def test_kmeans_random_init_and_errors():
-    x, _ = blobs([30, 30], [[0, 0], [9, 9]], 0.3)
-    res = kmeans(jax.random.key(2), x, 2, iters=5, init="random")
-    assert res.centroids.shape == (2, 2) and res.iterations <= 5
+    # Same shapes as the blobs test above, so the compiled Lloyd step is reused.
+    x, labels = blobs([50, 80, 70], [[0, 0], [10, 0], [0, 10]], 0.5, seed=1)
+    res = kmeans(jax.random.key(2), x, 3, iters=10, init="random")
+    assert res.centroids.shape == (3, 2) and res.iterations <= 10
+    c, a = np.asarray(res.centroids), np.asarray(res.assignments)
+    np.testing.assert_allclose(res.inertia, ((x - c[a]) ** 2).sum(), rtol=1e-4)
+    assert (a == ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1)).all()  # nearest centroid
     with pytest.raises(ValueError, match="num_clusters"):
-        kmeans(jax.random.key(0), x, 61)
+        kmeans(jax.random.key(0), x, 201)
     with pytest.raises(ValueError, match="init"):
         kmeans(jax.random.key(0), x, 2, init="farthest")
     with pytest.raises(ValueError, match="centroids"):
