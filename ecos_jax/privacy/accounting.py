@@ -19,11 +19,35 @@ Noise multipliers (σ) are per unit L2 sensitivity: the noise std is σ·C for s
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
 import dp_accounting
 from dp_accounting import pld, rdp
+
+
+class _OncePerMessage(logging.Filter):
+    """Lets dp_accounting's "failed to converge ... excluding this order" through once.
+
+    The RDP accountant logs it for every evaluation at small orders and small σ, so a σ search
+    prints it hundreds of times; ε stays a valid bound over the remaining orders.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "failed to converge" not in record.getMessage():
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        return True
+
+
+logging.getLogger("absl").addFilter(_OncePerMessage())
 
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "shuffle")

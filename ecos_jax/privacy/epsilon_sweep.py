@@ -1,0 +1,203 @@
+"""Accuracy against ε: DP-SGD on one dataset at several target ε (issue 3, item 6).
+
+For every target ε, σ is calibrated for the run's sampling rate q, step count T and δ
+(`calibrate_dpsgd_sigma`); the model is trained by `dpsgd.train` with that σ, every run
+recording its release in its own `PrivacyLedger`. ε = ∞ is the non-private reference: the
+same loop, batches and optimiser with σ = 0 and no clipping. `run(config, workdir)` is the whole
+experiment; `experiments/train_dp.py` only parses flags and calls it.
+
+Outputs in `workdir`: results.json (config and one record per ε), results.md (the table),
+accuracy_vs_epsilon.png, and ledger_eps<ε>.json (one saved ledger per ε).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import optax
+
+from ecos_jax import data as data_lib
+from ecos_jax import models, train
+from ecos_jax.privacy import accounting, dpsgd
+from ecos_jax.privacy.ledger import PrivacyLedger
+from ecos_jax.utils import io, results
+
+log = logging.getLogger(__name__)
+
+
+def _label(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:g}"
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """'sgd' (with `momentum`) or 'adam', at `learning_rate`."""
+    if config.learning_rate <= 0:
+        raise ValueError(f"optax.learning_rate must be > 0, got {config.learning_rate}.")
+    if config.name == "sgd":
+        return optax.sgd(config.learning_rate, momentum=config.momentum or None)
+    if config.name == "adam":
+        return optax.adam(config.learning_rate)
+    raise ValueError(f"optax.name must be 'sgd' or 'adam', got {config.name!r}.")
+
+
+def target_epsilons(spec: str) -> list[float]:
+    """"1,3,8,inf" -> [1.0, 3.0, 8.0, inf]."""
+    try:
+        eps = [float(e) for e in str(spec).split(",") if e.strip()]
+    except ValueError as err:
+        raise ValueError(f"dp.target_epsilons must be comma-separated numbers or inf, got {spec!r}.") from err
+    if not eps:
+        raise ValueError("dp.target_epsilons is empty.")
+    return eps
+
+
+def validate(config: ml_collections.ConfigDict, n_train: int) -> int:
+    """Checks the config before any training; returns the number of steps T."""
+    eps = target_epsilons(config.dp.target_epsilons)
+    bad = [e for e in eps if not e > 0]
+    if bad:
+        raise ValueError(f"every target epsilon must be > 0 (inf for non-private); got {bad}.")
+    accounting.check_delta(config.dp.delta, n_train, allow_large_delta=config.dp.allow_large_delta)
+    if config.dp.accountant not in accounting.ACCOUNTANTS:
+        raise ValueError(f"dp.accountant must be one of {accounting.ACCOUNTANTS}.")
+    if not 1 <= config.dp.batch_size <= n_train:
+        raise ValueError(f"dp.batch_size must be in [1, {n_train}], got {config.dp.batch_size}.")
+    if not config.dp.epochs > 0:
+        raise ValueError(f"dp.epochs must be > 0, got {config.dp.epochs}.")
+    make_optimizer(config.optax)
+    # Validates sampling, clipping, grad method and C once, with a placeholder σ.
+    dpsgd.DPSGDConfig(
+        dataset_size=n_train, batch_size=config.dp.batch_size, l2_norm_clip=config.dp.l2_norm_clip,
+        noise_multiplier=1.0, sampling=config.dp.sampling, clipping=config.dp.clipping,
+        grad_method=config.dp.grad_method, microbatch_size=config.dp.microbatch_size,
+    )
+    return max(1, round(config.dp.epochs * n_train / config.dp.batch_size))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict]:
+    """Trains at every target ε, writes the outputs into `workdir`, returns the records."""
+    workdir = Path(workdir)
+    ds = data_lib.load(config.data.name, data_dir=config.data.data_dir,
+                       image_size=config.data.image_size)
+    train_ds, test_ds = data_lib.train_test_split(
+        ds, test_fraction=config.data.test_fraction, seed=config.data.split_seed)
+    n = len(train_ds)
+    steps = validate(config, n)
+    q = config.dp.batch_size / n
+    model = models.get_model(config.model.name, ds.num_classes, **dict(config.model.kwargs))
+    params = jax.jit(model.init)(jax.random.key(config.seed), train_ds.images[:1])
+    log.info("%s: %d train / %d test examples, q = %.4f, T = %d steps.",
+             config.data.name, n, len(test_ds), q, steps)
+
+    records = []
+    for target in target_epsilons(config.dp.target_epsilons):
+        private = not math.isinf(target)
+        t0 = time.perf_counter()
+        sigma = accounting.calibrate_dpsgd_sigma(
+            target, config.dp.delta, q=q, steps=steps, accountant=config.dp.accountant,
+            sampling=config.dp.sampling, dataset_size=n,
+            allow_large_delta=config.dp.allow_large_delta,
+        ) if private else 0.0
+        dp_config = dpsgd.DPSGDConfig(
+            dataset_size=n, batch_size=config.dp.batch_size,
+            l2_norm_clip=config.dp.l2_norm_clip if private else math.inf,
+            noise_multiplier=sigma, sampling=config.dp.sampling, clipping=config.dp.clipping,
+            grad_method=config.dp.grad_method, microbatch_size=config.dp.microbatch_size,
+        )
+        ledger = PrivacyLedger(config.dp.delta, accountant=config.dp.accountant,
+                               reproducible_seed=config.noise_seed, dataset_size=n,
+                               allow_large_delta=config.dp.allow_large_delta)
+        result = dpsgd.train(
+            model, params, train_ds.images, train_ds.labels, dp_config,
+            make_optimizer(config.optax), steps=steps, seed=config.noise_seed, ledger=ledger,
+            name=f"{config.model.name}_dpsgd", log_every=config.log_every,
+            progress=config.progress, desc=f"ε={_label(target)}",
+        )
+        ledger.save(workdir / f"ledger_eps{_label(target)}.json")
+        acc = train.evaluate(model, result.params, test_ds.images, test_ds.labels,
+                             batch_size=config.eval_batch_size)
+        # Infinite values are written as "inf": strict JSON has no infinities.
+        record = {
+            "target_epsilon": _label(target), "noise_multiplier": sigma,
+            "l2_norm_clip": _label(dp_config.l2_norm_clip),
+            "epsilon_rdp": _label(ledger.epsilon(accountant="rdp")),
+            "epsilon_pld": _label(ledger.epsilon(accountant="pld")), "delta": config.dp.delta,
+            "test_accuracy": acc, "train_loss": result.history[-1]["loss"], "steps": steps,
+            "sampling_rate": q, "truncated_examples": result.truncated_examples,
+            "reproducible": result.reproducible, "seconds": time.perf_counter() - t0,
+        }
+        records.append(record)
+        log.info("ε=%s: σ=%.3f, accuracy %.2f%%, %.0f s", record["target_epsilon"], sigma,
+                 100 * acc, record["seconds"])
+    write_outputs(config, workdir, records, n, len(test_ds))
+    return records
+
+
+def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_test: int) -> str:
+    """results.json, results.md and accuracy_vs_epsilon.png; returns the markdown."""
+    def fmt(e: str) -> str:
+        return "∞" if e == "inf" else f"{float(e):.2f}"
+
+    header = ["target ε", "σ", "ε (RDP)", "ε (PLD)", "test accuracy %", "train loss", "time (s)"]
+    rows = [[r["target_epsilon"].replace("inf", "∞"), f"{r['noise_multiplier']:.3f}",
+             fmt(r["epsilon_rdp"]), fmt(r["epsilon_pld"]), f"{100 * r['test_accuracy']:.2f}",
+             f"{r['train_loss']:.3f}", f"{r['seconds']:.0f}"] for r in records]
+    r0 = records[0]
+    text = (
+        f"# DP-SGD accuracy vs ε ({config.data.name}, {config.model.name}, {n_train} train / "
+        f"{n_test} test, δ = {config.dp.delta}, q = {r0['sampling_rate']:.4f}, "
+        f"T = {r0['steps']}, C = {config.dp.l2_norm_clip}, {config.dp.sampling} sampling)\n\n"
+        + results.markdown_table(header, rows)
+    )
+    if any(r["reproducible"] for r in records):
+        text += "\nNoise was seeded (config.noise_seed): reproducible research only.\n"
+    io.write_json(workdir / "results.json",
+                  {"config": _finite_json(config.to_dict()), "records": records})
+    io.write_text(workdir / "results.md", text)
+    _plot(records, workdir / "accuracy_vs_epsilon.png")
+    print(text)
+    return text
+
+
+def _finite_json(value):
+    """Config values with infinities as "inf" (strict JSON has none)."""
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return _label(value)
+    return value
+
+
+def _plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    finite = [(float(r["epsilon_rdp"]), 100 * r["test_accuracy"]) for r in records
+              if r["epsilon_rdp"] != "inf"]
+    if finite:
+        xs, ys = zip(*sorted(finite))
+        ax.plot(xs, ys, marker="o", label="DP-SGD (ε at δ, RDP)")
+        ax.set_xscale("log")
+    for r in records:
+        if r["epsilon_rdp"] == "inf":
+            ax.axhline(100 * r["test_accuracy"], ls="--", c="gray",
+                       label=f"non-private ({100 * r['test_accuracy']:.1f}%)")
+    ax.set_xlabel("ε")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    io.save_figure(fig, path)
+
+
+__all__ = ["make_optimizer", "run", "validate", "write_outputs"]

@@ -1,0 +1,36 @@
+r"""DP-SGD accuracy against ε: trains one model per target ε and writes table, ledgers, plot.
+
+  python experiments/train_dp.py --workdir=runs/train_dp
+  python experiments/train_dp.py --config=configs/train_dp.py:quick --workdir=runs/train_dp_quick
+  python experiments/train_dp.py --config.dp.target_epsilons=1,inf --config.noise_seed=0
+
+See configs/train_dp.py for every field and ecos_jax/privacy/epsilon_sweep.py for what the
+run computes.
+"""
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ecos_jax.privacy import epsilon_sweep  # noqa: E402
+from ecos_jax.utils import cli  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "train_dp.py"),
+    "Experiment configuration (an ml_collections config file).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/train_dp", "Where results and ledgers are written.")
+
+
+def main(argv):
+    del argv
+    logging.getLogger("ecos_jax").setLevel(logging.INFO)
+    epsilon_sweep.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    cli.run(main)
