@@ -147,7 +147,7 @@ def test_train_compiles_once_and_records_ledger():
         dp_accounting.PoissonSampledDpEvent(B / N, dp_accounting.GaussianDpEvent(1.2)), 7)
     assert res.event == direct and ledger.composed_event() == dp_accounting.ComposedDpEvent([direct])
     assert res.epsilon["rdp"] == accounting.epsilon(direct, 1e-3) == ledger.epsilon()
-    assert ledger.entries[0].meta["truncated_examples"] == res.truncated_examples
+    assert ledger.entries[0].meta["truncated_examples"] == res.truncated_examples == 0
     with pytest.raises(ValueError, match="reproducible_seed"):
         dpsgd.train(model, params, x, y, cfg, optax.sgd(0.1), steps=1, seed=5,
                     ledger=PrivacyLedger(1e-3, allow_large_delta=True), progress=False)
@@ -166,3 +166,19 @@ def test_seeded_runs_reproduce_and_unseeded_differ():
     for u, v, w in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(c)):
         np.testing.assert_array_equal(u, v)
         assert not np.array_equal(u, w)
+
+
+@pytest.mark.slow
+def test_train_counts_truncation_and_reports_its_epsilon():
+    model, params, x, y = _data()
+    # Over-full batches: dropped examples are counted and the truncated sampler's own PLD
+    # epsilon is reported beside the Poisson one.
+    tight = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.2, max_batch_size=5)
+    ledger2 = PrivacyLedger(1e-3, reproducible_seed=5, dataset_size=N, allow_large_delta=True)
+    res2 = dpsgd.train(model, params, x, y, tight, optax.sgd(0.1), steps=7, seed=5, ledger=ledger2,
+                       log_every=7, progress=False)
+    meta = ledger2.entries[0].meta
+    assert res2.truncated_examples > 0 and meta["truncated_batches"] > 0
+    truncated = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.TruncatedSubsampledGaussianDpEvent(N, B / N, 5, 1.2), 7)
+    assert meta["epsilon_pld_truncated_poisson"] == accounting.epsilon(truncated, 1e-3, "pld")

@@ -343,13 +343,24 @@ def train(
         bar.update(active)
         bar.set_postfix(loss=round(record["loss"], 4), clipped=round(record["clipped_fraction"], 3))
     bar.close()
-    if trunc_total:
-        log.warning("%s: %d examples dropped from %d over-full Poisson batches (max_batch_size=%d).",
-                    desc, trunc_total, trunc_batches_total, sampler.max_batch_size)
-
     event = config.event(steps)
     delta = ledger.delta if ledger is not None else 1e-5
     eps = {acc: accounting.epsilon(event, delta, acc) for acc in accounting.ACCOUNTANTS}
+    truncation = {}
+    if trunc_total:
+        # The Poisson event no longer describes the run exactly: also report the truncated
+        # Poisson sampler's own ε (PLD only; dp_accounting has no RDP analysis of it).
+        truncated_event = dp_accounting.SelfComposedDpEvent(
+            dp_accounting.TruncatedSubsampledGaussianDpEvent(
+                config.dataset_size, config.sampling_rate, sampler.max_batch_size,
+                config.noise_multiplier),
+            int(steps),
+        ) if config.noise_multiplier > 0 else dp_accounting.NonPrivateDpEvent()
+        truncation["epsilon_pld_truncated_poisson"] = accounting.epsilon(truncated_event, delta, "pld")
+        log.warning("%s: %d examples dropped from %d over-full Poisson batches (max_batch_size=%d); "
+                    "truncated-Poisson PLD epsilon %.4f vs Poisson %.4f.", desc, trunc_total,
+                    trunc_batches_total, sampler.max_batch_size,
+                    truncation["epsilon_pld_truncated_poisson"], eps["pld"])
     if ledger is not None:
         ledger.record(
             name, event,
@@ -361,7 +372,7 @@ def train(
             noise_multiplier=config.noise_multiplier, l2_norm_clip=config.l2_norm_clip,
             steps=int(steps), dataset_size=config.dataset_size, batch_size=config.batch_size,
             max_batch_size=sampler.max_batch_size, truncated_examples=trunc_total,
-            truncated_batches=trunc_batches_total, reproducible=reproducible,
+            truncated_batches=trunc_batches_total, reproducible=reproducible, **truncation,
         )
     return DPTrainResult(
         params=state.params, history=history, steps=int(steps), event=event, epsilon=eps,
