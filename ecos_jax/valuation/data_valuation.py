@@ -7,8 +7,9 @@ For every architecture and every ε (∞ = non-private) the same training subset
   loss       per-sample cross-entropy at the final checkpoint            (raw)
   grad_norm  un-clipped per-sample gradient norm at the final checkpoint (raw)
   vog        VoG over the K checkpoints, per-class min-max to [0, 1]    (+ early/middle/late)
-  plis       matrix-free PLIS at the final checkpoint (clipped ḡ), per-class min-max; on the
-             first `scores.plis_samples` samples (power iteration is ~K×VoG's cost per sample)
+  plis       matrix-free PLIS at the final checkpoint (clipped ḡ), per-class min-max; on a
+             class-balanced subset of `scores.plis_samples` samples (`plis_subset`: power
+             iteration costs ~10x VoG per sample on a CPU)
 
 Each run's normalised VoG is then released with per-sample Laplace noise and as a site-level
 DP mean/variance; both releases go into that run's privacy ledger beside the DP-SGD training,
@@ -73,6 +74,17 @@ def prepare_data(c: ml_collections.ConfigDict):
             ds.num_classes)
 
 
+def plis_subset(y: np.ndarray, n: int | None) -> np.ndarray:
+    """Sorted indices of about n samples, the first n // C of each class (at least 2, so that
+    per-class normalisation is defined); every sample when n is None or >= N."""
+    y = np.asarray(y)
+    if n is None or n >= len(y):
+        return np.arange(len(y))
+    classes = np.unique(y)
+    per_class = max(2, n // len(classes))
+    return np.sort(np.concatenate([np.flatnonzero(y == k)[:per_class] for k in classes]))
+
+
 def score_run(model, run, x, y, c: ml_collections.ConfigDict) -> tuple[dict[str, np.ndarray], dict]:
     """All scores of one trained run: ({name: [n] float64}, timing / diagnostics)."""
     apply, mb = model.apply, c.scores.microbatch_size
@@ -92,17 +104,19 @@ def score_run(model, run, x, y, c: ml_collections.ConfigDict) -> tuple[dict[str,
     if len(run.checkpoints) >= 6:  # each of early / middle / late needs >= 2 checkpoints
         for stage, v in vog_stages(apply, run.checkpoints, x, y, microbatch_size=mb).items():
             out[f"vog_{stage}"] = np.asarray(per_class_minmax(v, y), np.float64)
-    n_plis = min(c.scores.plis_samples or len(x), len(x))
+    idx = plis_subset(y, c.scores.plis_samples)
+    n_plis = len(idx)
     sigma, iters = timed("plis", lambda: plis_scores(
-        apply, run.params, x[:n_plis], y[:n_plis], clip_norm=c.scores.plis_clip_norm,
+        apply, run.params, x[idx], y[idx], clip_norm=c.scores.plis_clip_norm,
         tol=c.scores.plis_tol, max_iters=c.scores.plis_max_iters,
         microbatch_size=c.scores.plis_microbatch_size, return_iterations=True))
     iters = np.asarray(iters)
     out["plis_raw"] = np.asarray(sigma, np.float64)
-    out["plis"] = np.asarray(per_class_minmax(sigma, y[:n_plis]), np.float64)
+    out["plis"] = np.asarray(per_class_minmax(sigma, y[idx]), np.float64)
+    out["plis_index"] = idx
     info.update(plis_samples=n_plis, plis_iterations_mean=float(iters.mean()),
                 plis_hit_cap=int((iters >= c.scores.plis_max_iters).sum()))
-    for name, v in out.items():  # never let a NaN reach a table
+    for name, v in out.items():  # never let a NaN reach a table (ints cannot be NaN)
         if not np.all(np.isfinite(v)):
             raise FloatingPointError(f"score {name!r} has {int((~np.isfinite(v)).sum())} non-finite values.")
     return out, info
@@ -127,6 +141,11 @@ def compare(a: np.ndarray, b: np.ndarray, x: np.ndarray, c: ml_collections.Confi
         except ValueError as err:  # e.g. a constant score vector: undefined, said so
             res[name] = f"undefined: {err}"
     return res
+
+
+def _images(x: np.ndarray, run_scores: dict[str, np.ndarray], metric: str) -> np.ndarray:
+    """The images a metric's score vector refers to (PLIS scores a subset)."""
+    return x[run_scores["plis_index"]] if metric == "plis" else x
 
 
 def _fmt(v) -> str:
@@ -195,13 +214,13 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
             for m in metric_names:
                 a, b = scores[(arch, e1)][m], scores[(arch, e2)][m]
                 pairs.append({"kind": "epsilon", "arch": arch, "pair": f"{e1} vs {e2}", "metric": m,
-                              **compare(a, b, x[: len(a)], c)})
+                              **compare(a, b, _images(x, scores[(arch, e1)], m), c)})
     for a1, a2 in itertools.combinations(c.archs, 2):
         for e in [eps_label(e) for e in epsilons]:
             for m in metric_names:
                 a, b = scores[(a1, e)][m], scores[(a2, e)][m]
                 pairs.append({"kind": "architecture", "arch": f"{a1} vs {a2}", "pair": f"ε={e}",
-                              "metric": m, **compare(a, b, x[: len(a)], c)})
+                              "metric": m, **compare(a, b, _images(x, scores[(a1, e)], m), c)})
 
     # ---- headline: agreement of each metric's DP selections with the non-private one --------
     headline = {}
@@ -222,8 +241,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
         for m in METRICS:
             rows = []
             for e in [eps_label(e) for e in epsilons]:
-                v = scores[(arch, e)][m]
-                rows.append((f"ε={e}", x[cm.top_k_indices(v, g)], x[cm.top_k_indices(v, g, largest=False)]))
+                v, imgs = scores[(arch, e)][m], _images(x, scores[(arch, e)], m)
+                k = min(g, len(v) // 2)
+                rows.append((f"ε={e}", imgs[cm.top_k_indices(v, k)], imgs[cm.top_k_indices(v, k, largest=False)]))
             figures.image_grid(os.path.join(fig_dir, f"grid_{arch}_{m}.png"), rows,
                                title=f"{arch}: {m} — highest (left) and lowest (right) scored samples")
         figures.score_histograms(
