@@ -56,9 +56,6 @@ def test_priors_are_cached_and_reload_identically(setup):
 def test_supervised_prior_on_a_pool_domain_is_refused(setup):
     ds, cache, _ = setup
     spec = _spec("leaky", (8,), training="supervised", domains=("pool_a",), epochs=1)
-    ok = _spec("held_out", (8,), training="supervised", domains=("public",), epochs=1)
-    assert ok.domains == ("public",)  # the same prior on a held-out domain passes the guard:
-    assert priors.load_prior(ok, ds, cache_dir=cache, pool_domains=POOL).embed_dim == 8
     with pytest.raises(ValueError, match="never see the pool's labels"):
         priors.load_prior(spec, ds, cache_dir=cache, pool_domains=POOL)
 
@@ -81,13 +78,13 @@ def test_tiny_end_to_end(setup, tmp_path):
     path = tmp_path / "optimised.npz"
     res.data.save(path)
     data = OptimisedDataset.load(path)
-    # Reuse: another architecture trains from the file alone (no priors involved).
-    for backbone in (get_model("mlp", 3, hidden=(32, 16)), get_model("mlp", 3, hidden=(48, 24, 16))):
-        net = HeadNet(backbone=backbone, out_dim=data.target_dim)
-        run = train_epochs(regression_objective(net, cosine_regression), net.init(jax.random.key(0), data.images[:1]),
-                           data.images, data.targets, epochs=3, batch_size=32, learning_rate=3e-3, seed=0,
-                           progress=False)
-        assert run.history[-1]["loss"] < run.history[0]["loss"]
+    # A target model trains from the file alone (no priors involved); the slow driver test
+    # also trains a second architecture on a reloaded dataset.
+    net = HeadNet(backbone=get_model("mlp", 3, hidden=(32, 16)), out_dim=data.target_dim)
+    run = train_epochs(regression_objective(net, cosine_regression), net.init(jax.random.key(0), data.images[:1]),
+                       data.images, data.targets, epochs=3, batch_size=32, learning_rate=3e-3, seed=0,
+                       progress=False)
+    assert run.history[-1]["loss"] < run.history[0]["loss"]
     f_tr = predict(net, run.params, train.images, features=True)
     f_te = predict(net, run.params, test.images, features=True)
     acc = linear_probe(f_tr, train.labels, f_te, test.labels, num_classes=3).test_accuracy
