@@ -16,7 +16,8 @@ Run (from the repository root):
 
 Expected runtime (measured on a busy, shared 2-core CPU): default 20 min (main table 6 min,
 the 21-run ablation most of the rest; priors' first training adds about a minute, cached
-under ~/.cache/ecos_jax/coopt); `quick` 1.5 min; `broad` about as long as the default.
+under ~/.cache/ecos_jax/coopt); `quick` 3.5 min with cached priors (mostly XLA compiles:
+SimCLR, five methods, the reuse model); `broad` 20 min.
 Measured result of the default (3 seeds, 30 epochs, linear probe on held-out pool images):
 CoOpt 74.2 ± 0.9 %, CoOpt without alignment 66.1 ± 1.6, single-prior distillation 72.1 ± 0.9,
 SimCLR 78.7 ± 0.5, supervised reference 88.0 ± 0.5. CoOpt does NOT beat SimCLR at the same
@@ -124,11 +125,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.anchors.num = 64
         c.alignment.shared_dim = 16
         c.train.epochs = 4
+        c.train.augment = False     # augmentation in every objective triples compile time on a CPU
         c.probe.steps = 100
         c.reuse.model = ml_collections.ConfigDict({"name": "mlp", "kwargs": {"hidden": (128, 128, 64)}})
         c.reuse.epochs = 2
         c.ablation.epochs = 2
         c.ablation.num_participants = (1, 2)
+        c.ablation.alignments = ("procrustes", "off")
         c.ablation.strengths = ml_collections.ConfigDict(dict(random=("mlp_random", "mlp_wide_random")))
         c.ablation.homogeneous_prior = "mlp_random"
     elif arg == "broad":
