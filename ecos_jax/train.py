@@ -199,7 +199,9 @@ def fit(
     batch_size = min(batch_size, x.shape[0])
     apply_kwargs = tuple(sorted((apply_kwargs or {}).items()))
     key = jax.random.key(seed)
-    params = init_params if init_params is not None else model.init(jax.random.fold_in(key, 0), x[:1])
+    # The step donates its params buffers; copy the caller's so they stay alive after `fit`.
+    params = (jax.tree.map(jnp.copy, init_params) if init_params is not None
+              else model.init(jax.random.fold_in(key, 0), x[:1]))
     tx = make_optimizer(optimizer, float(learning_rate), float(weight_decay))
     opt_state = tx.init(params)
     w = jnp.ones((x.shape[0],), jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
@@ -221,7 +223,7 @@ def fit(
             record["eval_accuracy"] = evaluate(model, params, *eval_data)
         history.append(record)
         if snapshot_every is not None and epoch % snapshot_every == 0:
-            snapshots.append((epoch, params))
+            snapshots.append((epoch, jax.tree.map(jnp.copy, params)))  # the next step donates params
         if progress:
             bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
             log.info("%s epoch %d: %s", desc, epoch, ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))

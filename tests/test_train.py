@@ -20,6 +20,9 @@ def test_fit_learns_and_snapshots():
     res = train.fit(model, x, y, epochs=6, batch_size=32, learning_rate=1e-2, seed=0,
                     snapshot_every=2, eval_data=(x, y), progress=False)
     assert [e for e, _ in res.snapshots] == [2, 4, 6]
+    # Snapshots survive buffer donation by later steps, and differ from one another.
+    first, last = (jax.tree.leaves(p)[0] for _, p in (res.snapshots[0], res.snapshots[-1]))
+    assert not np.allclose(np.asarray(first), np.asarray(last))
     assert res.history[-1]["loss"] < res.history[0]["loss"]
     assert train.evaluate(model, res.params, x, y) > 0.9
 
@@ -38,8 +41,10 @@ def test_weights_zero_out_examples():
     w = np.zeros(len(x), np.float32)
     w[:10] = 1.0
     a = train.fit(model, x, y, epochs=1, batch_size=96, learning_rate=1e-2, seed=0, weights=w, progress=False)
+    init = model.init(jax.random.fold_in(jax.random.key(0), 0), x[:1])
     b = train.fit(model, x[:10], y[:10], epochs=1, batch_size=10, learning_rate=1e-2, seed=0, progress=False,
-                  init_params=model.init(jax.random.fold_in(jax.random.key(0), 0), x[:1]))
+                  init_params=init)
+    jax.tree.map(np.asarray, init)  # the caller's init params are still alive (not donated)
     for p, q in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6)
 
