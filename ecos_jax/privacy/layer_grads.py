@@ -29,6 +29,7 @@ them (so the ResNet's GroupNorm needs `ecos_jax.per_sample`). Others raise Value
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -123,33 +124,81 @@ def _get(tree: dict, path: tuple[str, ...]):
     return tree
 
 
-def _patches(x: jax.Array, layer: _Layer) -> jax.Array:
-    """Input patches under each conv output: `[B, H, W, Cin] -> [B, Ho*Wo, kh*kw*Cin]`.
+# Below this many input channels a conv's per-example kernels come from one patches matrix
+# product; above it, from kh·kw products over shifted input views (no [B, T, kh·kw·Cin] patches
+# copy). Measured on 2 CPU cores at batch 256: 14x14x16 -> 32, 37 ms vs 17 ms; 28x28x1 -> 16,
+# 6 ms vs 8 ms.
+_SHIFTED_MIN_CHANNELS = 4
 
-    Strided slices of the padded input (kh, kw, Cin order, matching an HWIO kernel); this
-    is plain data movement, unlike `conv_general_dilated_patches`, which XLA runs as a
-    convolution with a one-hot kernel.
+
+def _conv_views(x: jax.Array, layer: _Layer) -> list[jax.Array]:
+    """The kh·kw shifted, strided views of the padded input, each `[B, Ho, Wo, Cin]`.
+
+    View (i, j) holds the input pixel that kernel tap (i, j) multiplies for every output
+    position; in row-major (kh, kw) order, matching an HWIO kernel.
     """
     (kh, kw), (sh, sw) = layer.kernel_size, layer.strides
     xp = jnp.pad(x, ((0, 0), layer.padding[0], layer.padding[1], (0, 0)))
     ho = (xp.shape[1] - kh) // sh + 1
     wo = (xp.shape[2] - kw) // sw + 1
     b, c = x.shape[0], x.shape[3]
-    cols = [
+    return [
         lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
                   (1, sh, sw, 1))
         for i in range(kh)
         for j in range(kw)
     ]
-    return jnp.stack(cols, axis=3).reshape(b, ho * wo, kh * kw * c)
+
+
+def _patches(x: jax.Array, layer: _Layer) -> jax.Array:
+    """Input patches under each conv output: `[B, H, W, Cin] -> [B, Ho*Wo, kh*kw*Cin]`.
+
+    Built from strided slices (plain data movement), not `conv_general_dilated_patches`, which
+    XLA runs as a convolution with a one-hot kernel.
+    """
+    views = _conv_views(x, layer)
+    b, ho, wo, c = views[0].shape
+    return jnp.stack(views, axis=3).reshape(b, ho * wo, len(views) * c)
 
 
 def _layer_factors(layer: _Layer, a: jax.Array, d: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(A [B, T, K], D [B, T, C]) such that example i's kernel gradient is A_iᵀ D_i."""
+    """(layer input, output gradient): dense as `[B, T, K]`, `[B, T, C]`; conv as recorded,
+    `[B, H, W, Cin]` and `[B, Ho, Wo, C]` (its patches are formed only where needed)."""
     if layer.kind == "conv":
-        a = _patches(a, layer)
+        return a, d
     b = a.shape[0]
     return a.reshape(b, -1, a.shape[-1]), d.reshape(b, -1, d.shape[-1])
+
+
+def _dims(layer: _Layer, a: jax.Array, d: jax.Array) -> tuple[int, int, int]:
+    """(T, K, C): positions per example, kernel fan-in, output channels."""
+    if layer.kind == "conv":
+        return d.shape[1] * d.shape[2], math.prod(layer.kernel_size) * a.shape[-1], d.shape[-1]
+    return a.shape[1], a.shape[2], d.shape[2]
+
+
+def _flat(layer: _Layer, a: jax.Array, d: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(A [B, T, K], D [B, T, C]) with example i's kernel gradient A_iᵀ D_i."""
+    if layer.kind == "conv":
+        b = d.shape[0]
+        return _patches(a, layer), d.reshape(b, -1, d.shape[-1])
+    return a, d
+
+
+def _per_example_kernel(layer: _Layer, a: jax.Array, d: jax.Array) -> jax.Array:
+    """Every example's kernel gradient, `[B, K, C]`."""
+    if layer.kind == "conv" and a.shape[-1] >= _SHIFTED_MIN_CHANNELS:
+        taps = [jnp.einsum("bhwc,bhwd->bcd", v, d) for v in _conv_views(a, layer)]
+        return jnp.stack(taps, axis=1).reshape(d.shape[0], -1, d.shape[-1])
+    return jnp.einsum("btk,btc->bkc", *_flat(layer, a, d))
+
+
+def _kernel_sum(layer: _Layer, a: jax.Array, d: jax.Array) -> jax.Array:
+    """Σ_i A_iᵀ D_i, `[K, C]` (weights already folded into `d`)."""
+    if layer.kind == "conv" and a.shape[-1] >= _SHIFTED_MIN_CHANNELS:
+        taps = [jnp.einsum("bhwc,bhwd->cd", v, d) for v in _conv_views(a, layer)]
+        return jnp.stack(taps).reshape(-1, d.shape[-1])
+    return jnp.einsum("btk,btc->kc", *_flat(layer, a, d))
 
 
 def _materialise(t: int, k: int, c: int) -> bool:
@@ -204,21 +253,20 @@ def _check_coverage(params: PyTree, layers: dict) -> None:
 
 def _per_layer_sq_norms(layer: _Layer, a: jax.Array, d: jax.Array):
     """Squared per-example gradient norm of one layer [B], and the materialised kernel or None."""
-    _, t, k = a.shape
-    c = d.shape[-1]
-    sq = jnp.zeros(a.shape[0], jnp.float32)
+    t, k, c = _dims(layer, a, d)
+    b = d.shape[0]
     kernel = None
-    if t == 1:
-        sq = sq + jnp.sum(a[:, 0] ** 2, -1) * jnp.sum(d[:, 0] ** 2, -1)
+    if t == 1:  # dense on one position: ‖a_i δ_iᵀ‖² = ‖a_i‖²‖δ_i‖², nothing materialised
+        sq = jnp.sum(a.reshape(b, -1) ** 2, -1) * jnp.sum(d.reshape(b, -1) ** 2, -1)
     elif _materialise(t, k, c):
-        kernel = jnp.einsum("btk,btc->bkc", a, d)
-        sq = sq + jnp.sum(kernel**2, axis=(1, 2))
-    else:
-        gram_a = jnp.einsum("btk,bsk->bts", a, a)
-        gram_d = jnp.einsum("btc,bsc->bts", d, d)
-        sq = sq + jnp.sum(gram_a * gram_d, axis=(1, 2))
+        kernel = _per_example_kernel(layer, a, d)
+        sq = jnp.sum(kernel**2, axis=(1, 2))
+    else:  # ghost norm: Σ_{t,s} (a_t·a_s)(δ_t·δ_s)
+        af, df = _flat(layer, a, d)
+        sq = jnp.sum(jnp.einsum("btk,bsk->bts", af, af) * jnp.einsum("btc,bsc->bts", df, df),
+                     axis=(1, 2))
     if layer.has_bias:
-        sq = sq + jnp.sum(jnp.sum(d, axis=1) ** 2, -1)
+        sq = sq + jnp.sum(jnp.sum(d.reshape(b, -1, d.shape[-1]), axis=1) ** 2, -1)
     return sq, kernel
 
 
@@ -227,10 +275,10 @@ def _weighted_sum(layer: _Layer, a, d, kernel, w: jax.Array, kernel_shape) -> di
     if kernel is not None:
         k_sum = jnp.einsum("b,bkc->kc", w, kernel)
     else:
-        k_sum = jnp.einsum("btk,btc->kc", a, d * w[:, None, None])
+        k_sum = _kernel_sum(layer, a, d * w.reshape(-1, *[1] * (d.ndim - 1)))
     out = {"kernel": k_sum.reshape(kernel_shape)}
     if layer.has_bias:
-        out["bias"] = jnp.einsum("b,bc->c", w, jnp.sum(d, axis=1))
+        out["bias"] = jnp.einsum("b,bc->c", w, jnp.sum(d.reshape(d.shape[0], -1, d.shape[-1]), 1))
     return out
 
 
@@ -360,9 +408,9 @@ def per_example_grads(
     for path, layer in layers.items():
         a, d = factors[path]
         shape = _get(params["params"], path)["kernel"].shape
-        leaves = {"kernel": jnp.einsum("btk,btc->bkc", a, d).reshape(x.shape[0], *shape)}
+        leaves = {"kernel": _per_example_kernel(layer, a, d).reshape(x.shape[0], *shape)}
         if layer.has_bias:
-            leaves["bias"] = jnp.sum(d, axis=1)
+            leaves["bias"] = jnp.sum(d.reshape(d.shape[0], -1, d.shape[-1]), axis=1)
         out[path] = leaves
     flat = {p + (n,): v for p, leaves in out.items() for n, v in leaves.items()}
     return {"params": traverse_util.unflatten_dict(flat)}
