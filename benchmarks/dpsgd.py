@@ -1,7 +1,8 @@
 """DP-SGD step vs the non-private step of the same model, and vs Opacus, in one run.
 
-For each model (the small CNN of the DP-SGD literature and a wider one, 28x28x1 inputs, batch
-256) this times, interleaved round by round so that load on a shared machine hits all of them
+For each model (the small CNN of the DP-SGD literature, conv-relu-maxpool x2 + dense 64 + dense
+10; a wider one, 32/64 channels and dense 128; and the project's default CNN, which
+downsamples by stride-2 convs instead of pooling; 28x28x1 inputs, batch 256) this times, interleaved round by round so that load on a shared machine hits all of them
 alike:
 
   jax_nonprivate           jax.grad of the mean loss + SGD (the plain formulation)
@@ -20,7 +21,8 @@ Ratios: DP-SGD over the *fastest* JAX non-private step, and DP-SGD throughput ov
 Opacus mode, both among the classic per-sample modes (hooks/functorch/ew) and including ghost
 clipping. Every number is the median over `--repeats` rounds of `--inner` steps each.
 
-    python benchmarks/dpsgd.py                         # ~10 min on 2 cores; JSON to
+    python benchmarks/dpsgd.py --models=cnn,wide_cnn,cnn_stride   # 3 min on 2 idle cores
+                                                       # (16 min at load 10); JSON to
                                                        # benchmarks/results/dpsgd.json
     python benchmarks/dpsgd.py --models=cnn --repeats=3 --out=/tmp/dpsgd.json   # quick
 
