@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from pathlib import Path
 
 import jax
@@ -157,7 +158,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
                 ledgers[f"{domain}/seed{seed}"] = ledger.to_dict()
             for method, budget in todo:
                 t0 = time.perf_counter()
-                mkey = jax.random.fold_in(key, hash((method, budget)) % (2**31))
+                # A stable tag: Python's str hash is salted per process, which broke resume and reruns.
+                mkey = jax.random.fold_in(key, zlib.crc32(f"{method}/{budget}".encode()) % (2**31))
                 if method == "local":
                     x, y = client.images, client.labels
                 else:
