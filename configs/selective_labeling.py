@@ -59,6 +59,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.batch_size = 64
     c.train.learning_rate = 1e-3
 
+    # Semi-supervised: confident pseudo-labels on the unlabelled rest of the pool (no privacy
+    # cost: pool data only). "none" trains on the labelled picks alone, as the seed does.
+    c.semi = ml_collections.ConfigDict()
+    c.semi.mode = "none"                    # "none" | "pseudo_label"
+    c.semi.threshold = 0.95                 # keep pseudo-labels with max softmax >= threshold
+    c.semi.num_unlabeled = 4000             # unlabelled pool samples scored; -1: all of the rest
+    c.semi.weight = 0.5                     # loss weight of a pseudo-labelled example
+
     if arg == "quick":
         c.num_seeds = 2
         c.budgets = (100, 200)

@@ -1,0 +1,375 @@
+"""The loop every ECOS application shares (SPEC §3, "Applications").
+
+For every client domain, every seed and every budget, each method picks pool samples; an
+*application* turns the picks into a trained model and scores it on the client's held-out
+test split. The runner owns what is common: data and splits (validated before any work),
+the public feature extractor, one ECOS protocol round per (domain, seed), the picks of every
+method, the per-record privacy ledger, resumable state, and the results files.
+
+    >>> records = run(config, "runs/x", SelectiveLabeling())   # or ModelCompression(), ...
+
+An application is an object with
+  name: str                                    title of the results table
+  methods: tuple[str, ...]                     the methods it supports (subset of METHODS)
+  validate(config) -> None                     checks its own config section (before any work)
+  prepare(config, task) -> state               once per client domain (e.g. train a teacher)
+  evaluate(config, task, state, sel) -> dict   trains on `sel` and returns at least
+                                               {"accuracy": float in [0, 1]}; may record more
+                                               private releases in `sel.ledger`
+
+Methods: 'ecos' (the protocol; its ε comes from the ledger), 'random', 'kcenter' (greedy
+coreset over the whole pool, ignoring the client), 'oracle' (uniform picks from the pool's
+part of the client's own domain) and 'local' (no picks: the client's own training data).
+
+Privacy: each record carries its own ledger: the ECOS client's response for method 'ecos'
+(one response per domain and seed serves every budget, so the client pays it once) plus
+whatever the application releases (e.g. private kNN labels). A record's `epsilon` is that
+ledger's total at `ecos.delta`; every non-empty ledger is written to ledgers.json.
+
+Outputs in `workdir`: results.json (one record per method, domain, budget, seed),
+results.md (the seed paper's table form), accuracy_vs_budget.png, ledgers.json, and
+state.json (the records so far; an interrupted run resumes from it when the config is
+unchanged, and a different config is refused rather than overwritten).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Protocol
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from ecos_jax import data as data_lib
+from ecos_jax import features as features_lib
+from ecos_jax.ecos import protocol
+from ecos_jax.privacy.ledger import PrivacyLedger
+from ecos_jax.samplers.kcenter import kcenter_greedy
+from ecos_jax.samplers.random import random_sample
+from ecos_jax.utils import io, results
+
+log = logging.getLogger(__name__)
+METHODS = ("ecos", "random", "kcenter", "local", "oracle")
+POOL_METHODS = ("ecos", "random", "kcenter", "oracle")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClientTask:
+    """One client domain: its split and both sides' public features.
+
+    pool_features: `[N_pool, d]` float32, f(pool images).
+    client_features: `[N_client, d]` float32, f(client-train images); the client's own.
+    oracle_indices: `[M]` int, indices into the pool of its part of the client's domain.
+    """
+
+    domain: str
+    domain_index: int
+    split: data_lib.EcosSplit
+    num_classes: int
+    pool_features: np.ndarray
+    client_features: np.ndarray
+    extractor: features_lib.FeatureExtractor
+    oracle_indices: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Selection:
+    """What one method picked for one (domain, seed, budget).
+
+    indices: `[budget]` int indices into `task.split.pool`, or None for 'local'.
+    key: a PRNG key for the application's own randomness (training order, init).
+    ledger: the private releases this record rests on so far; the application adds its own.
+    """
+
+    method: str
+    budget: int
+    seed: int
+    indices: np.ndarray | None
+    key: jax.Array
+    ledger: PrivacyLedger
+
+
+class Application(Protocol):
+    name: str
+    methods: tuple[str, ...]
+
+    def validate(self, config: ml_collections.ConfigDict) -> None: ...
+
+    def prepare(self, config: ml_collections.ConfigDict, task: ClientTask) -> Any: ...
+
+    def evaluate(self, config: ml_collections.ConfigDict, task: ClientTask, state: Any,
+                 sel: Selection) -> dict: ...
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+    """A hash of every field that changes results (not `progress`)."""
+    c = config.to_dict()
+    c.pop("progress", None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stable_tag(*parts: object) -> int:
+    """A process-independent int for `jax.random.fold_in` (Python's str hash is salted)."""
+    return zlib.crc32("/".join(map(str, parts)).encode()) % (2**31)
+
+
+def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset,
+             app: Application | None = None) -> dict[str, data_lib.EcosSplit]:
+    """Checks the config against the data before any work; returns {client domain: its split}."""
+    supported = app.methods if app is not None else METHODS
+    unknown = set(config.methods) - set(supported)
+    if unknown:
+        raise ValueError(f"Unknown methods {sorted(unknown)}; choose from {supported}.")
+    if not config.methods:
+        raise ValueError("methods cannot be empty.")
+    if config.num_seeds < 1:
+        raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}.")
+    if not config.ecos.epsilon > 0:
+        raise ValueError(f"ecos.epsilon must be > 0, got {config.ecos.epsilon}.")
+    if not 0 < config.ecos.delta < 1:
+        raise ValueError(f"ecos.delta must be in (0, 1), got {config.ecos.delta}.")
+    if config.data.n_client_train < 1:
+        raise ValueError(f"data.n_client_train must be >= 1 (the client cannot be empty), "
+                         f"got {config.data.n_client_train}.")
+    if not config.budgets or any(b < 1 for b in config.budgets):
+        raise ValueError(f"budgets must be positive integers, got {tuple(config.budgets)}.")
+    if app is not None:
+        app.validate(config)
+    domains = list(config.data.client_domains) or list(ds.domain_names)
+    for d in domains:
+        ds.domain_index(d)  # raises with the list of valid names
+    splits = {}
+    for domain in domains:
+        split = data_lib.ecos_split(ds, domain, n_client_train=config.data.n_client_train,
+                                    n_client_test=config.data.n_client_test, pool=config.data.pool,
+                                    seed=config.data.split_seed)
+        too_big = [b for b in config.budgets if b > len(split.pool)]
+        if too_big:
+            raise ValueError(f"budget(s) {too_big} larger than the pool ({len(split.pool)} samples) "
+                             f"when {domain!r} is the client.")
+        splits[domain] = split
+    return splits
+
+
+def _load_state(path: Path, chash: str) -> list[dict]:
+    if not path.exists():
+        return []
+    state = json.loads(path.read_text())
+    if state.get("config_hash") != chash:
+        raise ValueError(f"{path} holds results of a different config; use a new --workdir "
+                         "or delete it to start over (nothing was overwritten).")
+    return state["records"]
+
+
+def feature_cache_dir(config: ml_collections.ConfigDict) -> str:
+    return config.features.cache_dir or os.path.join(
+        config.data.data_dir or os.environ.get("ECOS_JAX_DATA_DIR", "~/.cache/ecos_jax"), "features")
+
+
+def client_task(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset, domain: str,
+                split: data_lib.EcosSplit) -> ClientTask:
+    """Fits (or loads) the public extractor on the pool and featurises both sides."""
+    pool = split.pool
+    f = features_lib.fit_extractor(
+        config.features.kind, pool.images, pool_labels=pool.labels, num_classes=ds.num_classes,
+        dim=config.features.dim, epochs=config.features.epochs, seed=config.data.split_seed,
+        cache_dir=feature_cache_dir(config), progress=config.progress)
+    return ClientTask(
+        domain=domain, domain_index=ds.domain_index(domain), split=split, num_classes=ds.num_classes,
+        pool_features=f(pool.images), client_features=f(split.client_train.images), extractor=f,
+        oracle_indices=np.flatnonzero(np.isin(pool.ids, split.oracle_pool.ids)))
+
+
+def pick(method: str, task: ClientTask, budget: int, key: jax.Array,
+         cloud: protocol.Cloud | None = None, response: protocol.NoisyCoverage | None = None) -> np.ndarray:
+    """Indices into the pool chosen by `method` (unique, `[budget]`, fewer for a small oracle)."""
+    n = len(task.split.pool)
+    if method == "ecos":
+        idx = cloud.sample(key, response, budget)
+    elif method == "random":
+        idx = np.asarray(random_sample(key, n, budget))
+    elif method == "kcenter":
+        idx = np.asarray(kcenter_greedy(key, task.pool_features, budget))
+    elif method == "oracle":  # uniform from the pool's in-domain part
+        take = min(budget, len(task.oracle_indices))
+        idx = task.oracle_indices[np.asarray(random_sample(key, len(task.oracle_indices), take))]
+    else:
+        raise ValueError(f"{method!r} does not pick from the pool.")
+    if len(np.unique(idx)) != len(idx):
+        raise AssertionError(f"{method} picked an index twice.")
+    return np.asarray(idx)
+
+
+def _new_ledger(config: ml_collections.ConfigDict) -> PrivacyLedger:
+    return PrivacyLedger(config.ecos.delta, accountant=config.ecos.accountant,
+                         reproducible_seed=config.ecos.noise_seed)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, app: Application) -> list[dict]:
+    """Runs the whole experiment for `app`; writes results into `workdir`, returns the records."""
+    workdir = Path(workdir)
+    ds = data_lib.load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
+    splits = validate(config, ds, app)
+    domains = list(splits)
+    chash = config_hash(config)
+    state_path = workdir / "state.json"
+    records = _load_state(state_path, chash)
+    ledgers: dict[str, dict] = {}
+    if (workdir / "ledgers.json").exists() and records:
+        ledgers = json.loads((workdir / "ledgers.json").read_text())
+    done = {(r["method"], r["domain"], r["budget"], r["seed"]) for r in records}
+    if records:
+        log.info("Resuming from %s: %d records already done.", state_path, len(records))
+
+    seeds = [config.seed + i for i in range(config.num_seeds)]
+    pool_methods = [m for m in config.methods if m in POOL_METHODS]
+    jobs = [(m, b) for m in pool_methods for b in config.budgets]
+    if "local" in config.methods:
+        jobs.append(("local", 0))
+    bar = tqdm(total=len(domains) * len(seeds) * len(jobs), desc=app.name, disable=not config.progress,
+               dynamic_ncols=True, initial=len(done))
+    comm = {}
+    for domain in domains:
+        todo_domain = [(s, m, b) for s in seeds for m, b in jobs if (m, domain, b, s) not in done]
+        task = client_task(config, ds, domain, splits[domain])
+        comm[domain] = communication(config, task)
+        if not todo_domain:
+            continue
+        state = app.prepare(config, task)
+        for seed in seeds:
+            key = jax.random.fold_in(jax.random.key(seed), task.domain_index)
+            todo = [(m, b) for s, m, b in todo_domain if s == seed]
+            if not todo:
+                continue
+            cloud = response = response_event = None
+            if any(m == "ecos" for m, _ in todo):
+                cloud = protocol.Cloud(task.pool_features, num_centroids=config.ecos.num_centroids,
+                                       kmeans_iters=config.ecos.kmeans_iters, proximity=config.ecos.proximity)
+                client = protocol.Client(task.client_features, epsilon=config.ecos.epsilon,
+                                         delta=config.ecos.delta, accountant=config.ecos.accountant,
+                                         noise_seed=None if config.ecos.noise_seed is None
+                                         else config.ecos.noise_seed + seed)
+                # One response per client and seed serves every budget: the release does not
+                # depend on the budget, so the client pays ε once.
+                response_ledger = _new_ledger(config)
+                response = client.respond(cloud.compress(jax.random.fold_in(key, 1)), response_ledger)
+                response_event = response_ledger.entries[0]
+            for method, budget in todo:
+                t0 = time.perf_counter()
+                mkey = jax.random.fold_in(key, stable_tag(method, budget))
+                ledger = _new_ledger(config)
+                if method == "ecos":
+                    ledger.record(response_event.name, response_event.event,
+                                  sensitivity=response_event.sensitivity, **response_event.meta)
+                idx = None if method == "local" else pick(method, task, budget, mkey, cloud, response)
+                sel = Selection(method=method, budget=int(budget), seed=int(seed), indices=idx,
+                                key=jax.random.fold_in(mkey, 1), ledger=ledger)
+                out = app.evaluate(config, task, state, sel)
+                if "accuracy" not in out:
+                    raise KeyError(f"{app.name}.evaluate must return an 'accuracy'.")
+                rec = {"method": method, "domain": domain, "budget": int(budget), "seed": int(seed),
+                       **out, "epsilon": float(ledger.epsilon()) if len(ledger) else 0.0,
+                       "n_picked": 0 if idx is None else int(len(idx)),
+                       "seconds": time.perf_counter() - t0}
+                if method == "ecos":
+                    rec["in_domain_fraction"] = float(np.isin(idx, task.oracle_indices).mean())
+                records.append(rec)
+                if len(ledger):
+                    ledgers[f"{domain}/seed{seed}/{method}/{budget}"] = ledger.to_dict()
+                    io.write_json(workdir / "ledgers.json", ledgers)
+                io.write_json(state_path, {"config_hash": chash, "records": records})
+                bar.update(1)
+    bar.close()
+    write_outputs(config, workdir, records, ledgers, comm, domains, title=app.name)
+    return records
+
+
+def communication(config: ml_collections.ConfigDict, task: ClientTask) -> dict:
+    """Bytes each way for one ECOS round, against moving the raw data (uint8 pixels).
+
+    Down: R centroids of d float32; up: R float32 noisy counts. Computed from the shapes the
+    protocol sends (`protocol.Centroids.nbytes`, `protocol.NoisyCoverage.nbytes`).
+    """
+    r, d = config.ecos.num_centroids, task.pool_features.shape[1]
+    return {"ecos_down_bytes": int(protocol.Centroids(np.zeros((r, d), np.float32)).nbytes),
+            "ecos_up_bytes": int(protocol.NoisyCoverage(np.zeros(r, np.float32), 0.0).nbytes),
+            "upload_client_data_bytes": int(task.split.client_train.images.size),
+            "download_pool_bytes": int(task.split.pool.images.size)}
+
+
+def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, comm: dict, domains: list[str],
+                  title: str = "ECOS selective labelling") -> str:
+    """results.json, results.md, accuracy_vs_budget.png, ledgers.json; returns the markdown."""
+    stats = results.aggregate(records, ("method", "budget", "domain"), "accuracy")
+    avg = results.aggregate(
+        [{"method": m, "budget": b, "seed": s,
+          "accuracy": np.mean([r["accuracy"] for r in records if (r["method"], r["budget"], r["seed"]) == (m, b, s)])}
+         for (m, b, s) in {(r["method"], r["budget"], r["seed"]) for r in records}],
+        ("method", "budget"), "accuracy")
+    eps: dict[tuple, float] = {}  # ε is the same for every seed; inf (exact release) is allowed
+    for r in records:
+        eps[(r["method"], r["budget"])] = max(eps.get((r["method"], r["budget"]), 0.0), r["epsilon"])
+    md = [f"# {title} ({config.data.name}, ECOS ε = {config.ecos.epsilon} at δ = {config.ecos.delta},"
+          f" {config.num_seeds} seeds, accuracy % on the client's test split)\n"]
+    header = ["budget", "method", "ε", *domains, "Avg"]
+    rows = []
+    budgets = sorted({r["budget"] for r in records if r["method"] != "local"})
+    for b in [*budgets, 0]:
+        for m in config.methods:
+            if (m, b) not in avg:
+                continue
+            e = eps[(m, b)]
+            cells = [results.pm(*stats[(m, b, d)][:2]) if (m, b, d) in stats else "" for d in domains]
+            rows.append([b or "-", m, f"{e:.2f}" if e > 0 else "-", *cells, results.pm(*avg[(m, b)][:2])])
+    md.append(results.markdown_table(header, rows))
+    if comm:
+        md.append("\n## Communication (bytes)\n")
+        md.append(results.markdown_table(
+            ["client domain", "ECOS down (centroids)", "ECOS up (noisy counts)", "upload client data",
+             "download pool", "upload / ECOS total"],
+            [[d, c["ecos_down_bytes"], c["ecos_up_bytes"], c["upload_client_data_bytes"], c["download_pool_bytes"],
+              f"{c['upload_client_data_bytes'] / (c['ecos_down_bytes'] + c['ecos_up_bytes']):.1f}x"]
+             for d, c in comm.items()]))
+    text = "\n".join(md)
+    io.write_json(workdir / "results.json", {"config": config.to_dict(), "records": records,
+                                             "average": [{"method": m, "budget": b, "mean": s[0], "std": s[1]}
+                                                         for (m, b), s in avg.items()],
+                                             "communication": comm})
+    io.write_text(workdir / "results.md", text)
+    if ledgers:
+        io.write_json(workdir / "ledgers.json", ledgers)
+    plot_accuracy_vs_budget(avg, workdir / "accuracy_vs_budget.png", budgets)
+    print(text)
+    return text
+
+
+def plot_accuracy_vs_budget(avg: dict, path: Path, budgets: list[int]) -> None:
+    """One line per method (mean ± std over seeds of the domain average); 'local' as a level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for m in sorted({m for m, _ in avg}):
+        if m == "local":
+            mean, _, _ = avg[("local", 0)]
+            ax.axhline(100 * mean, ls="--", c="gray", label=f"local ({100 * mean:.1f})")
+            continue
+        pts = [(b, *avg[(m, b)][:2]) for b in budgets if (m, b) in avg]
+        bs, ms, ss = map(np.array, zip(*pts))
+        ax.errorbar(bs, 100 * ms, yerr=100 * ss, marker="o", capsize=3, label=m)
+    ax.set_xlabel("budget (pool samples)")
+    ax.set_ylabel("client test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    io.save_figure(fig, path)
