@@ -39,7 +39,15 @@ def test_quick_config_end_to_end_and_resume(tmp_path):
     assert (tmp_path / "accuracy_vs_budget.png").stat().st_size > 1000
     assert "| budget | method | ε |" in (tmp_path / "results.md").read_text()
     ledgers = json.loads((tmp_path / "ledgers.json").read_text())
-    assert len(ledgers) == 2 * 2  # one client response per domain and seed
+    # One ledger per ECOS record (2 domains x 2 seeds x 2 budgets), each holding the one
+    # client response of its (domain, seed): both budgets rest on the same release.
+    assert len(ledgers) == 2 * 2 * 2
+    for key, ledger in ledgers.items():
+        assert [e["name"] for e in ledger["entries"]] == ["ecos_client_response"], key
+        domain, seed, method, _ = key.split("/")
+        assert method == "ecos"
+        twins = [v for k, v in ledgers.items() if k.startswith(f"{domain}/{seed}/")]
+        assert len({json.dumps(t["entries"][0]["event"], sort_keys=True) for t in twins}) == 1
     comm = out["communication"]["digits"]
     assert comm["ecos_up_bytes"] * 100 < comm["upload_client_data_bytes"]
     # A second run with the same config resumes: nothing is recomputed.
@@ -60,6 +68,8 @@ def test_quick_config_end_to_end_and_resume(tmp_path):
     ({"data.client_domains": ("no_such_domain",)}, "no_such_domain"),
     ({"data.name": "no_such_dataset_xyz"}, "no_such_dataset_xyz"),
     ({"methods": ("ecos", "bogus")}, "bogus"),
+    ({"semi.mode": "fixmatchh"}, "semi.mode"),
+    ({"semi.threshold": 1.5}, "semi.threshold"),
 ])
 def test_bad_config_fails_before_any_work(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -76,3 +86,16 @@ def test_command_line_rejects_misspelled_field(tmp_path):
     assert proc.returncode != 0
     assert "budgt" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_pseudo_label_mode_learns_from_the_unlabelled_pool(tmp_path):
+    config = _config(**{"data.client_domains": ("digits",), "num_seeds": 1, "budgets": (40,),
+                        "methods": ("random", "local"), "train.steps": 10, "features.kind": "pca",
+                        "semi.mode": "pseudo_label", "semi.threshold": 0.0, "semi.num_unlabeled": 200})
+    records = {r["method"]: r for r in selective_labeling.run(config, tmp_path)}
+    r = records["random"]
+    # Threshold 0 keeps every unlabelled sample scored; none of them is one of the picks.
+    assert r["n_pseudo"] == 200 and r["n_train"] == 40
+    assert 0.0 <= r["pseudo_label_accuracy"] <= 1.0 and 0.0 <= r["accuracy_supervised"] <= 1.0
+    assert "n_pseudo" not in records["local"]  # the client's own data: nothing to pseudo-label
+    assert "pseudo_label_accuracy" in (tmp_path / "results.md").read_text()

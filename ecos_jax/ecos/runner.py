@@ -289,7 +289,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, app: Appl
                 io.write_json(state_path, {"config_hash": chash, "records": records})
                 bar.update(1)
     bar.close()
-    write_outputs(config, workdir, records, ledgers, comm, domains, title=app.name)
+    write_outputs(config, workdir, records, ledgers, comm, domains, title=app.name,
+                  extra_metrics=getattr(app, "summary_metrics", ()))
     return records
 
 
@@ -307,8 +308,12 @@ def communication(config: ml_collections.ConfigDict, task: ClientTask) -> dict:
 
 
 def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, comm: dict, domains: list[str],
-                  title: str = "ECOS selective labelling") -> str:
-    """results.json, results.md, accuracy_vs_budget.png, ledgers.json; returns the markdown."""
+                  title: str = "ECOS selective labelling", extra_metrics: tuple[str, ...] = ()) -> str:
+    """results.json, results.md, accuracy_vs_budget.png, ledgers.json; returns the markdown.
+
+    `extra_metrics`: numeric record fields (e.g. "label_accuracy") summarised per method and
+    budget, mean ± std over domains and seeds, under the main table.
+    """
     stats = results.aggregate(records, ("method", "budget", "domain"), "accuracy")
     avg = results.aggregate(
         [{"method": m, "budget": b, "seed": s,
@@ -331,6 +336,16 @@ def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, com
             cells = [results.pm(*stats[(m, b, d)][:2]) if (m, b, d) in stats else "" for d in domains]
             rows.append([b or "-", m, f"{e:.2f}" if e > 0 else "-", *cells, results.pm(*avg[(m, b)][:2])])
     md.append(results.markdown_table(header, rows))
+    for metric in extra_metrics:
+        have = [r for r in records if isinstance(r.get(metric), (int, float))]
+        if not have:
+            continue
+        ms = results.aggregate(have, ("method", "budget"), metric)
+        md.append(f"\n## {metric} (mean ± std over domains and seeds)\n")
+        md.append(results.markdown_table(
+            ["budget", "method", metric],
+            [[b or "-", m, f"{ms[(m, b)][0]:.4g} ± {ms[(m, b)][1]:.2g}"]
+             for b in [*budgets, 0] for m in config.methods if (m, b) in ms]))
     if comm:
         md.append("\n## Communication (bytes)\n")
         md.append(results.markdown_table(

@@ -44,6 +44,7 @@ class SelectiveLabeling:
 
     name = "ECOS selective labelling"
     methods = METHODS
+    summary_metrics = ("in_domain_fraction", "accuracy_supervised", "n_pseudo", "pseudo_label_accuracy")
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
         semi = config.get("semi")
