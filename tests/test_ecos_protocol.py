@@ -90,3 +90,34 @@ def test_budget_larger_than_pool():
     with pytest.raises(ValueError, match="budget"):
         protocol.run(protocol.Cloud(pool, num_centroids=6), protocol.Client(client_f), budget=601,
                      key=jax.random.key(0))
+
+
+def test_lean_encoding_halves_bytes_and_keeps_the_release():
+    """float16 centroids + int16 counts: half the bytes; the counts are the float32 release
+    rounded (post-processing, same ledger event), and the picks still find the client's blob."""
+    pool, client_f, blob = _layout()
+    assert protocol.message_bytes(30, 32) == (30 * 32 * 4, 30 * 4)
+    assert protocol.message_bytes(30, 32, centroid_dtype="float16", count_dtype="int16") == (30 * 32 * 2, 30 * 2)
+    cloud = protocol.Cloud(pool, num_centroids=6, centroid_dtype="float16")
+    msg = cloud.compress(jax.random.key(0))
+    assert msg.centroids.dtype == np.float16 and msg.nbytes == 6 * 4 * 2
+    ledgers = [PrivacyLedger(1e-5, accountant="pld") for _ in range(2)]
+    full = protocol.Client(client_f, epsilon=1.0, noise_seed=4).respond(msg, ledgers[0])
+    lean = protocol.Client(client_f, epsilon=1.0, noise_seed=4, count_dtype="int16").respond(msg, ledgers[1])
+    assert lean.counts.dtype == np.int16 and lean.nbytes == 6 * 2
+    np.testing.assert_array_equal(lean.counts, np.rint(full.counts))
+    assert ledgers[1].epsilon() == ledgers[0].epsilon()
+    in_blob = [np.mean(blob[cloud.sample(jax.random.key(1), r, 80)] == 2) for r in (full, lean)]
+    assert min(in_blob) > 0.8 and abs(in_blob[0] - in_blob[1]) <= 0.05
+    np.testing.assert_array_equal(protocol.encode_counts(np.array([1e6, -1e6, 2.4]), "int16"), [32767, -32768, 2])
+
+
+@pytest.mark.parametrize("make", [
+    lambda p, c: protocol.Cloud(p, num_centroids=6, centroid_dtype="int8"),
+    lambda p, c: protocol.Client(c, count_dtype="float64"),
+    lambda p, c: protocol.message_bytes(6, 4, count_dtype="uint8"),
+])
+def test_unknown_wire_dtype_rejected(make):
+    pool, client_f, _ = _layout()
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        make(pool, client_f)

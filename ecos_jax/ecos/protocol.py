@@ -34,6 +34,37 @@ from ecos_jax.samplers import kmeans as km
 
 SENSITIVITY = "L2 = 1: adding or removing one client sample changes one coverage count by one"
 
+# Wire encodings of the two messages. float32 is the default; the lean ones halve the bytes.
+# Rounding the released noisy counts to int16 is post-processing of a DP output, so the
+# response keeps its (ε, δ); float16 centroids only perturb what the client assigns to.
+CENTROID_DTYPES = ("float32", "float16")
+COUNT_DTYPES = ("float32", "float16", "int16")
+
+
+def _check_dtype(name: str, dtype: str, allowed: tuple[str, ...]) -> str:
+    if str(dtype) not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {dtype!r}.")
+    return str(dtype)
+
+
+def encode_counts(noisy: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    """The released counts `[R]` as sent: cast, or rounded and clipped to the int16 range."""
+    dtype = _check_dtype("count_dtype", dtype, COUNT_DTYPES)
+    noisy = np.asarray(noisy, np.float32)
+    if dtype == "int16":
+        info = np.iinfo(np.int16)
+        return np.clip(np.rint(noisy), info.min, info.max).astype(np.int16)
+    return noisy.astype(dtype)
+
+
+def message_bytes(num_centroids: int, dim: int, *, centroid_dtype: str = "float32",
+                  count_dtype: str = "float32") -> tuple[int, int]:
+    """(bytes down, bytes up) of one round with R centroids of `dim` features, from the messages."""
+    down = Centroids(np.zeros((num_centroids, dim), _check_dtype("centroid_dtype", centroid_dtype,
+                                                                 CENTROID_DTYPES)))
+    up = NoisyCoverage(encode_counts(np.zeros(num_centroids, np.float32), count_dtype), 0.0)
+    return down.nbytes, up.nbytes
+
 
 @functools.lru_cache(maxsize=64)
 def gaussian_sigma(epsilon: float, delta: float, accountant: str) -> float:
@@ -54,7 +85,8 @@ def _check_features(name: str, features: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Centroids:
-    """Cloud → client: the k-means centroids of the pool's public features, `[R, d]` float32."""
+    """Cloud → client: the k-means centroids of the pool's public features, `[R, d]` float32
+    (float16 with `Cloud(centroid_dtype="float16")`); `nbytes` follows the dtype."""
 
     centroids: np.ndarray
 
@@ -65,7 +97,8 @@ class Centroids:
 
 @dataclasses.dataclass(frozen=True)
 class NoisyCoverage:
-    """Client → cloud: noisy centroid-coverage counts `[R]` float32 and the σ that made them."""
+    """Client → cloud: noisy centroid-coverage counts `[R]` (float32, or the client's
+    `count_dtype`) and the σ that made them; `nbytes` follows the dtype."""
 
     counts: np.ndarray
     sigma: float
@@ -92,6 +125,7 @@ class Client:
     delta: δ of the response, in (0, 1).
     noise_seed: None (default) draws the noise key from OS entropy; an int makes the run
       reproducible and the ledger marks it research-only.
+    count_dtype: wire encoding of the response, one of COUNT_DTYPES (see `encode_counts`).
     """
 
     features: np.ndarray
@@ -99,10 +133,12 @@ class Client:
     delta: float = 1e-5
     accountant: str = "pld"
     noise_seed: int | None = None
+    count_dtype: str = "float32"
     sigma: float = dataclasses.field(init=False)
 
     def __post_init__(self):
         self.features = _check_features("Client", self.features)
+        self.count_dtype = _check_dtype("count_dtype", self.count_dtype, COUNT_DTYPES)
         if not self.epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {self.epsilon}.")
         if not 0 < self.delta < 1:
@@ -123,21 +159,27 @@ class Client:
         elif ledger is not None:
             ledger.record("ecos_client_response", dp_accounting.NonPrivateDpEvent(),
                           sensitivity=SENSITIVITY, num_centroids=int(counts.shape[0]))
-        return NoisyCoverage(counts=noisy, sigma=self.sigma)
+        return NoisyCoverage(counts=encode_counts(noisy, self.count_dtype), sigma=self.sigma)
 
 
 @dataclasses.dataclass
 class Cloud:
-    """The pool owner. Compresses its pool's public features and samples from the response."""
+    """The pool owner. Compresses its pool's public features and samples from the response.
+
+    centroid_dtype: wire encoding of the centroids sent, one of CENTROID_DTYPES; the cloud
+      keeps its own float32 clusters for sampling.
+    """
 
     features: np.ndarray
     num_centroids: int = 30
     kmeans_iters: int = 20
     proximity: float = 0.5
+    centroid_dtype: str = "float32"
     _clusters: km.KMeansResult | None = dataclasses.field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.features = _check_features("Pool", self.features)
+        self.centroid_dtype = _check_dtype("centroid_dtype", self.centroid_dtype, CENTROID_DTYPES)
         if not 1 <= self.num_centroids <= self.features.shape[0]:
             raise ValueError(f"num_centroids must be in [1, pool size {self.features.shape[0]}], "
                              f"got {self.num_centroids}.")
@@ -145,7 +187,7 @@ class Cloud:
     def compress(self, key: jax.Array) -> Centroids:
         """SPEC §3 step 1: k-means of the pool's features into R centroids."""
         self._clusters = km.kmeans(key, self.features, self.num_centroids, iters=self.kmeans_iters)
-        return Centroids(np.asarray(self._clusters.centroids, np.float32))
+        return Centroids(np.asarray(self._clusters.centroids, np.float32).astype(self.centroid_dtype))
 
     def sample(self, key: jax.Array, response: NoisyCoverage, budget: int) -> np.ndarray:
         """SPEC §3 step 3: allocate `budget` over clusters by the noisy counts, pick within each."""
@@ -157,7 +199,7 @@ class Cloud:
             raise ValueError(f"budget must be in [1, pool size {self.features.shape[0]}], got {budget}.")
         return np.asarray(ecos_sampler.ecos_sample(
             key, self.features, budget, centroids=self._clusters.centroids,
-            assignments=self._clusters.assignments, noisy_counts=response.counts,
+            assignments=self._clusters.assignments, noisy_counts=np.asarray(response.counts, np.float32),
             proximity=self.proximity))
 
 
