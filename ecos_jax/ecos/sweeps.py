@@ -1,0 +1,581 @@
+"""The ECOS paper's sweeps over selective labelling: pool composition, ε, and bytes.
+
+A sweep is a set of selective-labelling runs (`runner.run` with `SelectiveLabeling`) that
+differ from a base config by a few overrides; each *point* runs in its own sub-workdir
+`workdir/<sweep>/<point>/`, so an interrupted sweep resumes point by point (the runner's own
+state.json) and a finished point is never recomputed.
+
+  pool           data.pool ∈ sweep.pool_kinds ("ood", "id+ood", "id"): accuracy against budget
+                 for sweep.pool_methods; the in-domain oracle once, with the "id+ood" pool, as
+                 the reference (with "ood" the pool holds none of the client's domain, so the
+                 oracle cannot pick; with "id" it is Random).
+  epsilon        ECOS alone at one budget for every ε in sweep.epsilons (plus exact counts),
+                 Random once as the flat reference; accuracy and the share of ECOS's picks that
+                 come from the client's own domain (`in_domain_fraction`) against ε.
+  communication  no training: bytes of one ECOS round (centroids down, noisy counts up, sizes
+                 from the protocol's messages) against uploading the client's data and
+                 downloading the pool, per dataset and client domain, and against client size.
+
+    >>> out = run(config, "runs/ecos_sweeps")   # config: configs/ecos_sweeps.py
+    >>> out["epsilon"]["ecos"][0]                # {"epsilon": 0.05, "accuracy": ..., ...}
+
+Aggregates are mean ± std over client domains and seeds pooled (population std), written to
+sweeps.json and sweeps.md with one PNG per sweep.
+
+ε = ∞ (exact counts) is run at the finite stand-in `sweep.exact_counts_epsilon` (σ < 0.1 at
+ε = 100, so no count moves by ½): the runner writes each record's ε to strict JSON, which
+refuses inf.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from ecos_jax import data as data_lib
+from ecos_jax.ecos import protocol, runner
+from ecos_jax.ecos.selective_labeling import SelectiveLabeling
+from ecos_jax.utils import io, results
+
+log = logging.getLogger(__name__)
+SWEEPS = ("pool", "epsilon", "communication")
+POOL_LABELS = {"ood": "OoD only", "id+ood": "ID + OoD", "id": "ID only"}
+ENCODINGS = {"float32": ("float32", "float32"), "lean": ("float16", "int16")}  # (centroids, counts)
+FOLD = 100.0  # the "at least 100x below uploading" mark
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Point:
+    """One selective-labelling run of a sweep: `config` is a full, locked runner config."""
+
+    sweep: str
+    name: str
+    config: ml_collections.ConfigDict
+    meta: dict
+
+
+class TrackedSelectiveLabeling(SelectiveLabeling):
+    """Selective labelling that also records which pool domains each method picked from."""
+
+    def evaluate(self, config, task, state, sel) -> dict:
+        out = super().evaluate(config, task, state, sel)
+        if sel.indices is not None:
+            doms = task.split.pool.domains[sel.indices]
+            names = task.split.pool.domain_names
+            out["pick_domains"] = {names[d]: int(n) for d, n in zip(*np.unique(doms, return_counts=True))}
+        return out
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the `sweep` section; raises ValueError with the reason."""
+    s = config.get("sweep")
+    if s is None:
+        raise ValueError("config has no `sweep` section (use configs/ecos_sweeps.py).")
+    names = tuple(s.names)
+    if not names:
+        raise ValueError(f"sweep.names cannot be empty; choose from {SWEEPS}.")
+    unknown = [n for n in names if n not in SWEEPS]
+    if unknown:
+        raise ValueError(f"Unknown sweep(s) {unknown}; choose from {SWEEPS}.")
+    if "pool" in names:
+        kinds = tuple(s.pool_kinds)
+        bad = [k for k in kinds if k not in data_lib.POOL_KINDS]
+        if not kinds or bad:
+            raise ValueError(f"sweep.pool_kinds must be a non-empty subset of {data_lib.POOL_KINDS}, got {kinds}.")
+        methods = tuple(s.pool_methods)
+        bad = [m for m in methods if m not in runner.POOL_METHODS or m == "oracle"]
+        if not methods or bad:
+            raise ValueError(f"sweep.pool_methods must be a non-empty subset of "
+                             f"{tuple(m for m in runner.POOL_METHODS if m != 'oracle')}, got {methods} "
+                             "(the oracle reference is `sweep.oracle`: it cannot pick when data.pool='ood').")
+    if "epsilon" in names:
+        eps = tuple(s.epsilons)
+        if not eps:
+            raise ValueError("sweep.epsilons cannot be empty.")
+        if any(math.isinf(e) for e in eps):
+            raise ValueError("ε = inf cannot go through the runner (it writes ε to strict JSON); "
+                             "set sweep.exact_counts=True for the exact-counts ablation.")
+        if any(not e > 0 for e in eps):
+            raise ValueError(f"every ε in sweep.epsilons must be > 0, got {eps}.")
+        if len(set(eps)) != len(eps):
+            raise ValueError(f"sweep.epsilons has duplicates: {eps}.")
+        if s.exact_counts and not (math.isfinite(s.exact_counts_epsilon) and s.exact_counts_epsilon > max(eps)):
+            raise ValueError(f"sweep.exact_counts_epsilon must be finite and above every ε swept "
+                             f"({max(eps)}), got {s.exact_counts_epsilon}.")
+        if s.epsilon_budget < 1:
+            raise ValueError(f"sweep.epsilon_budget must be >= 1, got {s.epsilon_budget}.")
+        if s.epsilon_pool not in data_lib.POOL_KINDS:
+            raise ValueError(f"sweep.epsilon_pool must be one of {data_lib.POOL_KINDS}, got {s.epsilon_pool!r}.")
+    if "communication" in names and any(n < 1 for n in s.client_sizes):
+        raise ValueError(f"sweep.client_sizes must be positive, got {tuple(s.client_sizes)}.")
+
+
+def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The selective-labelling config without the `sweep` section (so a point's config hash,
+    hence its resume, does not change when another sweep's settings change)."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        if "sweep" in c:
+            del c["sweep"]
+    return c
+
+
+def _override(base: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+    c = copy.deepcopy(base)
+    with c.unlocked():
+        for k, v in fields.items():
+            obj = c
+            *path, leaf = k.split(".")
+            for p in path:
+                obj = obj[p]
+            obj[leaf] = v
+    c.lock()
+    return c
+
+
+def epsilon_name(eps: float) -> str:
+    return f"eps_{eps:g}"
+
+
+def points(config: ml_collections.ConfigDict) -> list[Point]:
+    """Every selective-labelling run the requested sweeps need, in run order."""
+    validate(config)
+    s, base = config.sweep, base_config(config)
+    out = []
+    if "pool" in s.names:
+        for kind in s.pool_kinds:
+            methods = tuple(s.pool_methods) + (("oracle",) if s.oracle and kind == "id+ood" else ())
+            out.append(Point("pool", kind, _override(base, **{"data.pool": kind, "methods": methods}),
+                             {"pool": kind}))
+        if s.oracle and "id+ood" not in s.pool_kinds:
+            out.append(Point("pool", "oracle", _override(base, **{"data.pool": "id+ood", "methods": ("oracle",)}),
+                             {"pool": "id+ood"}))
+    if "epsilon" in s.names:
+        common = {"data.pool": s.epsilon_pool, "budgets": (int(s.epsilon_budget),)}
+        eps = [(float(e), False) for e in s.epsilons]
+        if s.exact_counts:
+            eps.append((float(s.exact_counts_epsilon), True))
+        for e, exact in eps:
+            out.append(Point("epsilon", "exact_counts" if exact else epsilon_name(e),
+                             _override(base, **common, methods=("ecos",), **{"ecos.epsilon": e}),
+                             {"epsilon": e, "exact_counts": exact}))
+        out.append(Point("epsilon", "random", _override(base, **common, methods=("random",)),
+                         {"reference": "random"}))
+    return out
+
+
+# ------------------------------------------------------------------------ communication
+
+
+def feature_dim(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> int:
+    """d of the public features the centroids live in ('raw' sends pixels)."""
+    return int(np.prod(image_shape)) if config.features.kind == "raw" else int(config.features.dim)
+
+
+def round_bytes(num_centroids: int, dim: int, encoding: str = "float32") -> dict:
+    """Bytes of one ECOS round under `encoding` (a key of ENCODINGS), from the protocol."""
+    cd, sd = ENCODINGS[encoding]
+    down, up = protocol.message_bytes(num_centroids, dim, centroid_dtype=cd, count_dtype=sd)
+    return {"down": down, "up": up, "total": down + up}
+
+
+def client_sizes(config: ml_collections.ConfigDict, domain_size: int) -> list[int]:
+    """Client sizes for the bytes-against-size curve: sweep.client_sizes, or 100, 200, 400, ...
+    up to every sample of the domain (and the domain size itself)."""
+    if tuple(config.sweep.client_sizes):
+        return sorted({int(n) for n in config.sweep.client_sizes})
+    sizes, n = [], 100
+    while n < domain_size:
+        sizes.append(n)
+        n *= 2
+    return [*sizes, int(domain_size)]
+
+
+def crossing(num_centroids: int, dim: int, bytes_per_image: int, n_client: int, encoding: str) -> dict:
+    """Where ECOS gets FOLD× below uploading the client data (one round, both directions).
+
+    min_client_samples: smallest client size n with n·bytes_per_image ≥ FOLD · ECOS bytes;
+    max_centroids: largest R (at `dim`) with FOLD · ECOS bytes ≤ upload of `n_client` samples;
+    max_dim: largest d (at `num_centroids`) likewise (0 when none fits).
+    """
+    cd, sd = ENCODINGS[encoding]
+    bc, bs = np.dtype(cd).itemsize, np.dtype(sd).itemsize
+    total = num_centroids * (dim * bc + bs)
+    upload = n_client * bytes_per_image
+    return {"min_client_samples": int(math.ceil(FOLD * total / bytes_per_image)),
+            "max_centroids": int(upload // (FOLD * (dim * bc + bs))),
+            "max_dim": max(0, int((upload / (FOLD * num_centroids) - bs) // bc))}
+
+
+def communication(config: ml_collections.ConfigDict, datasets: dict[str, data_lib.ArrayDataset]) -> dict:
+    """Bytes per dataset and client domain (every domain: no training is needed).
+
+    Matches `runner.communication` for float32 (centroids `[R, d]` down, counts `[R]` up,
+    uploading/downloading raw pixels as uint8), adds the lean encoding and the curve against
+    the number of client samples.
+    """
+    r = int(config.ecos.num_centroids)
+    out = {}
+    for name, ds in datasets.items():
+        shape = tuple(ds.images.shape[1:])
+        bpi = int(np.prod(shape))  # one uint8 per pixel value, as runner.communication counts
+        d = feature_dim(config, shape)
+        enc = {e: round_bytes(r, d, e) for e in ENCODINGS}
+        rows, curves = [], {}
+        for domain in ds.domain_names:
+            split = data_lib.ecos_split(ds, domain, n_client_train=config.data.n_client_train,
+                                        n_client_test=config.data.n_client_test, pool=config.data.pool,
+                                        seed=config.data.split_seed)
+            up_client = int(split.client_train.images.size)
+            row = {"domain": domain, "n_client": len(split.client_train), "pool_size": len(split.pool),
+                   "upload_client_data_bytes": up_client, "download_pool_bytes": int(split.pool.images.size)}
+            for e, b in enc.items():
+                row[f"ecos_{e}"] = b
+                row[f"upload_over_ecos_{e}"] = up_client / b["total"]
+                row[f"download_over_ecos_{e}"] = split.pool.images.size / b["total"]
+            rows.append(row)
+            size = int(np.sum(ds.domains == ds.domain_index(domain)))
+            ns = client_sizes(config, size)
+            curves[domain] = {"domain_size": size, "n": ns, "upload_bytes": [n * bpi for n in ns],
+                              **{f"upload_over_ecos_{e}": [n * bpi / b["total"] for n in ns] for e, b in enc.items()}}
+        out[name] = {"num_centroids": r, "dim": d, "image_shape": list(shape), "bytes_per_image": bpi,
+                     "ecos": enc, "domains": rows, "vs_client_size": curves,
+                     "crossing": {e: crossing(r, d, bpi, config.data.n_client_train, e) for e in ENCODINGS}}
+    return out
+
+
+# ---------------------------------------------------------------------------- aggregation
+
+
+def _stat(records: list[dict], value: str) -> dict:
+    vals = [float(r[value]) for r in records if value in r]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    (m, s, n), = results.aggregate([{"v": v} for v in vals], (), "v").values()
+    return {"mean": m, "std": s, "n": n}
+
+
+def in_domain_share(rec: dict) -> float | None:
+    """Share of a record's picks from the client's own domain (from `pick_domains`)."""
+    if "in_domain_fraction" in rec:
+        return float(rec["in_domain_fraction"])
+    if "pick_domains" not in rec or not rec.get("n_picked"):
+        return None
+    return rec["pick_domains"].get(rec["domain"], 0) / rec["n_picked"]
+
+
+def summarise_pool(records: list[dict]) -> dict:
+    """{"rows": [{pool, method, budget, accuracy: {mean, std, n}, in_domain: ...}], "pick_domains": ...}.
+
+    `records` carry a "pool" key (the point's data.pool). pick_domains: for every pool kind,
+    method and budget, the share of picks per pool domain, averaged over client domains
+    and seeds, keyed by client domain (what ECOS finds when its own domain is absent).
+    """
+    rows, picks = [], {}
+    keys = sorted({(r["pool"], r["method"], r["budget"]) for r in records})
+    for pool, method, budget in keys:
+        rs = [r for r in records if (r["pool"], r["method"], r["budget"]) == (pool, method, budget)]
+        shares = [s for s in map(in_domain_share, rs) if s is not None]
+        rows.append({"pool": pool, "method": method, "budget": budget, "accuracy": _stat(rs, "accuracy"),
+                     "in_domain": _stat([{"v": s} for s in shares], "v")})
+        for dom in sorted({r["domain"] for r in rs}):
+            got = [r for r in rs if r["domain"] == dom and r.get("pick_domains")]
+            if not got:
+                continue
+            tot: dict[str, float] = {}
+            for r in got:
+                for k, v in r["pick_domains"].items():
+                    tot[k] = tot.get(k, 0.0) + v / r["n_picked"] / len(got)
+            picks.setdefault(f"{pool}/{method}/{budget}", {})[dom] = dict(sorted(tot.items(), key=lambda kv: -kv[1]))
+    return {"rows": rows, "pick_domains": picks}
+
+
+def summarise_epsilon(records: list[dict]) -> dict:
+    """{"ecos": [{epsilon, exact_counts, measured_epsilon, accuracy, in_domain}], "random": {...}}.
+
+    ECOS records carry "epsilon_target" and "exact_counts"; the Random reference carries
+    "reference": "random".
+    """
+    ecos = []
+    for e in sorted({r["epsilon_target"] for r in records if "epsilon_target" in r}):
+        rs = [r for r in records if r.get("epsilon_target") == e]
+        ecos.append({"epsilon": e, "exact_counts": bool(rs[0]["exact_counts"]),
+                     "measured_epsilon": max(r["epsilon"] for r in rs), "budget": rs[0]["budget"],
+                     "accuracy": _stat(rs, "accuracy"), "in_domain": _stat(rs, "in_domain_fraction")})
+    ref = [r for r in records if r.get("reference") == "random"]
+    shares = [s for s in map(in_domain_share, ref) if s is not None]
+    return {"ecos": ecos, "random": {"accuracy": _stat(ref, "accuracy"),
+                                     "in_domain": _stat([{"v": s} for s in shares], "v")}}
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Runs every requested sweep into `workdir`; writes sweeps.json, sweeps.md and PNGs.
+
+    Every point's config is validated against the data before any training.
+    """
+    validate(config)
+    workdir = Path(workdir)
+    ds = data_lib.load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
+    app = TrackedSelectiveLabeling()
+    pts = points(config)
+    for p in pts:
+        runner.validate(p.config, ds, app)
+    datasets = {config.data.name: ds}
+    for name in config.sweep.comm_datasets:
+        if name not in datasets:
+            datasets[name] = data_lib.load(name, data_dir=config.data.data_dir, image_size=config.data.image_size)
+    records: dict[str, list[dict]] = {"pool": [], "epsilon": []}
+    for i, p in enumerate(pts):
+        log.info("Sweep point %d/%d: %s/%s", i + 1, len(pts), p.sweep, p.name)
+        for r in runner.run(p.config, workdir / p.sweep / p.name, app):
+            meta = dict(p.meta)
+            if "epsilon" in meta:
+                meta = {"epsilon_target": meta.pop("epsilon"), **meta}
+            records[p.sweep].append({**r, **meta, "point": p.name})
+    out = {"config": config.to_dict(),
+           "points": [{"sweep": p.sweep, "name": p.name, "workdir": str(workdir / p.sweep / p.name)} for p in pts]}
+    if "pool" in config.sweep.names:
+        out["pool"] = summarise_pool(records["pool"])
+    if "epsilon" in config.sweep.names:
+        out["epsilon"] = summarise_epsilon(records["epsilon"])
+    if "communication" in config.sweep.names:
+        out["communication"] = communication(config, datasets)
+    out["records"] = records
+    write_outputs(config, workdir, out)
+    return out
+
+
+def write_outputs(config: ml_collections.ConfigDict, workdir: Path, out: dict) -> str:
+    """sweeps.json, sweeps.md and one PNG per sweep; returns the markdown."""
+    md = [f"# ECOS sweeps ({config.data.name}; accuracy % on the client's test split, mean ± std "
+          f"over client domains and seeds pooled)\n"]
+    if "pool" in out:
+        md += _pool_md(out["pool"])
+        plot_pool(out["pool"], workdir / "pool_accuracy_vs_budget.png")
+    if "epsilon" in out:
+        md += _epsilon_md(out["epsilon"], config)
+        plot_epsilon(out["epsilon"], workdir / "epsilon.png")
+    if "communication" in out:
+        md += _communication_md(out["communication"], config)
+        for name, c in out["communication"].items():
+            plot_communication(c, workdir / f"communication_{name.replace('/', '_')}.png", name)
+    text = "\n".join(md)
+    io.write_json(workdir / "sweeps.json", out)
+    io.write_text(workdir / "sweeps.md", text)
+    print(text)
+    return text
+
+
+def _pm(s: dict, scale: float = 100.0) -> str:
+    return "" if s["mean"] is None else results.pm(s["mean"], s["std"], scale=scale)
+
+
+def _pool_md(p: dict) -> list[str]:
+    rows = p["rows"]
+    budgets = sorted({r["budget"] for r in rows})
+    cell = {(r["pool"], r["method"], r["budget"]): r for r in rows}
+    kinds = [k for k in POOL_LABELS if any(r["pool"] == k for r in rows)]
+    table = []
+    for kind in kinds:
+        for m in [m for m in ("ecos", "random", "kcenter", "oracle") if (kind, m, budgets[0]) in cell or
+                  any((kind, m, b) in cell for b in budgets)]:
+            table.append([POOL_LABELS[kind], m, *[_pm(cell[(kind, m, b)]["accuracy"]) if (kind, m, b) in cell else ""
+                                                  for b in budgets]])
+    md = ["## Pool composition: accuracy against budget\n",
+          results.markdown_table(["pool", "method", *[f"budget {b}" for b in budgets]], table),
+          "\nShare of picks from the client's own domain (%):\n"]
+    table = []
+    for kind in kinds:
+        if kind == "ood":
+            continue  # none of the client's domain is in the pool
+        for m in ("ecos", "random", "kcenter"):
+            if any((kind, m, b) in cell for b in budgets):
+                table.append([POOL_LABELS[kind], m, *[_pm(cell[(kind, m, b)]["in_domain"]) if (kind, m, b) in cell
+                                                      else "" for b in budgets]])
+    md.append(results.markdown_table(["pool", "method", *[f"budget {b}" for b in budgets]], table))
+    ood = {k: v for k, v in p["pick_domains"].items() if k.startswith("ood/")}
+    if ood:
+        b = max(int(k.split("/")[2]) for k in ood)
+        md.append(f"\nOoD-only pool, budget {b}: the pool domains each method picks from (top 3, % of picks):\n")
+        table = []
+        for dom in sorted(next(iter(ood.values()))):
+            table.append([dom, *[", ".join(f"{k} {100 * v:.0f}" for k, v in list(ood[f'ood/{m}/{b}'][dom].items())[:3])
+                                 if f"ood/{m}/{b}" in ood and dom in ood[f"ood/{m}/{b}"] else ""
+                                 for m in ("ecos", "random", "kcenter")]])
+        md.append(results.markdown_table(["client domain", "ECOS", "Random", "K-Center"], table))
+    return md
+
+
+def _epsilon_md(e: dict, config) -> list[str]:
+    budget = e["ecos"][0]["budget"] if e["ecos"] else config.sweep.epsilon_budget
+    rows = [[f"∞ (exact counts, run at ε = {r['epsilon']:g})" if r["exact_counts"] else f"{r['epsilon']:g}",
+             f"{r['measured_epsilon']:.3g}", _pm(r["accuracy"]), _pm(r["in_domain"])] for r in e["ecos"]]
+    rows.append(["Random (reference)", "-", _pm(e["random"]["accuracy"]), _pm(e["random"]["in_domain"])])
+    return [f"\n## ECOS against ε (budget {budget}, pool {config.sweep.epsilon_pool}, δ = {config.ecos.delta})\n",
+            results.markdown_table(["ε target", "ε (ledger)", "accuracy", "in-domain picks (%)"], rows)]
+
+
+def _communication_md(comm: dict, config) -> list[str]:
+    md = []
+    for name, c in comm.items():
+        f32, lean = c["ecos"]["float32"], c["ecos"]["lean"]
+        md.append(f"\n## Communication: {name} (R = {c['num_centroids']} centroids, d = {c['dim']}, "
+                  f"images {'×'.join(map(str, c['image_shape']))} uint8)\n")
+        md.append(f"One ECOS round: float32 {f32['down']} B down + {f32['up']} B up = {f32['total']} B; "
+                  f"lean (float16 centroids, int16 rounded counts) {lean['down']} + {lean['up']} = {lean['total']} B.\n")
+        md.append(results.markdown_table(
+            ["client domain", "client n", "upload client data", "download pool", "ECOS float32", "ECOS lean",
+             "upload / ECOS float32", "upload / ECOS lean", "upload / ECOS up only (float32)",
+             "download / ECOS float32"],
+            [[r["domain"], r["n_client"], r["upload_client_data_bytes"], r["download_pool_bytes"],
+              r["ecos_float32"]["total"], r["ecos_lean"]["total"], f"{r['upload_over_ecos_float32']:.1f}x",
+              f"{r['upload_over_ecos_lean']:.1f}x",
+              f"{r['upload_client_data_bytes'] / r['ecos_float32']['up']:.0f}x",
+              f"{r['download_over_ecos_float32']:.0f}x"] for r in c["domains"]]))
+        md.append(f"\nWhere ECOS is {FOLD:.0f}× below uploading the client data (one round, both directions):\n")
+        md.append(results.markdown_table(
+            ["encoding", "ECOS bytes", f"client samples needed (R = {c['num_centroids']}, d = {c['dim']})",
+             f"largest R at d = {c['dim']}, n = {config.data.n_client_train}",
+             f"largest d at R = {c['num_centroids']}, n = {config.data.n_client_train}"],
+            [[e, c["ecos"][e]["total"], x["min_client_samples"], x["max_centroids"], x["max_dim"]]
+             for e, x in c["crossing"].items()]))
+        # The ratio depends on the client's size only, not on its domain.
+        ns = sorted({n for cv in c["vs_client_size"].values() for n in cv["n"]})
+        ratio = {}
+        for cv in c["vs_client_size"].values():
+            for i, n in enumerate(cv["n"]):
+                ratio[n] = (cv["upload_bytes"][i], cv["upload_over_ecos_float32"][i], cv["upload_over_ecos_lean"][i])
+        whole = ", ".join(f"{d} {cv['domain_size']}" for d, cv in c["vs_client_size"].items())
+        md.append(f"\nUpload / ECOS against the client's size (the largest n of each domain is all of it: {whole}):\n")
+        md.append(results.markdown_table(["client samples n", "upload bytes", "upload / ECOS float32",
+                                          "upload / ECOS lean"],
+                                         [[n, ratio[n][0], f"{ratio[n][1]:.0f}x", f"{ratio[n][2]:.0f}x"] for n in ns]))
+    return md
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+METHOD_STYLE = {"ecos": ("ECOS", "C0", "o"), "random": ("Random", "C1", "s"), "kcenter": ("K-Center", "C2", "^"),
+                "oracle": ("oracle (in-domain)", "gray", "x")}
+
+
+def plot_pool(p: dict, path: Path) -> None:
+    """One panel per pool composition: accuracy against budget; the oracle dashed in each."""
+    plt = _plt()
+    rows = p["rows"]
+    kinds = [k for k in POOL_LABELS if any(r["pool"] == k for r in rows)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), sharey=True, squeeze=False)
+    oracle = sorted((r["budget"], r["accuracy"]) for r in rows if r["method"] == "oracle")
+    for ax, kind in zip(axes[0], kinds):
+        for m in ("ecos", "random", "kcenter"):
+            pts = sorted((r["budget"], r["accuracy"]) for r in rows if r["pool"] == kind and r["method"] == m)
+            if pts:
+                label, c, mk = METHOD_STYLE[m]
+                ax.errorbar([b for b, _ in pts], [100 * s["mean"] for _, s in pts],
+                            yerr=[100 * s["std"] for _, s in pts], marker=mk, c=c, capsize=3, label=label)
+        if oracle:
+            ax.plot([b for b, _ in oracle], [100 * s["mean"] for _, s in oracle], ls="--", marker="x", c="gray",
+                    label="oracle (in-domain, ID+OoD pool)")
+        ax.set_title(f"pool: {POOL_LABELS[kind]}")
+        ax.set_xlabel("budget (labelled pool samples)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("client test accuracy (%)")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    io.save_figure(fig, path)
+
+
+def plot_epsilon(e: dict, path: Path) -> None:
+    """Accuracy and in-domain share of ECOS's picks against ε (log x); Random as a band."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    dp = [r for r in e["ecos"] if not r["exact_counts"]]
+    exact = [r for r in e["ecos"] if r["exact_counts"]]
+    for ax, key, ylabel in ((a1, "accuracy", "client test accuracy (%)"),
+                            (a2, "in_domain", "ECOS picks from the client's domain (%)")):
+        if dp:
+            ax.errorbar([r["epsilon"] for r in dp], [100 * r[key]["mean"] for r in dp],
+                        yerr=[100 * r[key]["std"] for r in dp], marker="o", c="C0", capsize=3, label="ECOS (DP)")
+        for r in exact:
+            ax.errorbar([r["epsilon"]], [100 * r[key]["mean"]], yerr=[100 * r[key]["std"]], marker="*", ms=11,
+                        c="C3", capsize=3, ls="none", label=f"ECOS, exact counts (ε = ∞, run at {r['epsilon']:g})")
+        ref = e["random"][key]
+        if ref["mean"] is not None:
+            m, s = 100 * ref["mean"], 100 * ref["std"]
+            ax.axhline(m, c="C1", ls="--", label="Random")
+            ax.axhspan(m - s, m + s, color="C1", alpha=0.15)
+        ax.set_xscale("log")
+        ticks = [r["epsilon"] for r in e["ecos"]]
+        ax.set_xticks(ticks, [("∞" if r["exact_counts"] else f"{r['epsilon']:g}") for r in e["ecos"]], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel("ε of the client's response (δ fixed, log scale)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+    a1.legend(fontsize=8, loc="lower right")
+    budget = e["ecos"][0]["budget"] if e["ecos"] else ""
+    fig.suptitle(f"ECOS against ε (budget {budget})", fontsize=10)
+    io.save_figure(fig, path)
+
+
+def plot_communication(c: dict, path: Path, name: str) -> None:
+    """Left: bytes per client domain (log y). Right: bytes against client samples (log-log)."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.3, 1]})
+    doms = [r["domain"] for r in c["domains"]]
+    x = np.arange(len(doms))
+    bars = [("upload client data", [r["upload_client_data_bytes"] for r in c["domains"]], "C3"),
+            ("download pool", [r["download_pool_bytes"] for r in c["domains"]], "C7"),
+            ("ECOS float32", [r["ecos_float32"]["total"] for r in c["domains"]], "C0"),
+            ("ECOS lean (f16 / int16)", [r["ecos_lean"]["total"] for r in c["domains"]], "C9")]
+    w = 0.8 / len(bars)
+    for i, (label, vals, col) in enumerate(bars):
+        a1.bar(x + (i - (len(bars) - 1) / 2) * w, vals, w, label=label, color=col)
+    a1.set_yscale("log")
+    a1.set_ylim(top=30 * max(max(v) for _, v, _ in bars))  # room for the legend above the bars
+    a1.set_xticks(x, doms, rotation=30, ha="right", fontsize=8)
+    a1.set_ylabel("bytes")
+    a1.set_title(f"{name}: one round vs moving data (client n = {c['domains'][0]['n_client']})", fontsize=9)
+    a1.legend(fontsize=7, ncol=2, loc="upper center")
+    a1.grid(alpha=0.3, axis="y")
+    # The curve depends on the client size only; the largest domain spans every size.
+    cv = max(c["vs_client_size"].values(), key=lambda v: v["domain_size"])
+    ns = np.array(cv["n"])
+    a2.plot(ns, cv["upload_bytes"], marker="o", c="C3", label="upload client data")
+    a2.plot(ns, np.array(cv["upload_bytes"]) / FOLD, ls=":", c="C3", label=f"upload / {FOLD:.0f}")
+    for e, col in (("float32", "C0"), ("lean", "C9")):
+        tot = c["ecos"][e]["total"]
+        a2.axhline(tot, c=col, label=f"ECOS {e} ({tot} B)")
+        n100 = c["crossing"][e]["min_client_samples"]
+        a2.axvline(n100, c=col, ls="--", lw=0.8)
+        a2.annotate(f"{FOLD:.0f}× at n = {n100}", (n100, tot), textcoords="offset points", xytext=(4, 6),
+                    fontsize=7, color=col)
+    a2.set_xscale("log")
+    a2.set_yscale("log")
+    a2.set_xlabel("client samples (log scale)")
+    a2.set_ylabel("bytes")
+    a2.set_title(f"against client size (R = {c['num_centroids']}, d = {c['dim']})", fontsize=9)
+    a2.legend(fontsize=7)
+    a2.grid(alpha=0.3, which="both")
+    io.save_figure(fig, path)
