@@ -1,0 +1,36 @@
+r"""ECOS automated client labelling: the client labels the cloud's picks by private kNN.
+
+  python experiments/client_labeling.py --workdir=runs/client_labeling
+  python experiments/client_labeling.py --config=configs/client_labeling.py:quick --workdir=runs/client_labeling_quick
+  python experiments/client_labeling.py --config.labeling.epsilon=4 --config.budgets='(200,)'
+
+See configs/client_labeling.py for every field and ecos_jax/ecos/client_labeling.py for what
+the run computes.
+"""
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ecos_jax.ecos import client_labeling  # noqa: E402
+from ecos_jax.utils import cli  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "client_labeling.py"),
+    "Experiment configuration (an ml_collections config file).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/client_labeling", "Where results and state are written.")
+
+
+def main(argv):
+    del argv
+    logging.getLogger("ecos_jax").setLevel(logging.INFO)
+    client_labeling.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    cli.run(main)
