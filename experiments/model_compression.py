@@ -1,0 +1,36 @@
+r"""ECOS adaptive model compression against Random, K-Center and the in-domain oracle.
+
+  python experiments/model_compression.py --workdir=runs/model_compression
+  python experiments/model_compression.py --config=configs/model_compression.py:quick --workdir=runs/mc_quick
+  python experiments/model_compression.py --config.compression.temperature=2.0 --config.budgets='(300,600)'
+
+See configs/model_compression.py for every field and ecos_jax/ecos/model_compression.py for
+what the run computes.
+"""
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ecos_jax.ecos import model_compression  # noqa: E402
+from ecos_jax.utils import cli  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "model_compression.py"),
+    "Experiment configuration (an ml_collections config file).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/model_compression", "Where results and state are written.")
+
+
+def main(argv):
+    del argv
+    logging.getLogger("ecos_jax").setLevel(logging.INFO)
+    model_compression.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    cli.run(main)
