@@ -17,7 +17,8 @@ Measured (one run of the default config, 2-core CPU shared with other jobs, load
 `time python experiments/model_compression.py --workdir=runs/model_compression` took 13 min 23 s
 wall (10 min 31 s user; 7 client domains x 3 seeds x 2 budgets x 4 methods = 168 students, 7
 wide_cnn teachers of 10 epochs trained on the way; feature extractors of 4 domains were already
-cached, the other 3 were trained; the teachers took 12-36 s each, 2 min 37 s in all). `quick` (2 domains x 2 seeds, 80 steps, 3 teacher epochs) took 2 min 36 s.
+cached, the other 3 were trained; the teachers took 12-36 s each, 2 min 37 s in all).
+`quick` (2 domains x 2 seeds, 80 steps, 3 teacher epochs) took 2 min 36 s.
 
 Teacher (wide_cnn on the whole pool) accuracy on the client test splits: 73.3 (mnist_rotate)
 to 98.7 (digits), 90.9 on average. Student (cnn, T = 4, alpha = 0, 300 steps) accuracy %,
