@@ -201,7 +201,7 @@ def fit(
     key = jax.random.key(seed)
     # The step donates its params buffers; copy the caller's so they stay alive after `fit`.
     params = (jax.tree.map(jnp.copy, init_params) if init_params is not None
-              else model.init(jax.random.fold_in(key, 0), x[:1]))
+              else _init(model, jax.random.fold_in(key, 0), x[:1]))
     tx = make_optimizer(optimizer, float(learning_rate), float(weight_decay))
     opt_state = tx.init(params)
     w = jnp.ones((x.shape[0],), jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
@@ -228,6 +228,12 @@ def fit(
             bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
             log.info("%s epoch %d: %s", desc, epoch, ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
     return FitResult(params=params, history=history, snapshots=snapshots)
+
+
+@partial(jax.jit, static_argnames=("model",))
+def _init(model, key, x):
+    """`model.init` as one compiled program (eagerly, every initialiser op compiles on its own)."""
+    return model.init(key, x)
 
 
 @partial(jax.jit, static_argnames=("model", "apply_kwargs"))

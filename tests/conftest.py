@@ -8,3 +8,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # concurrent preparation by pytest-xdist workers). Ignored by git.
 os.environ.setdefault(
     "ECOS_JAX_DATA_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "test_data"))
+# XLA compilation dominates the end-to-end tests on a CPU (e.g. 44 of 77 s in the client-labelling
+# one); the persistent cache lets the two xdist workers and later tests reuse each other's
+# programs. Inside the repository, so a fresh clone starts cold (what CI measures).
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jax_compilation"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")

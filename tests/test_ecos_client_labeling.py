@@ -15,7 +15,8 @@ def _config(**overrides):
     with c.unlocked():
         for k, v in {"data.client_domains": ("digits",), "num_seeds": 1, "budgets": (60,),
                      "train.steps": 10, "features.kind": "pca", "data.n_client_train": 100,
-                     "labeling.k": 5, **overrides}.items():
+                     "labeling.k": 5, "ecos.accountant": "rdp", **overrides}.items():
+            # RDP: PLD calibration costs tens of seconds here; private_knn's tests cover PLD.
             obj = c
             *path, leaf = k.split(".")
             for p in path:
@@ -36,7 +37,7 @@ def test_tiny_run_accounts_labels_and_response_in_one_ledger(tmp_path):
     entries = ledgers["digits/seed0/ecos/60"]["entries"]
     assert [e["name"] for e in entries] == ["ecos_client_response", "ecos_private_knn_labels"]
     sigma_labels = private_knn.calibrate_sigma(eps, delta, 60, accountant=config.ecos.accountant)
-    sigma_counts = accounting.calibrate_gaussian_sigma(config.ecos.epsilon, delta, accountant="pld")
+    sigma_counts = accounting.calibrate_gaussian_sigma(config.ecos.epsilon, delta, accountant="rdp")
     direct = accounting.epsilon(dp_accounting.ComposedDpEvent([
         dp_accounting.GaussianDpEvent(sigma_counts), private_knn.labeling_event(sigma_labels, 60)]),
         delta, config.ecos.accountant)

@@ -125,6 +125,8 @@ def stable_tag(*parts: object) -> int:
 def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset,
              app: Application | None = None) -> dict[str, data_lib.EcosSplit]:
     """Checks the config against the data before any work; returns {client domain: its split}."""
+    if app is not None:  # first: an application explains why it refuses a method
+        app.validate(config)
     supported = app.methods if app is not None else METHODS
     unknown = set(config.methods) - set(supported)
     if unknown:
@@ -142,8 +144,6 @@ def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset,
                          f"got {config.data.n_client_train}.")
     if not config.budgets or any(b < 1 for b in config.budgets):
         raise ValueError(f"budgets must be positive integers, got {tuple(config.budgets)}.")
-    if app is not None:
-        app.validate(config)
     domains = list(config.data.client_domains) or list(ds.domain_names)
     for d in domains:
         ds.domain_index(d)  # raises with the list of valid names
