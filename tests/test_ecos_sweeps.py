@@ -90,12 +90,17 @@ def test_aggregation_by_hand():
     recs = [_rec("ood", "ecos", 10, "a", 0, 0.5, pick_domains={"b": 10}),
             _rec("ood", "ecos", 10, "a", 1, 0.7, pick_domains={"b": 5, "c": 5}),
             _rec("ood", "ecos", 10, "d", 0, 0.9, pick_domains={"c": 10}),
+            _rec("ood", "random", 10, "a", 1, 0.4, pick_domains={"c": 10}),
+            _rec("ood", "random", 10, "d", 0, 0.8, pick_domains={"c": 10}),
             _rec("id+ood", "ecos", 10, "a", 0, 0.8, in_domain_fraction=0.6),
             _rec("id+ood", "random", 10, "a", 0, 0.4, pick_domains={"a": 2, "b": 8})]
     out = sweeps.summarise_pool(recs)
     rows = {(r["pool"], r["method"], r["budget"]): r for r in out["rows"]}
     acc = rows[("ood", "ecos", 10)]["accuracy"]
     assert acc["mean"] == pytest.approx(0.7) and acc["std"] == pytest.approx(np.std([0.5, 0.7, 0.9])) and acc["n"] == 3
+    gap = rows[("ood", "ecos", 10)]["ecos_minus"]["random"]  # pairs (a, 1): +0.3 and (d, 0): +0.1
+    assert (gap["mean"], gap["std"], gap["n"]) == (pytest.approx(0.2), pytest.approx(0.1), 2)
+    assert set(rows[("ood", "ecos", 10)]["ecos_minus"]) == {"random"}
     assert rows[("id+ood", "ecos", 10)]["in_domain"]["mean"] == pytest.approx(0.6)
     assert rows[("id+ood", "random", 10)]["in_domain"]["mean"] == pytest.approx(0.2)  # from pick_domains
     assert out["pick_domains"]["ood/ecos/10"]["a"] == pytest.approx({"b": 0.75, "c": 0.25})
@@ -110,6 +115,7 @@ def test_aggregation_by_hand():
     assert out["ecos"][0]["accuracy"]["mean"] == pytest.approx(0.3)
     assert out["ecos"][0]["in_domain"]["std"] == pytest.approx(0.1)
     assert out["ecos"][0]["measured_epsilon"] == pytest.approx(0.1001)
+    assert out["ecos"][0]["minus_random"] == {"mean": pytest.approx(-0.1), "std": 0.0, "n": 1}
     assert out["random"]["accuracy"]["mean"] == pytest.approx(0.3)
     assert out["random"]["in_domain"]["mean"] == pytest.approx(0.1)
 

@@ -265,6 +265,17 @@ def _stat(records: list[dict], value: str) -> dict:
     return {"mean": m, "std": s, "n": n}
 
 
+def paired_gap(a: list[dict], b: list[dict]) -> dict:
+    """Accuracy of `a` minus `b`, paired by (client domain, seed): {mean, std, n} over pairs.
+
+    Domains differ far more in difficulty than methods do, so the pooled std of either side
+    hides a gap that the paired one shows.
+    """
+    acc = {(r["domain"], r["seed"]): r["accuracy"] for r in b}
+    return _stat([{"v": r["accuracy"] - acc[(r["domain"], r["seed"])]} for r in a
+                  if (r["domain"], r["seed"]) in acc], "v")
+
+
 def in_domain_share(rec: dict) -> float | None:
     """Share of a record's picks from the client's own domain (from `pick_domains`)."""
     if "in_domain_fraction" in rec:
@@ -275,9 +286,11 @@ def in_domain_share(rec: dict) -> float | None:
 
 
 def summarise_pool(records: list[dict]) -> dict:
-    """{"rows": [{pool, method, budget, accuracy: {mean, std, n}, in_domain: ...}], "pick_domains": ...}.
+    """{"rows": [{pool, method, budget, accuracy: {mean, std, n}, in_domain, ecos_minus: ...}],
+    "pick_domains": ...}.
 
-    `records` carry a "pool" key (the point's data.pool). pick_domains: for every pool kind,
+    ecos_minus: for the ECOS row, {other method: paired_gap(ECOS, other)} in the same pool and
+    budget. `records` carry a "pool" key (the point's data.pool). pick_domains: for every pool kind,
     method and budget, the share of picks per pool domain, averaged over client domains
     and seeds, keyed by client domain (what ECOS finds when its own domain is absent).
     """
@@ -286,8 +299,13 @@ def summarise_pool(records: list[dict]) -> dict:
     for pool, method, budget in keys:
         rs = [r for r in records if (r["pool"], r["method"], r["budget"]) == (pool, method, budget)]
         shares = [s for s in map(in_domain_share, rs) if s is not None]
-        rows.append({"pool": pool, "method": method, "budget": budget, "accuracy": _stat(rs, "accuracy"),
-                     "in_domain": _stat([{"v": s} for s in shares], "v")})
+        row = {"pool": pool, "method": method, "budget": budget, "accuracy": _stat(rs, "accuracy"),
+               "in_domain": _stat([{"v": s} for s in shares], "v")}
+        if method == "ecos":
+            row["ecos_minus"] = {m: paired_gap(rs, [r for r in records if (r["pool"], r["method"], r["budget"])
+                                                    == (pool, m, budget)])
+                                 for m in sorted({r["method"] for r in records if r["method"] != "ecos"})}
+        rows.append(row)
         for dom in sorted({r["domain"] for r in rs}):
             got = [r for r in rs if r["domain"] == dom and r.get("pick_domains")]
             if not got:
@@ -301,18 +319,20 @@ def summarise_pool(records: list[dict]) -> dict:
 
 
 def summarise_epsilon(records: list[dict]) -> dict:
-    """{"ecos": [{epsilon, exact_counts, measured_epsilon, accuracy, in_domain}], "random": {...}}.
+    """{"ecos": [{epsilon, exact_counts, measured_epsilon, accuracy, in_domain, minus_random}],
+    "random": {...}}; minus_random is `paired_gap` against the Random reference.
 
     ECOS records carry "epsilon_target" and "exact_counts"; the Random reference carries
     "reference": "random".
     """
     ecos = []
+    ref = [r for r in records if r.get("reference") == "random"]
     for e in sorted({r["epsilon_target"] for r in records if "epsilon_target" in r}):
         rs = [r for r in records if r.get("epsilon_target") == e]
         ecos.append({"epsilon": e, "exact_counts": bool(rs[0]["exact_counts"]),
                      "measured_epsilon": max(r["epsilon"] for r in rs), "budget": rs[0]["budget"],
-                     "accuracy": _stat(rs, "accuracy"), "in_domain": _stat(rs, "in_domain_fraction")})
-    ref = [r for r in records if r.get("reference") == "random"]
+                     "accuracy": _stat(rs, "accuracy"), "in_domain": _stat(rs, "in_domain_fraction"),
+                     "minus_random": paired_gap(rs, ref)})
     shares = [s for s in map(in_domain_share, ref) if s is not None]
     return {"ecos": ecos, "random": {"accuracy": _stat(ref, "accuracy"),
                                      "in_domain": _stat([{"v": s} for s in shares], "v")}}
@@ -394,8 +414,18 @@ def _pool_md(p: dict) -> list[str]:
                   any((kind, m, b) in cell for b in budgets)]:
             table.append([POOL_LABELS[kind], m, *[_pm(cell[(kind, m, b)]["accuracy"]) if (kind, m, b) in cell else ""
                                                   for b in budgets]])
+    gaps = []
+    for kind in kinds:
+        for m in ("random", "kcenter", "oracle"):
+            got = [cell[(kind, "ecos", b)]["ecos_minus"].get(m) if (kind, "ecos", b) in cell else None for b in budgets]
+            if any(g and g["n"] for g in got):
+                gaps.append([POOL_LABELS[kind], f"ECOS − {METHOD_STYLE[m][0]}",
+                             *[_pm(g) if g and g["n"] else "" for g in got]])
     md = ["## Pool composition: accuracy against budget\n",
           results.markdown_table(["pool", "method", *[f"budget {b}" for b in budgets]], table),
+          "\nAccuracy gap in points, paired by client domain and seed (the pooled std above is mostly "
+          "the spread in difficulty between client domains; per-domain tables: pool/<pool>/results.md):\n",
+          results.markdown_table(["pool", "gap", *[f"budget {b}" for b in budgets]], gaps),
           "\nShare of picks from the client's own domain (%):\n"]
     table = []
     for kind in kinds:
@@ -422,10 +452,13 @@ def _pool_md(p: dict) -> list[str]:
 def _epsilon_md(e: dict, config) -> list[str]:
     budget = e["ecos"][0]["budget"] if e["ecos"] else config.sweep.epsilon_budget
     rows = [[f"∞ (exact counts, run at ε = {r['epsilon']:g})" if r["exact_counts"] else f"{r['epsilon']:g}",
-             f"{r['measured_epsilon']:.3g}", _pm(r["accuracy"]), _pm(r["in_domain"])] for r in e["ecos"]]
-    rows.append(["Random (reference)", "-", _pm(e["random"]["accuracy"]), _pm(e["random"]["in_domain"])])
+             f"{r['measured_epsilon']:.3g}", _pm(r["accuracy"]), _pm(r["minus_random"]), _pm(r["in_domain"])]
+            for r in e["ecos"]]
+    rows.append(["Random (reference)", "-", _pm(e["random"]["accuracy"]), "", _pm(e["random"]["in_domain"])])
     return [f"\n## ECOS against ε (budget {budget}, pool {config.sweep.epsilon_pool}, δ = {config.ecos.delta})\n",
-            results.markdown_table(["ε target", "ε (ledger)", "accuracy", "in-domain picks (%)"], rows)]
+            results.markdown_table(["ε target", "ε (ledger)", "accuracy", "ECOS − Random (paired)",
+                                    "in-domain picks (%)"], rows),
+            "\nPer-domain tables: epsilon/<point>/results.md.\n"]
 
 
 def _communication_md(comm: dict, config) -> list[str]:
@@ -490,17 +523,22 @@ def plot_pool(p: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), sharey=True, squeeze=False)
     oracle = sorted((r["budget"], r["accuracy"]) for r in rows if r["method"] == "oracle")
     for ax, kind in zip(axes[0], kinds):
-        for m in ("ecos", "random", "kcenter"):
+        for i, m in enumerate(("ecos", "random", "kcenter")):
             pts = sorted((r["budget"], r["accuracy"]) for r in rows if r["pool"] == kind and r["method"] == m)
             if pts:
                 label, c, mk = METHOD_STYLE[m]
-                ax.errorbar([b for b, _ in pts], [100 * s["mean"] for _, s in pts],
+                dodge = 1 + 0.03 * (i - 1)  # keep overlapping error bars apart (log x)
+                ax.errorbar([b * dodge for b, _ in pts], [100 * s["mean"] for _, s in pts],
                             yerr=[100 * s["std"] for _, s in pts], marker=mk, c=c, capsize=3, label=label)
         if oracle:
             ax.plot([b for b, _ in oracle], [100 * s["mean"] for _, s in oracle], ls="--", marker="x", c="gray",
                     label="oracle (in-domain, ID+OoD pool)")
         ax.set_title(f"pool: {POOL_LABELS[kind]}")
-        ax.set_xlabel("budget (labelled pool samples)")
+        ax.set_xscale("log")
+        budgets = sorted({r["budget"] for r in rows})
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
+        ax.set_xlabel("budget (labelled pool samples, log scale)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("client test accuracy (%)")
     axes[0][-1].legend(fontsize=8, loc="lower right")
