@@ -52,6 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ecos.accountant = "pld"
     c.ecos.proximity = 0.5                  # share of each cluster's picks closest to its centroid
     c.ecos.noise_seed = config_dict.placeholder(int)   # None: DP noise keyed from OS entropy
+    c.ecos.centroid_dtype = "float32"       # wire encoding down: "float32" | "float16"
+    c.ecos.count_dtype = "float32"          # wire encoding up: "float32" | "int16" (rounded after noise)
 
     c.train = ml_collections.ConfigDict()
     c.train.model = "cnn"

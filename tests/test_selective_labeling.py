@@ -68,6 +68,7 @@ def test_quick_config_end_to_end_and_resume(tmp_path):
     ({"data.client_domains": ("no_such_domain",)}, "no_such_domain"),
     ({"data.name": "no_such_dataset_xyz"}, "no_such_dataset_xyz"),
     ({"methods": ("ecos", "bogus")}, "bogus"),
+    ({"data.pool": "ood"}, "oracle"),
     ({"semi.mode": "fixmatchh"}, "semi.mode"),
     ({"semi.threshold": 1.5}, "semi.threshold"),
 ])
@@ -99,3 +100,22 @@ def test_pseudo_label_mode_learns_from_the_unlabelled_pool(tmp_path):
     assert 0.0 <= r["pseudo_label_accuracy"] <= 1.0 and 0.0 <= r["accuracy_supervised"] <= 1.0
     assert "n_pseudo" not in records["local"]  # the client's own data: nothing to pseudo-label
     assert "pseudo_label_accuracy" in (tmp_path / "results.md").read_text()
+
+
+def test_exact_release_epsilon_survives_state_round_trip(tmp_path):
+    """ε = inf (exact counts, an ablation) is written as "inf" in strict JSON and read back."""
+    from ecos_jax.ecos import runner
+    from ecos_jax.utils import io
+
+    rec = {"method": "ecos", "domain": "digits", "budget": 10, "seed": 0, "accuracy": 0.5,
+           "epsilon": float("inf")}
+    io.write_json(tmp_path / "state.json", {"config_hash": "h", "records": [rec]})
+    assert '"epsilon": "inf"' in (tmp_path / "state.json").read_text()
+    assert runner._load_state(tmp_path / "state.json", "h")[0]["epsilon"] == float("inf")
+
+
+def test_communication_follows_the_wire_dtypes():
+    from ecos_jax.ecos import protocol
+
+    assert protocol.message_bytes(30, 32) == (30 * 32 * 4, 30 * 4)
+    assert protocol.message_bytes(30, 32, centroid_dtype="float16", count_dtype="int16") == (30 * 32 * 2, 30 * 2)

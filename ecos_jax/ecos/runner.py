@@ -142,6 +142,9 @@ def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset,
     if config.data.n_client_train < 1:
         raise ValueError(f"data.n_client_train must be >= 1 (the client cannot be empty), "
                          f"got {config.data.n_client_train}.")
+    if "oracle" in config.methods and config.data.pool == "ood":
+        raise ValueError("method 'oracle' picks from the pool's part of the client's domain, which "
+                         "data.pool='ood' leaves out; drop 'oracle' from methods or use another pool.")
     if not config.budgets or any(b < 1 for b in config.budgets):
         raise ValueError(f"budgets must be positive integers, got {tuple(config.budgets)}.")
     domains = list(config.data.client_domains) or list(ds.domain_names)
@@ -167,7 +170,10 @@ def _load_state(path: Path, chash: str) -> list[dict]:
     if state.get("config_hash") != chash:
         raise ValueError(f"{path} holds results of a different config; use a new --workdir "
                          "or delete it to start over (nothing was overwritten).")
-    return state["records"]
+    records = state["records"]
+    for r in records:  # io.write_json spells ε = inf (an exact release) as "inf"
+        r["epsilon"] = float(r["epsilon"])
+    return records
 
 
 def feature_cache_dir(config: ml_collections.ConfigDict) -> str:
@@ -253,9 +259,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, app: Appl
             cloud = response = response_event = None
             if any(m == "ecos" for m, _ in todo):
                 cloud = protocol.Cloud(task.pool_features, num_centroids=config.ecos.num_centroids,
-                                       kmeans_iters=config.ecos.kmeans_iters, proximity=config.ecos.proximity)
+                                       kmeans_iters=config.ecos.kmeans_iters, proximity=config.ecos.proximity,
+                                       centroid_dtype=config.ecos.centroid_dtype)
                 client = protocol.Client(task.client_features, epsilon=config.ecos.epsilon,
                                          delta=config.ecos.delta, accountant=config.ecos.accountant,
+                                         count_dtype=config.ecos.count_dtype,
                                          noise_seed=None if config.ecos.noise_seed is None
                                          else config.ecos.noise_seed + seed)
                 # One response per client and seed serves every budget: the release does not
@@ -297,12 +305,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, app: Appl
 def communication(config: ml_collections.ConfigDict, task: ClientTask) -> dict:
     """Bytes each way for one ECOS round, against moving the raw data (uint8 pixels).
 
-    Down: R centroids of d float32; up: R float32 noisy counts. Computed from the shapes the
-    protocol sends (`protocol.Centroids.nbytes`, `protocol.NoisyCoverage.nbytes`).
+    Down: R centroids of d values; up: R noisy counts, in the configured wire dtypes
+    (`ecos.centroid_dtype`, `ecos.count_dtype`), as `protocol.message_bytes` computes them.
     """
-    r, d = config.ecos.num_centroids, task.pool_features.shape[1]
-    return {"ecos_down_bytes": int(protocol.Centroids(np.zeros((r, d), np.float32)).nbytes),
-            "ecos_up_bytes": int(protocol.NoisyCoverage(np.zeros(r, np.float32), 0.0).nbytes),
+    down, up = protocol.message_bytes(config.ecos.num_centroids, task.pool_features.shape[1],
+                                      centroid_dtype=config.ecos.centroid_dtype,
+                                      count_dtype=config.ecos.count_dtype)
+    return {"ecos_down_bytes": int(down), "ecos_up_bytes": int(up),
             "upload_client_data_bytes": int(task.split.client_train.images.size),
             "download_pool_bytes": int(task.split.pool.images.size)}
 

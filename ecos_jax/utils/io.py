@@ -33,11 +33,13 @@ def _to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
+        return _to_jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
+        return _to_jsonable(obj.item())
     if hasattr(obj, "shape") and hasattr(obj, "dtype"):  # jax arrays
-        return np.asarray(obj).tolist()
+        return _to_jsonable(np.asarray(obj).tolist())
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)  # "inf" / "nan": strict JSON has no infinities (e.g. ε of an exact release)
     return obj
 
 
