@@ -7,22 +7,16 @@ import pytest
 from configs import client_labeling as cl_config
 from ecos_jax.ecos import client_labeling, private_knn
 from ecos_jax.privacy import accounting
+from ecos_jax.utils.overrides import override
 
 
 def _config(**overrides):
     c = cl_config.get_config("quick")
     c.progress = False
-    with c.unlocked():
-        for k, v in {"data.client_domains": ("digits",), "num_seeds": 1, "budgets": (60,),
-                     "train.steps": 10, "features.kind": "pca", "data.n_client_train": 100,
-                     "labeling.k": 5, "ecos.accountant": "rdp", **overrides}.items():
-            # RDP: PLD calibration costs tens of seconds here; private_knn's tests cover PLD.
-            obj = c
-            *path, leaf = k.split(".")
-            for p in path:
-                obj = obj[p]
-            obj[leaf] = v
-    return c
+    # RDP: PLD calibration costs tens of seconds here; private_knn's tests cover PLD.
+    return override(c, {"data.client_domains": ("digits",), "num_seeds": 1, "budgets": (60,),
+                                "train.steps": 10, "features.kind": "pca", "data.n_client_train": 100,
+                                "labeling.k": 5, "ecos.accountant": "rdp", **overrides})
 
 
 def test_tiny_run_accounts_labels_and_response_in_one_ledger(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from configs import model_compression as mc_config
 from ecos_jax import data, train
 from ecos_jax.ecos import model_compression, runner
+from ecos_jax.utils.overrides import override
 
 
 def _softmax(z):
@@ -91,13 +92,7 @@ def _config(tmp_path, **overrides):
         c.compression.teacher_epochs = 1
         c.compression.teacher_batch_size = 256
         c.compression.cache_dir = str(tmp_path / "teachers")
-        for k, v in overrides.items():
-            obj = c
-            *path, leaf = k.split(".")
-            for p in path:
-                obj = obj[p]
-            obj[leaf] = v
-    return c
+    return override(c, overrides)
 
 
 def test_end_to_end_records_and_teacher_cache(tmp_path, monkeypatch):

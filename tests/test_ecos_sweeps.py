@@ -10,6 +10,7 @@ import pytest
 
 from configs import ecos_sweeps as sweeps_config
 from ecos_jax.ecos import protocol, runner, sweeps
+from ecos_jax.utils.overrides import override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,13 +19,7 @@ def _config(arg=None, **overrides):
     c = sweeps_config.get_config(arg)
     with c.unlocked():
         c.progress = False
-        for k, v in overrides.items():
-            obj = c
-            *path, leaf = k.split(".")
-            for p in path:
-                obj = obj[p]
-            obj[leaf] = v
-    return c
+    return override(c, overrides)
 
 
 def test_points_carry_the_overrides():

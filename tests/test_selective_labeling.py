@@ -8,6 +8,7 @@ import pytest
 
 from configs import selective_labeling as sl_config
 from ecos_jax.ecos import selective_labeling
+from ecos_jax.utils.overrides import override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,14 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _config(**overrides):
     c = sl_config.get_config("quick")
     c.progress = False
-    with c.unlocked():
-        for k, v in overrides.items():
-            obj = c
-            *path, leaf = k.split(".")
-            for p in path:
-                obj = obj[p]
-            obj[leaf] = v
-    return c
+    return override(c, overrides)
 
 
 def test_quick_config_end_to_end_and_resume(tmp_path):

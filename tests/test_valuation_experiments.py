@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from ecos_jax.utils.overrides import override
 from ecos_jax.valuation.pruning import removal_indices
 
 
@@ -20,14 +21,7 @@ def test_removal_indices():
 
 
 def _tiny(config, **overrides):
-    with config.unlocked():
-        for dotted, value in overrides.items():
-            node = config
-            *path, leaf = dotted.split(".")
-            for p in path:
-                node = node[p]
-            node[leaf] = value
-    return config
+    return override(config, overrides)
 
 
 @pytest.mark.slow  # trains 4 small models (2 with DP-SGD) and scores them: ~1-2 min

@@ -43,6 +43,7 @@ from ecos_jax import data as data_lib
 from ecos_jax.ecos import protocol, runner
 from ecos_jax.ecos.selective_labeling import SelectiveLabeling
 from ecos_jax.utils import io, results
+from ecos_jax.utils.overrides import override
 
 log = logging.getLogger(__name__)
 SWEEPS = ("pool", "epsilon", "communication")
@@ -131,14 +132,7 @@ def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _override(base: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
-    c = copy.deepcopy(base)
-    with c.unlocked():
-        for k, v in fields.items():
-            obj = c
-            *path, leaf = k.split(".")
-            for p in path:
-                obj = obj[p]
-            obj[leaf] = v
+    c = override(base, fields)
     c.lock()
     return c
 
