@@ -276,8 +276,10 @@ def _markdown(results: dict[str, Any]) -> str:
     lines.append(markdown_table(["method", "final", "best", "epoch 0 (init)", "s / epoch"], rows))
     sp = results["speedup"] or {"speedup_epochs": None, "speedup_seconds": None, "coopt_reached_ssl_best": None}
     if sp["coopt_reached_ssl_best"]:
+        why = (" (n/a: CoOpt was there at epoch 0)"
+               if sp["speedup_epochs"] is None or sp["speedup_seconds"] is None else "")
         lines.append(f"\nTime to SimCLR's best accuracy: CoOpt speed-up {_fmt(sp['speedup_epochs'], 1, 2)}x in epochs, "
-                     f"{_fmt(sp['speedup_seconds'], 1, 2)}x in training seconds (n/a: CoOpt was there at epoch 0).\n")
+                     f"{_fmt(sp['speedup_seconds'], 1, 2)}x in training seconds{why}.\n")
     else:
         lines.append("\nTime to SimCLR's best accuracy: CoOpt did not reach it in every seed within the budget "
                      "(no speed-up).\n")
