@@ -19,7 +19,6 @@ Kinds (`kind=`):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 
 from ecos_jax import models, train
 from ecos_jax.utils import io
@@ -79,16 +77,6 @@ class FeatureExtractor:
         if not np.isfinite(images).all():
             raise ValueError("images contain NaN or inf.")
         return self.apply(images)
-
-
-def _cache_key(kind: str, images: np.ndarray, labels: np.ndarray | None, settings: dict) -> str:
-    h = hashlib.sha256()
-    h.update(kind.encode())
-    h.update(repr(sorted(settings.items())).encode())
-    h.update(np.ascontiguousarray(images).tobytes())
-    if labels is not None:
-        h.update(np.ascontiguousarray(labels).tobytes())
-    return h.hexdigest()[:20]
 
 
 def _fit_pca(images: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +130,7 @@ def fit_extractor(
         raise ValueError("The 'classifier' extractor needs pool_labels and num_classes.")
 
     settings = {"dim": dim, "epochs": epochs, "batch_size": batch_size, "lr": learning_rate, "seed": seed}
-    key = _cache_key(kind, pool_images, pool_labels if kind == "classifier" else None, settings)
+    key = io.content_hash(kind, pool_images, pool_labels if kind == "classifier" else None, settings)
     path = Path(cache_dir).expanduser() / f"{kind}-{key}.npz" if cache_dir else None
 
     if kind == "pca":
@@ -165,7 +153,7 @@ def fit_extractor(
         targets, loss_fn = np.asarray(pool_labels, np.int32), train.softmax_xent
     template = model.init(jax.random.key(seed), jnp.zeros((1, *pool_images.shape[1:])))
     if path is not None and path.exists():
-        params = serialization.from_bytes(template, np.load(path)["params"].tobytes())
+        params = io.load_params(path, template)
         log.info("Loaded cached %s feature extractor from %s", kind, path)
     else:
         params = train.fit(
@@ -174,7 +162,7 @@ def fit_extractor(
             desc=f"features[{kind}]",
         ).params
         if path is not None:
-            io.save_npz(path, params=np.frombuffer(serialization.to_bytes(params), np.uint8))
+            io.save_params(path, params)
 
     def apply(x: np.ndarray) -> np.ndarray:
         return train.predict(model, params, x, features=True)

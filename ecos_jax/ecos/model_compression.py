@@ -31,14 +31,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import serialization
 
 from ecos_jax import models, train
 from ecos_jax.data import sources
 from ecos_jax.ecos import runner
 from ecos_jax.ecos.runner import POOL_METHODS, ClientTask, Selection
 from ecos_jax.ecos.selective_labeling import fit_for_steps
-from ecos_jax.features import _cache_key
 from ecos_jax.utils import io
 
 log = logging.getLogger(__name__)
@@ -115,17 +113,17 @@ def fit_teacher(model_name: str, images: np.ndarray, labels: np.ndarray, *, num_
                 "lr": learning_rate, "seed": seed, "shape": tuple(images.shape)}
     path = None
     if cache_dir:
-        path = Path(cache_dir).expanduser() / f"teacher-{model_name}-{_cache_key('teacher', images, labels, settings)}.npz"
+        path = Path(cache_dir).expanduser() / f"teacher-{model_name}-{io.content_hash('teacher', images, labels, settings)}.npz"
     if path is not None and path.exists():
         # Shapes only: an eager init would compile every initialiser just to be overwritten.
         template = jax.eval_shape(model.init, jax.random.key(seed), jnp.zeros((1, *images.shape[1:]), jnp.float32))
-        params = serialization.from_bytes(template, np.load(path)["params"].tobytes())
+        params = io.load_params(path, template)
         log.info("Loaded cached teacher from %s", path)
         return model, params, path
     params = train.fit(model, images, np.asarray(labels, np.int32), epochs=epochs, batch_size=batch_size,
                        learning_rate=learning_rate, seed=seed, progress=progress, desc=desc).params
     if path is not None:
-        io.save_npz(path, params=np.frombuffer(serialization.to_bytes(params), np.uint8))
+        io.save_params(path, params)
     return model, params, path
 
 

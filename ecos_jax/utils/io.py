@@ -1,7 +1,12 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written result or checkpoint."""
+"""Atomic file writes: a crash mid-write never leaves a half-written result or checkpoint.
+
+Also the on-disk cache of fitted models: `content_hash` names a file by what went into the fit,
+and `save_params` / `load_params` store a flax parameter pytree in it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -72,3 +77,28 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     _atomic_write_bytes(path, buf.getvalue())
+
+
+def content_hash(kind: str, images: np.ndarray, labels: np.ndarray | None, settings: dict) -> str:
+    """20 hex digits naming a fit by its kind, settings and exact training data (cache keys)."""
+    h = hashlib.sha256()
+    h.update(kind.encode())
+    h.update(repr(sorted(settings.items())).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    if labels is not None:
+        h.update(np.ascontiguousarray(labels).tobytes())
+    return h.hexdigest()[:20]
+
+
+def save_params(path: str | os.PathLike, params: Any) -> None:
+    """Saves a flax parameter pytree (msgpack bytes inside an .npz), atomically."""
+    from flax import serialization
+
+    save_npz(path, params=np.frombuffer(serialization.to_bytes(params), np.uint8))
+
+
+def load_params(path: str | os.PathLike, template: Any) -> Any:
+    """Loads what `save_params` wrote into the structure of `template` (arrays or shape structs)."""
+    from flax import serialization
+
+    return serialization.from_bytes(template, np.load(path)["params"].tobytes())
