@@ -118,7 +118,9 @@ def exactness_check(x, client, args):
     small = argparse.Namespace(**{**vars(args), "budget": min(args.budget, x.shape[0] // 10)})
     chunk = max(1, x.shape[0] // 4)  # >= 4 chunks
     _, r_s, p_s, _ = ecos_path(key, x, client, small, chunk)
-    _, r_m, p_m, _ = ecos_path(key, jnp.asarray(x), client, small, None)
+    _, r_m, p_m, r_m_init = ecos_path(key, jnp.asarray(x), client, small, None)
+    # The same k-means on one thread (the streamed and in-memory runs above use one per core).
+    r_1 = km_module.kmeans(key, x, args.clusters, iters=args.iters, init=r_m_init, workers=1)
     kc_budget = min(args.kcenter_budget, 300)
     kc_s = samplers.kcenter_greedy(key, x, kc_budget, chunk_size=chunk)
     kc_m = samplers.kcenter_greedy(key, jnp.asarray(x), kc_budget)
@@ -127,6 +129,8 @@ def exactness_check(x, client, args):
         "kcenter_budget": kc_budget,
         "kmeans_centroids_equal": bool(np.array_equal(r_s.centroids, r_m.centroids)),
         "kmeans_assignments_equal": bool(np.array_equal(r_s.assignments, r_m.assignments)),
+        "kmeans_one_thread_equal": bool(np.array_equal(r_1.centroids, r_m.centroids)
+                                        and np.array_equal(r_1.assignments, r_m.assignments)),
         "ecos_picks_equal": bool(np.array_equal(p_s, p_m)),
         "kcenter_picks_equal": bool(np.array_equal(kc_s, kc_m)),
     }
@@ -190,6 +194,7 @@ def main(argv=None):
 
     report = {"args": vars(args), "python": sys.version.split()[0], "jax": jax.__version__,
               "devices": [str(dv) for dv in jax.devices()], "cpu_count": os.cpu_count(),
+              "pool_workers": Pool(np.zeros((1, 1), np.float32)).workers,
               "machine": platform.machine(), "loadavg_start": os.getloadavg()}
     tmp = tempfile.TemporaryDirectory() if args.memmap else None
     t = time.perf_counter()

@@ -1,5 +1,6 @@
 """Scale-out paths give the in-memory answer exactly: pools streamed from host numpy or an
-np.memmap in chunks, and rows sharded over the 4 forced host devices (see conftest.py)."""
+np.memmap in chunks, chunks computed on several threads at once, and rows sharded over the 4
+forced host devices (see conftest.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +9,10 @@ import pytest
 from ecos_jax import samplers
 from ecos_jax.samplers import kcenter_stream
 from ecos_jax.samplers.kmeans import kmeans
-from ecos_jax.samplers.pool import BLOCK_ROWS, Pool, aligned_empty
+from ecos_jax.samplers.pool import SEGMENT_ROWS, Pool, aligned_empty
 
-N = 20 * BLOCK_ROWS + 117  # 21 blocks, the last one partial
+N = 5 * SEGMENT_ROWS + 117  # 6 segments, the last one partial
+CHUNK = SEGMENT_ROWS
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +34,24 @@ def test_four_host_devices_are_present():
 
 
 def test_kmeans_streamed_and_sharded_match_in_memory(pool, one_device, tmp_path):
-    ref = kmeans(jax.random.key(0), jnp.asarray(pool), 12, iters=6, devices=one_device)
+    ref = kmeans(jax.random.key(0), jnp.asarray(pool), 12, iters=6, devices=one_device,
+                 workers=1)
     path = tmp_path / "pool.npy"
     np.save(path, pool)
     memmap = np.load(path, mmap_mode="r")
     runs = {
-        "host chunks, 1 device": dict(features=pool, chunk_size=4 * BLOCK_ROWS, devices=one_device),
-        "memmap chunks, 4 devices": dict(features=memmap, chunk_size=4 * BLOCK_ROWS,
-                                         devices=jax.devices()),
+        "host chunks, 1 device": dict(features=pool, chunk_size=CHUNK, devices=one_device,
+                                      workers=1),
+        "host chunks, 1 device, 3 threads": dict(features=pool, chunk_size=CHUNK,
+                                                 devices=one_device, workers=3),
+        "resident, 1 device, 2 threads": dict(features=pool, chunk_size=None,
+                                              devices=one_device, workers=2),
+        "memmap chunks, 4 devices": dict(features=memmap, chunk_size=CHUNK,
+                                         devices=jax.devices(), workers=None),
     }
     for name, kw in runs.items():
         res = kmeans(jax.random.key(0), kw["features"], 12, iters=6, chunk_size=kw["chunk_size"],
-                     devices=kw["devices"])
+                     devices=kw["devices"], workers=kw["workers"])
         assert np.array_equal(np.asarray(res.centroids), np.asarray(ref.centroids)), name
         assert np.array_equal(np.asarray(res.assignments), np.asarray(ref.assignments)), name
         assert res.inertia == ref.inertia and res.iterations == ref.iterations, name
@@ -54,18 +62,37 @@ def test_kmeans_streamed_and_sharded_match_in_memory(pool, one_device, tmp_path)
 def test_pool_chunks_cover_rows_and_alias_aligned_memory(pool, one_device):
     x = aligned_empty(pool.shape)
     x[:] = pool
-    p = Pool(x, chunk_size=4 * BLOCK_ROWS, devices=one_device)
+    p = Pool(x, chunk_size=CHUNK, devices=one_device)
     chunks = list(p.chunks())
-    assert [s for s, _ in chunks] == list(range(0, N, 4 * BLOCK_ROWS))
+    assert [s for s, _ in chunks] == list(range(0, N, CHUNK))
     assert np.array_equal(np.concatenate([np.asarray(c) for _, c in chunks])[:N], pool)
-    assert np.asarray(chunks[-1][1])[N % (4 * BLOCK_ROWS):].sum() == 0.0  # zero padding
+    assert np.asarray(chunks[-1][1])[N % (CHUNK):].sum() == 0.0  # zero padding
     if jax.default_backend() == "cpu":  # aligned host memory is streamed without a copy
         assert chunks[0][1].unsafe_buffer_pointer() == x.ctypes.data
 
 
+def test_map_chunks_yields_in_row_order_whatever_the_workers(pool, one_device):
+    def fn(start, chunk):
+        return start, jnp.sum(chunk)
+    serial = list(Pool(pool, chunk_size=CHUNK, devices=one_device, workers=1).map_chunks(fn))
+    threaded = list(Pool(pool, chunk_size=CHUNK, devices=one_device, workers=4).map_chunks(fn))
+    assert [s for s, _ in serial] == list(range(0, N, CHUNK))
+    assert [(s, int(r[0]), float(r[1])) for s, r in threaded] == \
+        [(s, int(r[0]), float(r[1])) for s, r in serial]
+    resident = Pool(pool, devices=one_device, workers=2)
+    assert not resident.streamed and resident.num_chunks == 2  # one resident chunk per worker
+    with pytest.raises(ValueError, match="workers"):
+        Pool(pool, workers=0)
+
+    def boom(start, chunk):
+        raise RuntimeError(f"chunk {start} failed")
+    with pytest.raises(RuntimeError, match="chunk 0 failed"):
+        list(Pool(pool, chunk_size=CHUNK, devices=one_device, workers=2).map_chunks(boom))
+
+
 def test_kcenter_streamed_matches_in_memory(pool, one_device):
     ref = np.asarray(samplers.kcenter_greedy(jax.random.key(1), pool, 60, devices=one_device))
-    got = samplers.kcenter_greedy(jax.random.key(1), pool, 60, chunk_size=4 * BLOCK_ROWS,
+    got = samplers.kcenter_greedy(jax.random.key(1), pool, 60, chunk_size=CHUNK,
                                   devices=one_device)
     assert np.array_equal(np.asarray(got), ref)
 
@@ -74,10 +101,10 @@ def test_kcenter_streamed_matches_in_memory(pool, one_device):
 @pytest.mark.parametrize("device_loop", [True, False])
 def test_kcenter_stream_drivers_match_in_memory(pool, one_device, device_loop):
     ref = np.asarray(samplers.kcenter_greedy(jax.random.key(1), pool, 60, devices=one_device))
-    p = Pool(pool, chunk_size=4 * BLOCK_ROWS, devices=one_device)
+    p = Pool(pool, chunk_size=CHUNK, devices=one_device)
     got = kcenter_stream.kcenter_stream(jax.random.key(1), p, 60, None, device_loop=device_loop)
     assert np.array_equal(np.asarray(got), ref)
-    initial = np.array([7, 41, 5000])
+    initial = np.array([7, 41, 10000])
     ref = np.asarray(samplers.kcenter_greedy(jax.random.key(1), pool, 20, initial=initial,
                                              devices=one_device))
     got = kcenter_stream.kcenter_stream(jax.random.key(1), p, 20, initial,
@@ -90,7 +117,7 @@ def test_kcenter_sharded_matches_single_device(pool, one_device):
     ref = samplers.kcenter_greedy(jax.random.key(2), pool, 40, devices=one_device)
     sharded = samplers.kcenter_greedy(jax.random.key(2), pool, 40, devices=jax.devices())
     assert np.array_equal(np.asarray(sharded), np.asarray(ref))
-    streamed = samplers.kcenter_greedy(jax.random.key(2), pool, 40, chunk_size=4 * BLOCK_ROWS,
+    streamed = samplers.kcenter_greedy(jax.random.key(2), pool, 40, chunk_size=CHUNK,
                                        devices=jax.devices())
     assert np.array_equal(np.asarray(streamed), np.asarray(ref))
 
@@ -101,6 +128,6 @@ def test_ecos_streamed_matches_in_memory(pool, one_device):
     noisy = np.linspace(-2.0, 30.0, 12)
     kw = dict(centroids=res.centroids, noisy_counts=noisy, proximity=0.3)
     ref = samplers.ecos_sample(jax.random.key(3), jnp.asarray(pool), 150, **kw)
-    got = samplers.ecos_sample(jax.random.key(3), pool, 150, chunk_size=4 * BLOCK_ROWS, **kw)
+    got = samplers.ecos_sample(jax.random.key(3), pool, 150, chunk_size=CHUNK, **kw)
     assert np.array_equal(np.asarray(got), np.asarray(ref))
     assert len(np.unique(np.asarray(got))) == 150

@@ -95,7 +95,8 @@ def kcenter_greedy(key, features, budget: int, *, chunk_size: int | None = None,
       [budget] int32 indices in farthest-first order, unique, none in `initial`.
     """
     validation.check_key(key)
-    pool = Pool(features, chunk_size=chunk_size, devices=devices)
+    # One resident chunk: the in-memory greedy scans the whole pool at every step.
+    pool = Pool(features, chunk_size=chunk_size, devices=devices, workers=1)
     if initial is not None:
         initial = np.unique(validation.check_indices(initial, pool.n, "initial"))
         if initial.size == 0:

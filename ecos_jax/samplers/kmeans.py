@@ -2,9 +2,9 @@
 
 Distances use ||x||² − 2 x·c + ||c||² with one [B, d] x [d, R] matmul per block of B rows;
 the nearest centroid is the first minimum (ties go to the lower centroid index). Centroid sums
-are taken per block and combined in row order (see `pool.py`), so a chunked, host-streamed or
-multi-device run gives bit-identical centroids and assignments to an in-memory run with the
-same key.
+are taken per block and combined in a fixed row order (see `pool.py`), so a chunked,
+host-streamed, multi-device or multi-threaded run gives bit-identical centroids and assignments
+to an in-memory run with the same key. On a multi-core CPU, chunks run on all cores at once.
 
 Design choices (configurable or documented):
   * init "kmeans++" seeds by D² sampling on a uniform subsample of `init_sample_size` rows
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecos_jax.samplers import validation
-from ecos_jax.samplers.pool import Pool, map_blocks, reduce_blocks, sequential_sum
+from ecos_jax.samplers.pool import Pool, map_blocks, reduce_segments, segment_totals, sequential_sum
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 on GPUs: distances decide assignments
 
@@ -55,41 +55,48 @@ def _block_assign(x, rows, centroids, c_sqnorm, n):
     return a, jnp.sum(jnp.where(rows < n, d2, 0.0))
 
 
-def _block_stats(x, rows, centroids, c_sqnorm, n):
-    """Per-block Lloyd statistics: (sums [R, d], counts [R] int32, inertia)."""
+def _accumulate_stats(total, x, rows, centroids, c_sqnorm, n):
+    """Adds one block's Lloyd statistics into total = (sums [R, d], counts [R] int32, inertia)."""
     a, inertia = _block_assign(x, rows, centroids, c_sqnorm, n)
     valid = rows < n
-    num_clusters = centroids.shape[0]
+    sums, counts, total_inertia = total
+    x = jnp.where(valid[:, None], x, 0.0)
     if jax.default_backend() == "cpu":
-        # A CPU scatter-add applies updates in order: deterministic and O(B d).
-        sums = jax.ops.segment_sum(jnp.where(valid[:, None], x, 0.0), a, num_clusters)
+        # A CPU scatter-add applies its updates one row after another: deterministic, O(B d),
+        # and straight into the running sums.
+        sums = sums.at[a].add(x)
     else:
         # Accelerator scatters use atomics (order varies); a one-hot matmul is deterministic.
-        onehot = ((a[:, None] == jnp.arange(num_clusters)[None, :]) & valid[:, None])
-        sums = jnp.dot(onehot.astype(x.dtype).T, x, precision=_HIGHEST)
-    counts = jax.ops.segment_sum(valid.astype(jnp.int32), a, num_clusters)
-    return sums, counts, inertia
+        onehot = (a[:, None] == jnp.arange(centroids.shape[0])[None, :]) & valid[:, None]
+        sums = sums + jnp.dot(onehot.astype(x.dtype).T, x, precision=_HIGHEST)
+    counts = counts.at[a].add(valid.astype(jnp.int32))
+    return sums, counts, total_inertia + inertia
 
 
 @partial(jax.jit, static_argnames=("mesh",))
-def _lloyd_chunk(carry, chunk, row0, n, centroids, mesh):
+def _lloyd_chunk(chunk, row0, n, centroids, mesh):
+    """Per-segment Lloyd statistics of one chunk: (sums [S, R, d], counts [S, R], inertia [S])."""
     c_sqnorm = jnp.sum(centroids * centroids, axis=1)
-    return reduce_blocks(_block_stats, carry, chunk, row0, (centroids, c_sqnorm, n), mesh)
+    zero = (jnp.zeros_like(centroids), jnp.zeros(centroids.shape[:1], jnp.int32),
+            jnp.zeros((), jnp.float32))
+    return reduce_segments(_accumulate_stats, zero, chunk, row0, (centroids, c_sqnorm, n), mesh)
 
 
 @partial(jax.jit, static_argnames=("mesh",))
-def _assign_chunk(inertia, chunk, row0, n, centroids, mesh):
+def _assign_chunk(chunk, row0, n, centroids, mesh):
+    """(assignments [rows] int32, per-segment inertia [S]) of one chunk."""
     c_sqnorm = jnp.sum(centroids * centroids, axis=1)
     a, block_inertia = map_blocks(_block_assign, chunk, row0, (centroids, c_sqnorm, n), mesh)
-    return a.reshape(-1), sequential_sum(inertia, block_inertia)
+    return a.reshape(-1), segment_totals(block_inertia)
 
 
 def _assign_pool(pool: Pool, centroids: jax.Array) -> tuple[jax.Array, jax.Array]:
     parts = []
     inertia, n, centroids = pool.replicate((jnp.zeros((), jnp.float32), jnp.int32(pool.n),
                                             centroids))
-    for start, chunk in pool.chunks():
-        a, inertia = _assign_chunk(inertia, chunk, jnp.int32(start), n, centroids, pool.mesh)
+    for _, (a, seg_inertia) in pool.map_chunks(
+            lambda start, chunk: _assign_chunk(chunk, jnp.int32(start), n, centroids, pool.mesh)):
+        inertia = sequential_sum(inertia, seg_inertia)
         parts.append(a)
     return jnp.concatenate(parts)[:pool.n], inertia
 
@@ -107,7 +114,7 @@ def _check_centroids(centroids, d: int) -> jax.Array:
 
 
 def assign(features, centroids, *, chunk_size: int | None = None,
-           devices: Sequence[jax.Device] | None = None) -> jax.Array:
+           devices: Sequence[jax.Device] | None = None, workers: int | None = None) -> jax.Array:
     """Index of the nearest centroid for every row (the client's coverage step, SPEC §3.2).
 
     Args:
@@ -115,10 +122,11 @@ def assign(features, centroids, *, chunk_size: int | None = None,
       centroids: [R, d] float array.
       chunk_size: rows per device transfer; None keeps the pool on the device.
       devices: devices to shard rows over (default: all local devices).
+      workers: chunks computed at once (default: one per core on a single CPU device).
     Returns:
       [N] int32 in [0, R); ties go to the lower centroid index. Identical for any chunk_size.
     """
-    pool = Pool(features, chunk_size=chunk_size, devices=devices)
+    pool = Pool(features, chunk_size=chunk_size, devices=devices, workers=workers)
     centroids = _check_centroids(centroids, pool.d)
     return _assign_pool(pool, centroids)[0]
 
@@ -186,7 +194,8 @@ def distinct_rows(key, n: int, size: int) -> np.ndarray:
 
 def kmeans(key, features, num_clusters: int, *, iters: int = 20, chunk_size: int | None = None,
            init: str | np.ndarray | jax.Array = "kmeans++", init_sample_size: int | None = None,
-           devices: Sequence[jax.Device] | None = None) -> KMeansResult:
+           devices: Sequence[jax.Device] | None = None,
+           workers: int | None = None) -> KMeansResult:
     """Lloyd's k-means on features [N, d] into `num_clusters` centroids.
 
     Args:
@@ -199,12 +208,14 @@ def kmeans(key, features, num_clusters: int, *, iters: int = 20, chunk_size: int
       init: "kmeans++", "random", or an initial [R, d] centroid array.
       init_sample_size: rows used for kmeans++ seeding (see module docstring).
       devices: devices to shard rows over (default all local devices).
+      workers: chunks computed at once (default: one per core on a single CPU device); the
+        result does not depend on it.
     Returns:
       KMeansResult(centroids [R, d], assignments [N] int32, inertia, iterations); the
       assignments and inertia are for the returned centroids.
     """
     validation.check_key(key)
-    pool = Pool(features, chunk_size=chunk_size, devices=devices)
+    pool = Pool(features, chunk_size=chunk_size, devices=devices, workers=workers)
     if isinstance(num_clusters, bool) or not isinstance(num_clusters, numbers.Integral):
         raise ValueError(f"num_clusters must be an int, got {num_clusters!r}")
     if not 1 <= num_clusters <= pool.n:
@@ -223,8 +234,10 @@ def kmeans(key, features, num_clusters: int, *, iters: int = 20, chunk_size: int
     for _ in range(iters):
         carry = pool.replicate((jnp.zeros_like(centroids), jnp.zeros((num_clusters,), jnp.int32),
                                 jnp.zeros((), jnp.float32)))
-        for start, chunk in pool.chunks():
-            carry = _lloyd_chunk(carry, chunk, jnp.int32(start), n, centroids, pool.mesh)
+        for _, segments in pool.map_chunks(
+                lambda start, chunk, c=centroids: _lloyd_chunk(chunk, jnp.int32(start), n, c,
+                                                               pool.mesh)):
+            carry = sequential_sum(carry, segments)
         sums, counts, _ = carry
         new = jnp.where(counts[:, None] > 0,
                         sums / jnp.maximum(counts, 1)[:, None].astype(sums.dtype), centroids)

@@ -1,22 +1,31 @@
-"""A feature pool streamed through the device in row blocks, optionally sharded over devices.
+"""A feature pool streamed through the device in row blocks, over devices and CPU cores.
 
-The arithmetic unit is a **block** of `BLOCK_ROWS` consecutive rows. Every per-row quantity is
-computed by the same jitted block function, and every reduction over rows (centroid sums,
-counts, inertia) is first taken per block and then combined block by block in row order with
-a sequential loop. A **chunk** (what is transferred to the device at once) is a whole number of
-blocks, and chunks are visited in row order with the running total passed along. Hence the
-result of a pass does not depend on the chunk size, on whether the pool lives on the host (a
-numpy array or np.memmap) or on the device, nor on how many devices share the blocks: chunking
-and sharding are implementation details that never change the order of floating point
-operations.
+Arithmetic units:
+  * a **block** is `BLOCK_ROWS` consecutive rows; every per-row quantity is computed by the same
+    jitted block function, so per-row outputs never depend on how rows are grouped.
+  * a **segment** is `SEGMENT_BLOCKS` consecutive blocks. Every reduction over rows (centroid
+    sums, counts, inertia) starts from zero at each segment, accumulates the segment's blocks
+    in row order, and the segment totals are then added in row order (sequentially) into the
+    running total. This association is fixed by the row index alone.
+A **chunk** (what is transferred to the device at once) is a whole number of segments per
+device, so the result of a pass does not depend on the chunk size, on whether the pool lives on
+the host (a numpy array or np.memmap) or on the device, on how many devices share a chunk, nor
+on how many chunks are in flight at once: those are implementation details that never change
+the order of floating point operations.
 
-With several devices the blocks of a chunk are split over a 1-D mesh (axis "rows") with
-`jax.shard_map`; each device maps the block function over its own blocks and only the small
-per-block partials travel back.
+Parallelism:
+  * several devices: the segments of a chunk are split over a 1-D mesh (axis "rows") with
+    `jax.shard_map`; only the small per-segment totals travel back.
+  * one CPU device with several cores: XLA runs a computation on the thread that launches it,
+    so `Pool.map_chunks` launches up to `workers` chunks at once from a small thread pool (one
+    per core by default) and hands their segment totals back in row order.
 """
 from __future__ import annotations
 
+import collections
+import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -31,6 +40,11 @@ from ecos_jax.samplers import validation
 # block's [R, 256] distance tile in cache (what scikit-learn's Lloyd does too): on a 2-core CPU
 # this is about twice as fast per row as 2048-row blocks.
 BLOCK_ROWS = 256
+# Blocks per segment, the unit of every reduction's association: chunks are whole segments per
+# device. Small enough that a small pool wastes little on zero padding, large enough that the
+# per-segment totals (e.g. [R, d] centroid sums) are few.
+SEGMENT_BLOCKS = 8
+SEGMENT_ROWS = BLOCK_ROWS * SEGMENT_BLOCKS
 # Pools are sharded over at most one device per this many rows (when devices is not given).
 MIN_ROWS_PER_DEVICE = 1 << 14
 AXIS = "rows"
@@ -53,19 +67,35 @@ def aligned_empty(shape, dtype=np.float32, alignment: int = 4096) -> np.ndarray:
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
+def default_workers(devices: Sequence[jax.Device]) -> int:
+    """Chunks in flight at once: one per CPU core for a single CPU device (XLA runs each
+    computation on its launching thread), else 1 (accelerators and meshes are parallel already)."""
+    if len(devices) != 1 or devices[0].platform != "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 16))
+
+
 class Pool:
-    """Features `[N, d]` float32 plus how to stream them: chunk size and devices.
+    """Features `[N, d]` float32 plus how to stream them: chunk size, devices and workers.
 
     Args:
       features: [N, d] float array; numpy / np.memmap (host, streamed) or jax.Array.
-      chunk_size: rows per device transfer (rounded up to whole blocks on every device). None
-        puts the whole pool on the device(s) once and keeps it there.
+      chunk_size: rows per device transfer (rounded up to whole segments on every device). None
+        puts the whole pool on the device(s) once and keeps it there (as `workers` resident
+        chunks, so that they can be processed concurrently).
       devices: devices whose memory shares each chunk's rows. None uses the local devices of
         the default backend, at most one per MIN_ROWS_PER_DEVICE rows (one: no sharding).
+      workers: chunks processed at once by `map_chunks`; None = `default_workers(devices)`.
+        Results do not depend on it.
     """
 
     def __init__(self, features, *, chunk_size: int | None = None,
-                 devices: Sequence[jax.Device] | None = None, check: bool = True):
+                 devices: Sequence[jax.Device] | None = None, workers: int | None = None,
+                 check: bool = True):
         if check:
             self.n, self.d = validation.check_features(features)
         else:
@@ -80,17 +110,25 @@ class Pool:
         devices = list(devices)
         if not devices:
             raise ValueError("devices must not be empty")
+        if workers is None:
+            workers = default_workers(devices)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        self.workers = workers
         self.mesh = Mesh(np.array(devices), (AXIS,)) if len(devices) > 1 else None
         self.device = devices[0]
         self.devices = devices
         self.num_devices = len(devices)
-        unit = BLOCK_ROWS * self.num_devices
+        unit = SEGMENT_ROWS * self.num_devices
+        # A resident pool is split into one chunk per worker (when it has a segment for each).
         rows = self.n if chunk_size is None else min(chunk_size, self.n)
+        if chunk_size is None and workers > 1:
+            rows = max(-(-self.n // workers), min(self.n, unit))
         # Spread the rows evenly over the chunks so the (zero-padded) last chunk wastes little.
         num_chunks = -(-self.n // rows)
         self.chunk_rows = _round_up(-(-self.n // num_chunks), unit)
         self.streamed = chunk_size is not None and self.chunk_rows < _round_up(self.n, unit)
-        self._resident: jax.Array | None = None
+        self._resident: list[tuple[int, jax.Array]] | None = None
 
     @property
     def sharding(self):
@@ -117,26 +155,49 @@ class Pool:
             x = padded
         return x
 
+    def _device_chunk(self, start: int) -> jax.Array:
+        if isinstance(self.features, jax.Array):
+            x = self.features[start:start + self.chunk_rows].astype(jnp.float32)
+            x = jnp.pad(x, ((0, self.chunk_rows - x.shape[0]), (0, 0)))
+        else:
+            x = self._host_chunk(start)
+        return jax.device_put(x, self.sharding)
+
     def chunks(self) -> Iterator[tuple[int, jax.Array]]:
-        """Yields (first row, chunk [chunk_rows, d] float32 on the device(s)); zero-padded rows
-        past N are masked by the consumers (`rows >= n`)."""
-        if not self.streamed:
-            if self._resident is None:
-                if isinstance(self.features, jax.Array):
-                    x = jnp.pad(self.features.astype(jnp.float32),
-                                ((0, self.chunk_rows - self.n), (0, 0)))
-                else:
-                    x = self._host_chunk(0)
-                self._resident = jax.device_put(x, self.sharding)
-            yield 0, self._resident
+        """Yields (first row, chunk [chunk_rows, d] float32 on the device(s)) in row order;
+        zero-padded rows past N are masked by the consumers (`rows >= n`)."""
+        if self.streamed:
+            for start in range(0, self.n, self.chunk_rows):
+                yield start, self._device_chunk(start)
             return
-        for start in range(0, self.n, self.chunk_rows):
-            if isinstance(self.features, jax.Array):
-                x = self.features[start:start + self.chunk_rows].astype(jnp.float32)
-                x = jnp.pad(x, ((0, self.chunk_rows - x.shape[0]), (0, 0)))
-            else:
-                x = self._host_chunk(start)
-            yield start, jax.device_put(x, self.sharding)
+        if self._resident is None:
+            self._resident = [(s, self._device_chunk(s)) for s in range(0, self.n, self.chunk_rows)]
+        yield from self._resident
+
+    def map_chunks(self, fn: Callable[[int, jax.Array], Any]) -> Iterator[tuple[int, Any]]:
+        """Yields (first row, fn(first row, chunk)) for every chunk, in row order.
+
+        Up to `workers` calls run at once, each on its own thread (and so, on a CPU device, on
+        its own core); at most `workers` chunks are on the device at a time beyond the one
+        being handed out, so memory stays bounded. `fn` must not depend on other chunks'
+        results; combine them in the order they are yielded.
+        """
+        if self.workers == 1:
+            for start, chunk in self.chunks():
+                yield start, fn(start, chunk)
+            return
+
+        def work(start, chunk):
+            return start, jax.block_until_ready(fn(start, chunk))
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="pool") as executor:
+            pending = collections.deque()
+            for start, chunk in self.chunks():
+                pending.append(executor.submit(work, start, chunk))
+                if len(pending) >= self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def take(self, rows, size: int | None = None) -> jax.Array:
         """Gathers rows (any order) as a [len(rows), d] float32 device array.
@@ -181,28 +242,53 @@ def map_blocks(block_fn: Callable[..., Any], chunk: jax.Array, row0, consts: tup
     return jax.shard_map(run, mesh=mesh, in_specs=specs, out_specs=P(AXIS))(xb, rows, *consts)
 
 
-def reduce_blocks(block_fn: Callable[..., Any], carry, chunk: jax.Array, row0, consts: tuple,
-                  mesh: Mesh | None):
-    """carry + block_fn(block 0) + block_fn(block 1) + ... in row order (pytrees).
+def reduce_segments(accumulate: Callable[..., Any], zero, chunk: jax.Array, row0,
+                    consts: tuple, mesh: Mesh | None):
+    """Per-segment totals of a row reduction, stacked on a leading [num_segments] axis.
 
-    On one device this is a scan whose carry is the running total (nothing per block is kept);
-    across devices each device maps over its blocks and the partials are then added in the
-    same order. Both associate the additions identically, so the totals are bit-identical.
+    `accumulate(total, x [B, d], rows [B] int32, *consts) -> total` adds one block into a
+    running total (a pytree shaped like `zero`, e.g. a scatter-add of the block's rows into
+    [R, d] sums). Segment s is `zero` accumulated with its SEGMENT_BLOCKS blocks in row order.
+    Each device loops over its own segments; nothing per block is kept. Add the totals into a
+    running total with `sequential_sum`, in row order.
     """
-    if mesh is not None:
-        return sequential_sum(carry, map_blocks(block_fn, chunk, row0, consts, mesh))
     rows_per_chunk, d = chunk.shape
     nb = rows_per_chunk // BLOCK_ROWS
     xb = chunk.reshape(nb, BLOCK_ROWS, d)
     rows = (row0 + jnp.arange(rows_per_chunk, dtype=jnp.int32)).reshape(nb, BLOCK_ROWS)
 
-    def body(total, a):
-        part = jax.lax.optimization_barrier(block_fn(a[0], a[1], *consts))
-        return jax.tree.map(jnp.add, total, part), None
+    def run(xb, rows, *consts):
+        start = jnp.zeros((), jnp.int32)
+        init = zero
+        if mesh is not None:  # the running total differs per device
+            init = jax.lax.pcast(zero, (AXIS,), to="varying")
+            start = jax.lax.pcast(start, (AXIS,), to="varying")
 
-    return jax.lax.scan(body, carry, (xb, rows))[0]
+        def segment(s):
+            # Blocks are read by index straight from the chunk (no per-segment copy).
+            first = s * SEGMENT_BLOCKS + start
+            return jax.lax.fori_loop(
+                0, SEGMENT_BLOCKS,
+                lambda j, total: accumulate(total, xb[first + j], rows[first + j], *consts),
+                init)
+
+        return jax.lax.map(segment, jnp.arange(xb.shape[0] // SEGMENT_BLOCKS))
+
+    if mesh is None:
+        return run(xb, rows, *consts)
+    specs = (P(AXIS), P(AXIS)) + (P(),) * len(consts)
+    return jax.shard_map(run, mesh=mesh, in_specs=specs, out_specs=P(AXIS))(xb, rows, *consts)
 
 
+def segment_totals(per_block):
+    """[num_blocks, ...] per-block partials -> [num_segments, ...] segment totals, each
+    (block 0 + block 1) + block 2 + ... in row order (the association of `reduce_segments`)."""
+    split = jax.tree.map(lambda p: p.reshape((-1, SEGMENT_BLOCKS) + p.shape[1:]), per_block)
+    return jax.lax.map(lambda parts: sequential_sum(jax.tree.map(lambda p: p[0], parts),
+                                                    jax.tree.map(lambda p: p[1:], parts)), split)
+
+
+@jax.jit
 def sequential_sum(carry, partials):
     """carry + partials[0] + partials[1] + ... in that order (a fixed association)."""
     def add(c, p):
