@@ -131,3 +131,42 @@ def test_ecos_streamed_matches_in_memory(pool, one_device):
     got = samplers.ecos_sample(jax.random.key(3), pool, 150, chunk_size=CHUNK, **kw)
     assert np.array_equal(np.asarray(got), np.asarray(ref))
     assert len(np.unique(np.asarray(got))) == 150
+
+
+def test_kmeans_bounds_skip_work_but_not_results(pool, one_device):
+    """Hamerly pruning changes which distances are computed, never the clustering."""
+    kw = dict(iters=8, devices=one_device, chunk_size=CHUNK)
+    pruned = kmeans(jax.random.key(5), pool, 12, prune=True, **kw)
+    full = kmeans(jax.random.key(5), pool, 12, prune=False, **kw)
+    assert np.array_equal(np.asarray(pruned.centroids), np.asarray(full.centroids))
+    assert np.array_equal(np.asarray(pruned.assignments), np.asarray(full.assignments))
+    assert pruned.iterations == full.iterations and pruned.inertia == full.inertia
+    assert full.scored == 1.0 and pruned.scored < 0.75  # the bounds did skip distances
+
+
+def test_kmeans_bounds_hold_after_centroids_move(pool, one_device):
+    """The per-row bounds are what pruning relies on: after the centroids move, every row's
+    upper bound covers its distance to its centroid and its lower bound is below every other
+    centroid's distance, and most rows are settled (bounds apart) so their distances are
+    skipped."""
+    from ecos_jax.samplers import kmeans as km
+
+    p = Pool(pool, devices=one_device, workers=1)
+    (start, chunk), = list(p.chunks())
+    rows = p.chunk_rows
+    state = (jnp.zeros((rows,), jnp.int32), jnp.full((rows,), jnp.inf), jnp.zeros((rows,)))
+    c0 = jnp.asarray(pool[:12])
+    n = jnp.int32(p.n)
+    _, state = km._lloyd_chunk_pruned(chunk, jnp.int32(0), n, c0, jnp.zeros(12), state, None)
+    c1 = c0 + 0.05 * jax.random.normal(jax.random.key(0), c0.shape)
+    shift = jnp.sqrt(jnp.sum((c1 - c0) ** 2, axis=1))
+    # Drift the bounds as the next pass does, and compare with exact float64 distances.
+    a, upper, lower = (np.asarray(v)[:p.n] for v in state)
+    upper = upper + np.asarray(shift)[a]
+    lower = np.maximum(lower - float(shift.max()), 0.0)
+    d = np.sqrt(((pool[:, None, :].astype(np.float64) - np.asarray(c1, np.float64)[None]) ** 2)
+                .sum(-1))
+    own = d[np.arange(p.n), a]
+    d[np.arange(p.n), a] = np.inf
+    assert (upper >= own).all() and (lower <= d.min(1)).all()
+    assert (lower > upper).mean() > 0.5

@@ -280,6 +280,38 @@ def reduce_segments(accumulate: Callable[..., Any], zero, chunk: jax.Array, row0
     return jax.shard_map(run, mesh=mesh, in_specs=specs, out_specs=P(AXIS))(xb, rows, *consts)
 
 
+def map_segments(fn: Callable[..., Any], zero, chunk: jax.Array, row0, state, consts: tuple,
+                 mesh: Mesh | None):
+    """Applies `fn(zero, x [S, d], rows [S] int32, state_s, *consts) -> (total, new state_s)` to
+    every segment of a chunk (S = SEGMENT_ROWS rows), for reductions that carry per-row state.
+
+    state: pytree of [rows_per_chunk, ...] arrays laid out like the chunk (sharded with it);
+    `state_s` is the segment's [S, ...] slice. Returns (totals stacked on a leading
+    [num_segments] axis, new state [rows_per_chunk, ...]). `zero` is handed to `fn` as the
+    starting value of its total (made device-varying under shard_map). The totals follow the
+    segment contract of `reduce_segments` when `fn` accumulates its rows in order.
+    """
+    rows_per_chunk, d = chunk.shape
+    ns = rows_per_chunk // SEGMENT_ROWS
+    xs = chunk.reshape(ns, SEGMENT_ROWS, d)
+    rows = (row0 + jnp.arange(rows_per_chunk, dtype=jnp.int32)).reshape(ns, SEGMENT_ROWS)
+    st = jax.tree.map(lambda v: v.reshape((ns, SEGMENT_ROWS) + v.shape[1:]), state)
+
+    def run(xs, rows, st, *consts):
+        init = zero if mesh is None else jax.lax.pcast(zero, (AXIS,), to="varying")
+        return jax.lax.map(
+            lambda i: fn(init, xs[i], rows[i], jax.tree.map(lambda v: v[i], st), *consts),
+            jnp.arange(xs.shape[0]))
+
+    if mesh is None:
+        totals, new = run(xs, rows, st, *consts)
+    else:
+        specs = (P(AXIS), P(AXIS), P(AXIS)) + (P(),) * len(consts)
+        totals, new = jax.shard_map(run, mesh=mesh, in_specs=specs, out_specs=P(AXIS))(
+            xs, rows, st, *consts)
+    return totals, jax.tree.map(lambda v: v.reshape((rows_per_chunk,) + v.shape[2:]), new)
+
+
 def segment_totals(per_block):
     """[num_blocks, ...] per-block partials -> [num_segments, ...] segment totals, each
     (block 0 + block 1) + block 2 + ... in row order (the association of `reduce_segments`)."""
