@@ -157,7 +157,8 @@ def test_kmeans_bounds_hold_after_centroids_move(pool, one_device):
     state = (jnp.zeros((rows,), jnp.int32), jnp.full((rows,), jnp.inf), jnp.zeros((rows,)))
     c0 = jnp.asarray(pool[:12])
     n = jnp.int32(p.n)
-    _, state = km._lloyd_chunk_pruned(chunk, jnp.int32(0), n, c0, jnp.zeros(12), state, None)
+    _, state = km._lloyd_chunk_pruned(None, chunk, jnp.int32(0), n, c0, jnp.zeros(12), state,
+                                      None)
     c1 = c0 + 0.05 * jax.random.normal(jax.random.key(0), c0.shape)
     shift = jnp.sqrt(jnp.sum((c1 - c0) ** 2, axis=1))
     # Drift the bounds as the next pass does, and compare with exact float64 distances.

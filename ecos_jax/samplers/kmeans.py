@@ -86,12 +86,20 @@ def _accumulate_stats(total, x, rows, centroids, c_sqnorm, n):
             counts.at[a].add(valid.astype(jnp.int32)))
 
 
+def _fold(carry, totals):
+    return totals if carry is None else sequential_sum(carry, totals)
+
+
 @partial(jax.jit, static_argnames=("mesh",))
-def _lloyd_chunk(chunk, row0, n, centroids, mesh):
-    """Per-segment Lloyd statistics of one chunk: (sums [S, R, d], counts [S, R])."""
+def _lloyd_chunk(carry, chunk, row0, n, centroids, mesh):
+    """Lloyd statistics of one chunk, per segment (sums [S, R, d], counts [S, R], rows scored
+    [S]), or added into `carry` (see Pool.fold_chunks)."""
     c_sqnorm = jnp.sum(centroids * centroids, axis=1)
     zero = (jnp.zeros_like(centroids), jnp.zeros(centroids.shape[:1], jnp.int32))
-    return reduce_segments(_accumulate_stats, zero, chunk, row0, (centroids, c_sqnorm, n), mesh)
+    sums, counts = reduce_segments(_accumulate_stats, zero, chunk, row0,
+                                   (centroids, c_sqnorm, n), mesh)
+    scored = jnp.zeros(counts.shape[:1], jnp.int32)  # not tracked: every row is scored
+    return _fold(carry, (sums, counts, scored)), None
 
 
 # ----- pruned Lloyd pass (Hamerly bounds) -----
@@ -154,33 +162,31 @@ def _pruned_segment(zero, x, rows, state, centroids, c_sqnorm, shift, n):
 
 
 @partial(jax.jit, static_argnames=("mesh",))
-def _lloyd_chunk_pruned(chunk, row0, n, centroids, shift, state, mesh):
-    """Per-segment Lloyd statistics of one chunk with bounds: ((sums [S, R, d],
-    counts [S, R], rows scored [S]), new per-row state)."""
+def _lloyd_chunk_pruned(carry, chunk, row0, n, centroids, shift, state, mesh):
+    """`_lloyd_chunk` with bounds: (statistics, new per-row state)."""
     c_sqnorm = jnp.sum(centroids * centroids, axis=1)
     zero = (jnp.zeros_like(centroids), jnp.zeros(centroids.shape[:1], jnp.int32),
             jnp.zeros((), jnp.int32))
-    return map_segments(_pruned_segment, zero, chunk, row0, state,
-                        (centroids, c_sqnorm, shift, n), mesh)
+    totals, state = map_segments(_pruned_segment, zero, chunk, row0, state,
+                                 (centroids, c_sqnorm, shift, n), mesh)
+    return _fold(carry, totals), state
 
 
 @partial(jax.jit, static_argnames=("mesh",))
-def _assign_chunk(chunk, row0, n, centroids, mesh):
-    """(assignments [rows] int32, per-segment inertia [S]) of one chunk."""
+def _assign_chunk(inertia, chunk, row0, n, centroids, mesh):
+    """(per-segment inertia [S] or added into `inertia`, assignments [rows] int32)."""
     c_sqnorm = jnp.sum(centroids * centroids, axis=1)
     a, block_inertia = map_blocks(_block_assign, chunk, row0, (centroids, c_sqnorm, n), mesh)
-    return a.reshape(-1), segment_totals(block_inertia)
+    return _fold(inertia, segment_totals(block_inertia)), a.reshape(-1)
 
 
 def _assign_pool(pool: Pool, centroids: jax.Array) -> tuple[jax.Array, jax.Array]:
-    parts = []
     inertia, n, centroids = pool.replicate((jnp.zeros((), jnp.float32), jnp.int32(pool.n),
                                             centroids))
-    for _, (a, seg_inertia) in pool.map_chunks(
-            lambda start, chunk: _assign_chunk(chunk, jnp.int32(start), n, centroids, pool.mesh)):
-        inertia = sequential_sum(inertia, seg_inertia)
-        parts.append(a)
-    return jnp.concatenate(parts)[:pool.n], inertia
+    inertia, parts = pool.fold_chunks(
+        lambda carry, start, chunk: _assign_chunk(carry, chunk, jnp.int32(start), n, centroids,
+                                                  pool.mesh), inertia)
+    return jnp.concatenate([a for _, a in parts])[:pool.n], inertia
 
 
 def _check_centroids(centroids, d: int) -> jax.Array:
@@ -324,24 +330,25 @@ def kmeans(key, features, num_clusters: int, *, iters: int = 20, chunk_size: int
                   for _ in range(pool.num_chunks)]
     shift = pool.replicate(jnp.zeros((num_clusters,), jnp.float32))
 
-    def pass_stats(start, chunk, c, shift):
+    def pass_stats(carry, start, chunk, c, shift):
         if not prune:
-            return _lloyd_chunk(chunk, jnp.int32(start), n, c, pool.mesh), None
-        return _lloyd_chunk_pruned(chunk, jnp.int32(start), n, c, shift,
+            return _lloyd_chunk(carry, chunk, jnp.int32(start), n, c, pool.mesh)
+        return _lloyd_chunk_pruned(carry, chunk, jnp.int32(start), n, c, shift,
                                    states[start // pool.chunk_rows], pool.mesh)
 
-    done, scored = 0, jnp.zeros((), jnp.float32)
+    done = 0
+    scored = jnp.zeros((), jnp.float32)
     for _ in range(iters):
         carry = pool.replicate((jnp.zeros_like(centroids),
-                                jnp.zeros((num_clusters,), jnp.int32)))
-        for start, (segments, state) in pool.map_chunks(
-                lambda start, chunk, c=centroids, sh=shift: pass_stats(start, chunk, c, sh)):
-            if prune:
+                                jnp.zeros((num_clusters,), jnp.int32), jnp.zeros((), jnp.int32)))
+        carry, new_states = pool.fold_chunks(
+            lambda carry, start, chunk, c=centroids, sh=shift:
+                pass_stats(carry, start, chunk, c, sh), carry)
+        if prune:
+            for start, state in new_states:
                 states[start // pool.chunk_rows] = state
-                scored = scored + jnp.sum(segments[2])
-                segments = segments[:2]
-            carry = sequential_sum(carry, segments)
-        sums, counts = carry
+        sums, counts, rows_scored = carry
+        scored = scored + rows_scored
         new = jnp.where(counts[:, None] > 0,
                         sums / jnp.maximum(counts, 1)[:, None].astype(sums.dtype), centroids)
         done += 1

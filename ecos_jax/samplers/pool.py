@@ -199,6 +199,27 @@ class Pool:
             while pending:
                 yield pending.popleft().result()
 
+    def fold_chunks(self, fn: Callable[..., tuple[Any, Any]], carry):
+        """Runs a row reduction over the chunks: returns (carry, [(first row, aux), ...]).
+
+        `fn(carry, start, chunk) -> (out, aux)`. With one worker, chunks are visited in order
+        and `out` is the new running total (fn adds its segment totals into `carry` inside its
+        own program; on a mesh, one program per chunk is what keeps the devices' collectives
+        in step). With several workers, fn is called with carry=None on the worker threads,
+        `out` is the chunk's segment totals, and they are added into `carry` here, in row
+        order, by `sequential_sum`: the same additions in the same order.
+        """
+        auxes = []
+        if self.workers == 1:
+            for start, chunk in self.chunks():
+                carry, aux = fn(carry, start, chunk)
+                auxes.append((start, aux))
+            return carry, auxes
+        for start, (totals, aux) in self.map_chunks(lambda s, c: fn(None, s, c)):
+            carry = sequential_sum(carry, totals)
+            auxes.append((start, aux))
+        return carry, auxes
+
     def take(self, rows, size: int | None = None) -> jax.Array:
         """Gathers rows (any order) as a [len(rows), d] float32 device array.
 
