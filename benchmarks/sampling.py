@@ -203,7 +203,6 @@ def main(argv=None):
 
     report = {"args": vars(args), "python": sys.version.split()[0], "jax": jax.__version__,
               "devices": [str(dv) for dv in jax.devices()], "cpu_count": os.cpu_count(),
-              "pool_workers": Pool(np.zeros((1, 1), np.float32)).workers,
               "machine": platform.machine(), "loadavg_start": os.getloadavg()}
     tmp = tempfile.TemporaryDirectory() if args.memmap else None
     t = time.perf_counter()
@@ -213,6 +212,8 @@ def main(argv=None):
         x = np.load(os.path.join(tmp.name, "pool.npy"), mmap_mode="r")
     domain = np.arange(3)  # the client's domain: three of the pool's clusters
     client = client_features(centres, domain, args.client_size, args.d, args.seed)
+    streamed = Pool(x, chunk_size=args.chunk_size, check=False)
+    report["pool_devices"], report["pool_workers"] = streamed.num_devices, streamed.workers
     report["pool"] = {"shape": list(x.shape), "bytes": int(x.nbytes),
                       "generate_s": time.perf_counter() - t, "memmap": bool(args.memmap)}
     report["peak_rss_gib_after_pool"] = peak_rss_gib()
