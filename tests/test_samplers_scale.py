@@ -83,6 +83,8 @@ def test_map_chunks_yields_in_row_order_whatever_the_workers(pool, one_device):
     assert not resident.streamed and resident.num_chunks == 2  # one resident chunk per worker
     with pytest.raises(ValueError, match="workers"):
         Pool(pool, workers=0)
+    with pytest.raises(ValueError, match="single device"):
+        Pool(pool, devices=jax.devices(), workers=2)
 
     def boom(start, chunk):
         raise RuntimeError(f"chunk {start} failed")

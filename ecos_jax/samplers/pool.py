@@ -114,6 +114,11 @@ class Pool:
             workers = default_workers(devices)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
+        if workers > 1 and len(devices) > 1:
+            # Programs with collectives launched from several threads can leave the devices'
+            # rendezvous out of step; the devices of a mesh already run in parallel.
+            raise ValueError(f"workers={workers} needs a single device; got {len(devices)} "
+                             "devices (pass workers=1 or one device)")
         self.workers = workers
         self.mesh = Mesh(np.array(devices), (AXIS,)) if len(devices) > 1 else None
         self.device = devices[0]
