@@ -53,8 +53,9 @@ class KMeansResult(NamedTuple):
     #                         (1.0 without pruning; the rest were skipped by the bounds)
 
 
-def _block_assign(x, rows, centroids, c_sqnorm, n):
-    """x: [B, d]; rows: [B] int32 global row ids -> (assignments [B] int32, block inertia)."""
+def _nearest(x, centroids, c_sqnorm):
+    """x: [B, d] -> (scores [R, B] = ||c||² − 2 x·c, best [B] = min score, a [B] int32 first
+    index attaining it). Every pass scores rows with this, so pruned and unpruned agree."""
     # [R, B] layout: reducing over the leading axis vectorises across the B rows on a CPU,
     # and "first index attaining the minimum" by comparison is several times faster there
     # than a variadic argmin reduction (same answer, ties to the lower index).
@@ -62,6 +63,12 @@ def _block_assign(x, rows, centroids, c_sqnorm, n):
     best = jnp.min(scores, axis=0)
     cluster = jnp.arange(scores.shape[0], dtype=jnp.int32)[:, None]
     a = jnp.min(jnp.where(scores == best[None, :], cluster, scores.shape[0]), axis=0)
+    return scores, best, a
+
+
+def _block_assign(x, rows, centroids, c_sqnorm, n):
+    """x: [B, d]; rows: [B] int32 global row ids -> (assignments [B] int32, block inertia)."""
+    _, best, a = _nearest(x, centroids, c_sqnorm)
     d2 = jnp.maximum(jnp.sum(x * x, axis=1) + best, 0.0)  # cancellation can dip below 0
     return a, jnp.sum(jnp.where(rows < n, d2, 0.0))
 
@@ -140,9 +147,7 @@ def _pruned_segment(zero, x, rows, state, centroids, c_sqnorm, shift, n):
         a, upper, lower = st
         pos = jax.lax.dynamic_slice_in_dim(idx, j * BLOCK_ROWS, BLOCK_ROWS)
         xb, xxb, sb = x[pos], xx[pos], slack[pos]
-        scores = c_sqnorm[:, None] - 2.0 * jnp.dot(centroids, xb.T, precision=_HIGHEST)
-        best = jnp.min(scores, axis=0)
-        ab = jnp.min(jnp.where(scores == best[None, :], cluster, scores.shape[0]), axis=0)
+        scores, best, ab = _nearest(xb, centroids, c_sqnorm)
         second = jnp.min(jnp.where(cluster == ab[None, :], jnp.inf, scores), axis=0)
         live = j * BLOCK_ROWS + jnp.arange(BLOCK_ROWS) < count
         target = jnp.where(live, pos, x.shape[0])  # out of range: dropped
