@@ -14,14 +14,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from ecos_jax.coopt import experiment  # noqa: E402
+from ecos_jax.utils import cli  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "coopt.py"),
-    "Experiment configuration (an ml_collections config file).", lock_config=True)
+_CONFIG = cli.define_config("coopt.py")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/coopt", "Where results are written.")
 
 
@@ -32,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,14 +14,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from ecos_jax.ecos import sweeps  # noqa: E402
 from ecos_jax.utils import cli  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "ecos_sweeps.py"),
-    "Experiment configuration (an ml_collections config file).", lock_config=True)
+_CONFIG = cli.define_config("ecos_sweeps.py")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/ecos_sweeps", "Where results and state are written.")
 
 

@@ -15,14 +15,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from ecos_jax.ecos import model_compression  # noqa: E402
 from ecos_jax.utils import cli  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "model_compression.py"),
-    "Experiment configuration (an ml_collections config file).", lock_config=True)
+_CONFIG = cli.define_config("model_compression.py")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/model_compression", "Where results and state are written.")
 
 
