@@ -136,7 +136,7 @@ def test_calibrate_sigma_hits_target(num_q, rate, acc):
 def test_ledger_entry_epsilon_and_composition():
     x, y, q, _ = _blobs()
     q = q[:20]
-    ledger = PrivacyLedger(DELTA, accountant="pld")
+    ledger = PrivacyLedger(DELTA, accountant="pld", reproducible_seed=5)
     ecos_event = dp_accounting.GaussianDpEvent(6.0)
     ledger.record("ecos_client_response", ecos_event, sensitivity="L2 = 1")
     # Calibrated with RDP (fast); the ledger re-derives ε with both accountants.
@@ -181,9 +181,42 @@ def test_accuracy_on_separated_blobs(epsilon, rate, acc, check):
         again = pk.private_knn_labels(q, x, y, num_classes=4, k=15, epsilon=epsilon, delta=DELTA,
                                       accountant=acc)
         assert not np.array_equal(out.labels, again.labels)
-    else:  # seeded noise: reproducible
+    else:  # seeded noise: reproducible from the seed and the ledger position
         a, b = (pk.private_knn_labels(q, x, y, num_classes=4, k=15, epsilon=epsilon, delta=DELTA,
-                                      accountant=acc, noise_seed=3).labels for _ in range(2))
+                                      accountant=acc, noise_seed=3,
+                                      ledger=PrivacyLedger(DELTA, reproducible_seed=3)).labels
+                for _ in range(2))
+        np.testing.assert_array_equal(a, b)
+
+
+def _noisy_labels(ledger, noise_seed, sampling_rate=1.0):
+    """Labels at ε = 0.05 on 200 queries: nearly all noise, so two draws differ visibly."""
+    x, y, q, _ = _blobs()
+    return pk.private_knn_labels(q, x, y, num_classes=4, k=15, epsilon=0.05, delta=DELTA,
+                                 sampling_rate=sampling_rate, accountant="rdp",
+                                 noise_seed=noise_seed, ledger=ledger).labels
+
+
+def test_seeded_labels_refuse_a_ledger_without_their_seed():
+    for ledger in (PrivacyLedger(DELTA), PrivacyLedger(DELTA, reproducible_seed=4)):
+        with pytest.raises(ValueError, match="reproducible_seed"):
+            _noisy_labels(ledger, noise_seed=3)
+        assert len(ledger) == 0
+    with pytest.raises(ValueError, match="needs the ledger"):
+        _noisy_labels(None, noise_seed=3)
+
+
+@pytest.mark.parametrize("sampling_rate", [1.0, 0.5])
+def test_seeded_labellings_draw_fresh_noise_each_call(sampling_rate):
+    """Two labellings recorded in one seeded ledger use different coins and noise; a fresh
+    ledger with the same seed replays both."""
+    def two():
+        ledger = PrivacyLedger(DELTA, reproducible_seed=3)
+        return [_noisy_labels(ledger, 3, sampling_rate) for _ in range(2)]
+
+    first, second = two()
+    assert np.mean(first != second) > 0.3
+    for a, b in zip(two(), (first, second)):
         np.testing.assert_array_equal(a, b)
 
 

@@ -51,7 +51,7 @@ def test_noise_scale_matches_sigma():
 
 def test_run_concentrates_on_client_blob_and_counts_bytes():
     pool, client_f, blob = _layout()
-    ledger = PrivacyLedger(1e-5, accountant="pld")
+    ledger = PrivacyLedger(1e-5, accountant="pld", reproducible_seed=0)
     res = protocol.run(protocol.Cloud(pool, num_centroids=6), protocol.Client(client_f, epsilon=8.0, noise_seed=0),
                        budget=80, key=jax.random.key(0), ledger=ledger)
     assert len(np.unique(res.indices)) == 80
@@ -69,6 +69,39 @@ def test_seeded_noise_is_reproducible_and_default_is_not():
     d = protocol.Client(client_f).respond(msg).counts
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(c, d)
+
+
+def test_seeded_client_refuses_a_ledger_without_its_seed():
+    """A seeded response in a ledger that does not carry the seed would claim a guarantee the
+    seed voids; refused before anything is recorded."""
+    _, client_f, _ = _layout()
+    msg = protocol.Centroids(np.zeros((5, 4), np.float32))
+    for ledger in (PrivacyLedger(1e-5), PrivacyLedger(1e-5, reproducible_seed=8)):
+        with pytest.raises(ValueError, match="reproducible_seed"):
+            protocol.Client(client_f, epsilon=1.0, noise_seed=7).respond(msg, ledger)
+        assert len(ledger) == 0
+    ledger = PrivacyLedger(1e-5, reproducible_seed=7)
+    protocol.Client(client_f, epsilon=1.0, noise_seed=7).respond(msg, ledger)
+    assert ledger.reproducible and ledger.to_dict()["entries"][0]["meta"]["reproducible_noise"]
+
+
+def test_seeded_client_draws_fresh_noise_on_every_response():
+    """One seeded client never reuses a draw (with or without a ledger), and the whole sequence
+    is still reproducible from the seed."""
+    _, client_f, _ = _layout()
+    msg = protocol.Centroids(np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
+
+    def three_responses():
+        client = protocol.Client(client_f, epsilon=1.0, noise_seed=5)
+        ledger = PrivacyLedger(1e-5, reproducible_seed=5)
+        return [client.respond(msg, ledger).counts, client.respond(msg, ledger).counts,
+                client.respond(msg).counts]
+
+    first, second, unrecorded = three_responses()
+    assert not np.array_equal(first, second)
+    assert not np.array_equal(first, unrecorded) and not np.array_equal(second, unrecorded)
+    for a, b in zip(three_responses(), (first, second, unrecorded)):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -101,7 +134,7 @@ def test_lean_encoding_halves_bytes_and_keeps_the_release():
     cloud = protocol.Cloud(pool, num_centroids=6, centroid_dtype="float16")
     msg = cloud.compress(jax.random.key(0))
     assert msg.centroids.dtype == np.float16 and msg.nbytes == 6 * 4 * 2
-    ledgers = [PrivacyLedger(1e-5, accountant="pld") for _ in range(2)]
+    ledgers = [PrivacyLedger(1e-5, accountant="pld", reproducible_seed=4) for _ in range(2)]
     full = protocol.Client(client_f, epsilon=1.0, noise_seed=4).respond(msg, ledgers[0])
     lean = protocol.Client(client_f, epsilon=1.0, noise_seed=4, count_dtype="int16").respond(msg, ledgers[1])
     assert lean.counts.dtype == np.int16 and lean.nbytes == 6 * 2

@@ -30,7 +30,14 @@ one query with noise std σ is the Gaussian mechanism with noise multiplier σ/�
 
 The queries are public (pool samples), so composing the Q releases is all that is needed; σ is
 calibrated for the Q queries together (`calibrate_sigma`). `private_knn_labels` records the
-composed event as ONE ledger entry named "ecos_private_knn_labels".
+composed event as ONE ledger entry named "ecos_private_knn_labels", under add-or-remove-one
+(the Poisson amplification above has no replace-one analysis in `dp_accounting`).
+
+Noise keys: the subsampling coins and the vote noise come from OS entropy by default, fresh on
+every call. A `noise_seed` (reproducible research only) needs the ledger the labels are
+recorded in, created with `reproducible_seed=noise_seed`; the entry's position in that ledger
+is folded into the key (`protocol.release_key`), so two labellings in one ledger never share
+coins or noise.
 
 Design choices: Poisson coins for query number j come from `fold_in(key, j)`, so the votes do
 not depend on `chunk_size`; distances use ‖x_i‖² − 2⟨x, x_i⟩ (the query's own norm does not
@@ -62,15 +69,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ecos_jax.ecos import protocol
 from ecos_jax.privacy import accounting
-from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.privacy.mechanisms import gaussian_mechanism
 from ecos_jax.samplers import validation
 
 SENSITIVITY = (
-    "L2 = sqrt(2) (L1 = 2) per query: adding or removing one client sample changes a query's "
-    "k-nearest-neighbour vote histogram by +1 on one class and -1 on another"
+    "L2 = sqrt(2) (L1 = 2) per query (add-or-remove-one client sample): adding or removing one "
+    "client sample changes a query's k-nearest-neighbour vote histogram by +1 on one class and "
+    "-1 on another"
 )
 LEDGER_NAME = "ecos_private_knn_labels"
 
@@ -359,13 +367,22 @@ def private_knn_labels(
       epsilon: target ε of all Q labels together (> 0; `inf` = exact kNN labels, non-private).
       delta: δ in (0, 1).
       accountant: `"pld"` or `"rdp"`, for the calibration.
-      noise_seed: None (default) draws the subsampling and noise keys from OS entropy; an int
-        makes them reproducible and the ledger entry says so (research only).
+      noise_seed: None (default) draws the subsampling and noise keys from OS entropy, fresh on
+        every call; an int makes them reproducible (research only) and then needs `ledger`,
+        created with `reproducible_seed=noise_seed`: the entry's position in it keeps every
+        labelling's draws distinct (ValueError otherwise).
       ledger: where the release is recorded (name "ecos_private_knn_labels").
       bytes_down: bytes the cloud sent for the queries; default the float32 query features.
     """
     epsilon = _check_epsilon(epsilon)
     delta = accounting.check_delta(delta)
+    if noise_seed is not None and ledger is None:
+        raise ValueError(
+            f"noise_seed={noise_seed} needs the ledger the labels are recorded in (created with "
+            "reproducible_seed=noise_seed): without it two seeded labellings would reuse the same "
+            "coins and noise.")
+    # Before any work: a seeded key with a ledger not marked with that seed is refused.
+    key, reproducible = protocol.release_key(noise_seed, ledger, mechanism=LEDGER_NAME)
     queries, x, labels, num_classes, k, rate = _check_inputs(
         queries, client_features, client_labels, num_classes, k, sampling_rate)
     num_queries = int(queries.shape[0])
@@ -373,7 +390,6 @@ def private_knn_labels(
         bytes_down = num_queries * int(queries.shape[1]) * 4
     bytes_down = _check_int("bytes_down", bytes_down, 0)
     sigma = calibrate_sigma(epsilon, delta, num_queries, rate, accountant)
-    key, reproducible = noise_key(noise_seed)
     # Both the subsample and the noise must be secret: amplification needs unknown coins.
     k_sample, k_noise = jax.random.split(key)
     votes = knn_votes(k_sample, queries, x, labels, num_classes=num_classes, k=k,

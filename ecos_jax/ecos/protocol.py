@@ -8,7 +8,14 @@ The client never sends data or features: only the centroid-coverage counts
 s_r = #{x ∈ D_c : r = argmin_r' ‖f(x) − c_r'‖₂}, released with the Gaussian mechanism.
 Adding or removing one client sample moves one count by one, so the L2 sensitivity is 1 and
 s̃ = s + N(0, σ²I) is (ε, δ)-DP for σ calibrated by `dp_accounting` on `GaussianDpEvent(σ)`.
-Each response is one event in the run's privacy ledger.
+Each response is one event in the run's privacy ledger. The neighbouring relation is
+add-or-remove-one client sample (under replace-one one sample would move two counts).
+
+Noise keys (see `release_key`): OS entropy by default, fresh for every response. A seeded
+client (`noise_seed`) is for reproducible research only; it refuses a ledger that was not
+created with `reproducible_seed` equal to its seed (the ledger would otherwise claim a
+guarantee the seed voids), and it still never reuses a draw: each response's key folds in the
+client's response count and the entry's position in the ledger.
 
     >>> cloud = Cloud(pool_features, num_centroids=30)
     >>> client = Client(client_features, epsilon=0.58, delta=1e-5)
@@ -20,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import zlib
 
 import dp_accounting
 import jax
@@ -32,7 +40,9 @@ from ecos_jax.privacy.mechanisms import gaussian_mechanism
 from ecos_jax.samplers import ecos as ecos_sampler
 from ecos_jax.samplers import kmeans as km
 
-SENSITIVITY = "L2 = 1: adding or removing one client sample changes one coverage count by one"
+SENSITIVITY = ("L2 = 1 (add-or-remove-one client sample): adding or removing one client sample "
+               "changes one coverage count by one")
+LEDGER_NAME = "ecos_client_response"
 
 # Wire encodings of the two messages. float32 is the default; the lean ones halve the bytes.
 # Rounding the released noisy counts to int16 is post-processing of a DP output, so the
@@ -64,6 +74,34 @@ def message_bytes(num_centroids: int, dim: int, *, centroid_dtype: str = "float3
                                                                  CENTROID_DTYPES)))
     up = NoisyCoverage(encode_counts(np.zeros(num_centroids, np.float32), count_dtype), 0.0)
     return down.nbytes, up.nbytes
+
+
+def release_key(noise_seed: int | None, ledger: PrivacyLedger | None, *, mechanism: str,
+                draw: int = 0) -> tuple[jax.Array, bool]:
+    """The PRNG key of one release's noise and whether it is reproducible.
+
+    noise_seed None: 64 bits of OS entropy, a fresh key on every call (`keys.noise_key`).
+    noise_seed an int: the key is `key(seed)` with folded in, in order, the mechanism's name
+    (so two mechanisms never share a stream), the position the release will take in `ledger`
+    (0 without one) and `draw` (a per-party call count). Two releases recorded in one ledger, or
+    two calls of one party, therefore never share noise; rerunning the same sequence of
+    releases with the same seed reproduces every draw.
+
+    A seeded key is refused with a ledger whose `reproducible_seed` is not `noise_seed`: that
+    ledger would report an ε without saying that the seed lets anyone recompute the noise.
+    """
+    if noise_seed is not None and ledger is not None and ledger.reproducible_seed != noise_seed:
+        raise ValueError(
+            f"noise_seed={noise_seed} but the ledger was created with reproducible_seed="
+            f"{ledger.reproducible_seed}: create it with PrivacyLedger(..., reproducible_seed="
+            f"{noise_seed}) so that it marks this seeded release as reproducible research only "
+            "(anyone who knows the seed can recompute the noise).")
+    key, reproducible = noise_key(noise_seed)
+    if reproducible:
+        key = jax.random.fold_in(key, zlib.crc32(mechanism.encode()) % (2**31))
+        key = jax.random.fold_in(key, 0 if ledger is None else len(ledger))
+        key = jax.random.fold_in(key, int(draw))
+    return key, reproducible
 
 
 @functools.lru_cache(maxsize=64)
@@ -123,8 +161,10 @@ class Client:
 
     epsilon: target ε of one response (> 0; `inf` releases exact counts, for ablations only).
     delta: δ of the response, in (0, 1).
-    noise_seed: None (default) draws the noise key from OS entropy; an int makes the run
-      reproducible and the ledger marks it research-only.
+    noise_seed: None (default) draws every response's noise key from OS entropy; an int makes
+      the responses reproducible (research only): `respond` then needs a ledger created with
+      `reproducible_seed=noise_seed` (or none), and each response still draws fresh noise
+      (see `release_key`).
     count_dtype: wire encoding of the response, one of COUNT_DTYPES (see `encode_counts`).
     """
 
@@ -135,6 +175,8 @@ class Client:
     noise_seed: int | None = None
     count_dtype: str = "float32"
     sigma: float = dataclasses.field(init=False)
+    # Responses given so far: folded into a seeded key so that no two responses share noise.
+    responses: int = dataclasses.field(default=0, init=False)
 
     def __post_init__(self):
         self.features = _check_features("Client", self.features)
@@ -147,17 +189,24 @@ class Client:
             float(self.epsilon), float(self.delta), self.accountant)
 
     def respond(self, message: Centroids, ledger: PrivacyLedger | None = None) -> NoisyCoverage:
-        """Counts coverage of `message.centroids` and releases it with Gaussian noise σ."""
+        """Counts coverage of `message.centroids` and releases it with Gaussian noise σ.
+
+        Records the release in `ledger` (when given) as `GaussianDpEvent(σ)` with L2
+        sensitivity 1 under add-or-remove-one; raises ValueError for a seeded client and a
+        ledger not created with `reproducible_seed=noise_seed`.
+        """
         counts = coverage_counts(self.features, message.centroids).astype(np.float32)
-        key, reproducible = noise_key(self.noise_seed)
+        key, reproducible = release_key(self.noise_seed, ledger, mechanism=LEDGER_NAME,
+                                        draw=self.responses)
+        self.responses += 1
         noisy = counts if self.sigma == 0 else np.asarray(
             gaussian_mechanism(key, counts, sigma=self.sigma, l2_sensitivity=1.0), np.float32)
         if ledger is not None and self.sigma > 0:
-            ledger.record("ecos_client_response", dp_accounting.GaussianDpEvent(self.sigma),
+            ledger.record(LEDGER_NAME, dp_accounting.GaussianDpEvent(self.sigma),
                           sensitivity=SENSITIVITY, num_centroids=int(counts.shape[0]),
                           target_epsilon=self.epsilon, reproducible_noise=reproducible)
         elif ledger is not None:
-            ledger.record("ecos_client_response", dp_accounting.NonPrivateDpEvent(),
+            ledger.record(LEDGER_NAME, dp_accounting.NonPrivateDpEvent(),
                           sensitivity=SENSITIVITY, num_centroids=int(counts.shape[0]))
         return NoisyCoverage(counts=encode_counts(noisy, self.count_dtype), sigma=self.sigma)
 
