@@ -104,3 +104,51 @@ def test_bad_delta_and_unreachable_target():
         accounting.epsilon(ev, 1e-5, "moments")
     with pytest.raises(ValueError, match="DpEvent"):
         accounting.epsilon(1.0, 1e-5)
+
+
+def test_truncated_poisson_event_is_the_sampler_that_runs():
+    n, q, steps = 6000, 256 / 6000, 200
+    ev = accounting.dpsgd_event(q, 1.0, steps, dataset_size=n, max_batch_size=268)
+    assert ev == dp_accounting.SelfComposedDpEvent(
+        dp_accounting.TruncatedSubsampledGaussianDpEvent(n, q, 268, 1.0), steps)
+    assert accounting.supported_accountants(ev) == ("pld",)
+    # A tight cap costs far more than the plain Poisson analysis claims.
+    assert accounting.epsilon(ev, 1e-5, "pld") > 2 * accounting.epsilon(
+        accounting.dpsgd_event(q, 1.0, steps), 1e-5, "pld")
+    assert accounting.epsilon(ev, 1e-5, "pld") == _direct(ev, 1e-5, "pld")
+    # M = N cannot truncate: the Poisson event.
+    assert accounting.dpsgd_event(q, 1.0, steps, dataset_size=n, max_batch_size=n) == \
+        accounting.dpsgd_event(q, 1.0, steps)
+    sigma = accounting.calibrate_dpsgd_sigma(3.0, 1e-5, q=q, steps=steps, dataset_size=n,
+                                             max_batch_size=268)
+    eps = _direct(accounting.dpsgd_event(q, sigma, steps, dataset_size=n, max_batch_size=268),
+                  1e-5, "pld")
+    assert eps <= 3.0 and eps == pytest.approx(3.0, rel=2e-3)
+    with pytest.raises(ValueError, match="Poisson sampling only"):
+        accounting.dpsgd_event(q, 1.0, steps, "shuffle", dataset_size=n, max_batch_size=268)
+    with pytest.raises(ValueError, match="dataset_size"):
+        accounting.dpsgd_event(q, 1.0, steps, max_batch_size=268)
+
+
+@pytest.mark.parametrize("eps", [100.0, 1000.0, 1e4])
+def test_calibration_at_large_epsilon_returns_a_valid_sigma(eps):
+    # Used to run for minutes and gigabytes (PLD on a 1e-4 grid); the grid now widens with ε.
+    for acc in ("rdp", "pld"):
+        sigma = accounting.calibrate_gaussian_sigma(eps, 1e-5, accountant=acc)
+        got = accounting.epsilon(dp_accounting.GaussianDpEvent(sigma), 1e-5, acc)
+        assert got <= eps and got == pytest.approx(eps, rel=1e-3)
+    sigma = accounting.calibrate_dpsgd_sigma(eps, 1e-5, q=0.01, steps=100, accountant="pld")
+    assert accounting.epsilon(accounting.dpsgd_event(0.01, sigma, 100), 1e-5, "pld") <= eps
+    with pytest.raises(ValueError, match="protects nothing"):
+        accounting.calibrate_gaussian_sigma(2e4, 1e-5)
+
+
+def test_pld_grid_is_the_default_at_moderate_epsilon_and_only_rounds_up():
+    ev = dp_accounting.GaussianDpEvent(1.0)  # ε ≈ 4.4
+    assert accounting.pld_interval(ev, 1e-5) == 1e-4
+    big = dp_accounting.GaussianDpEvent(0.1)  # ε ≈ 92
+    step = accounting.pld_interval(big, 1e-5)
+    assert step > 1e-4
+    fine = pld.PLDAccountant(value_discretization_interval=1e-4).compose(big).get_epsilon(1e-5)
+    got = accounting.epsilon(big, 1e-5, "pld")
+    assert fine <= got <= fine * (1 + 1e-4)  # pessimistic: never below the fine-grid ε

@@ -82,3 +82,47 @@ def test_bad_input():
     with pytest.raises(ValueError, match="JSON"):
         ledger.record("x", dp_accounting.GaussianDpEvent(1.0), sensitivity="L2 = 1", f=object())
     assert len(ledger) == 0
+
+
+def test_relation_recorded_and_mixed_relations_refused(tmp_path):
+    ledger = PrivacyLedger(DELTA)
+    ledger.record("model", accounting.dpsgd_event(0.02, 1.2, 300), sensitivity="L2 = C")
+    with pytest.raises(ValueError, match="one neighbouring relation"):
+        ledger.record("scores", dp_accounting.LaplaceDpEvent(1.0), sensitivity="L1 = B",
+                      relation="replace_one")
+    assert len(ledger) == 1
+    d = ledger.to_dict()
+    assert d["neighboring_relation"] == "add_or_remove_one"
+    assert d["entries"][0]["relation"] == "add_or_remove_one"
+
+    shuffle = PrivacyLedger(DELTA, relation="replace_one")
+    shuffle.record("model", accounting.dpsgd_event(0.1, 2.0, 25, sampling="shuffle"),
+                   sensitivity="L2 = 2C under replace-one")
+    shuffle.record("scores", dp_accounting.LaplaceDpEvent(1.0), sensitivity="L1 = B")
+    path = tmp_path / "l.json"
+    shuffle.save(path)
+    again = PrivacyLedger.load(path)
+    assert again.relation == "replace_one"
+    assert [e.relation for e in again.entries] == ["replace_one"] * 2
+    assert again.epsilon() == shuffle.epsilon()
+    # Amplification by sampling is an add/remove analysis: a replace-one Poisson entry is refused.
+    with pytest.raises(ValueError, match="add_or_remove_one only"):
+        shuffle.record("poisson", accounting.dpsgd_event(0.1, 2.0, 25), sensitivity="L2 = C")
+    with pytest.raises(ValueError, match="relation"):
+        PrivacyLedger(DELTA, relation="swap_two")
+
+
+def test_pld_only_event_is_composed_by_pld_and_refused_by_rdp():
+    ev = accounting.dpsgd_event(0.05, 1.0, 20, dataset_size=1000, max_batch_size=52)
+    assert isinstance(ev.event, dp_accounting.TruncatedSubsampledGaussianDpEvent)
+    ledger = PrivacyLedger(DELTA)
+    ledger.record("model", ev, sensitivity="L2 = C")
+    ledger.record("counts", dp_accounting.GaussianDpEvent(6.7), sensitivity="L2 = 1")
+    assert ledger.accountants() == ("pld",)
+    hand = dp_accounting.ComposedDpEvent([ev, dp_accounting.GaussianDpEvent(6.7)])
+    assert ledger.epsilon(accountant="pld") == pld.PLDAccountant().compose(hand).get_epsilon(DELTA)
+    with pytest.raises(ValueError, match="'rdp' accountant cannot compose entry 'model'"):
+        ledger.epsilon()
+    d = ledger.to_dict()
+    assert d["total_epsilon"]["rdp"] is None and d["entries"][0]["epsilon"]["rdp"] is None
+    assert d["total_epsilon"]["pld"] == pytest.approx(ledger.epsilon(accountant="pld"))

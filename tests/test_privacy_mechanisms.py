@@ -42,6 +42,11 @@ def test_sigma_zero_is_identity_and_ints_promote():
         (mechanisms.gaussian_mechanism, dict(sigma=1.0, l2_sensitivity=0.0), "l2_sensitivity"),
         (mechanisms.laplace_mechanism, dict(epsilon=0.0, l1_sensitivity=1.0), "epsilon"),
         (mechanisms.laplace_mechanism, dict(epsilon=1.0, l1_sensitivity=-2.0), "l1_sensitivity"),
+        # Infinite parameters: exact values or +-inf would leave silently.
+        (mechanisms.laplace_mechanism, dict(epsilon=float("inf"), l1_sensitivity=1.0), "finite"),
+        (mechanisms.gaussian_mechanism, dict(sigma=float("inf")), "finite"),
+        (mechanisms.gaussian_mechanism, dict(sigma=1.0, l2_sensitivity=float("inf")), "finite"),
+        (mechanisms.laplace_mechanism, dict(epsilon=1.0, l1_sensitivity=float("inf")), "finite"),
     ],
 )
 def test_bad_mechanism_parameters(fn, kw, match):

@@ -13,6 +13,17 @@ reports the total ε with either accountant; `save` writes it beside the run's r
     0.58
     >>> ledger.save("runs/x/ledger.json")
 
+One ledger composes releases analysed under ONE neighbouring relation (`relation`:
+"add_or_remove_one" — the default, and the only one under which sampled events such as
+Poisson DP-SGD are analysed — or "replace_one", e.g. shuffled DP-SGD or a per-sample score
+release over a public set of ids). Each entry states its relation; an entry under another
+relation is refused, because composing the two would state neither guarantee. Keep one ledger
+per relation and report both.
+
+Some events can be composed by one accountant only (truncated Poisson sampling: PLD). Such a
+ledger reports ε for the accountants that can compose all of its entries (`accountants()`), and
+`epsilon(accountant=...)` with another one raises, naming the entry.
+
 A ledger whose noise key came from a fixed seed (`reproducible_seed`) is marked
 reproducible-research-only: its noise is predictable to anyone who knows the seed, so its ε is
 not a guarantee against such an adversary.
@@ -89,6 +100,7 @@ class LedgerEntry:
     event: dp_accounting.DpEvent
     sensitivity: str
     meta: dict
+    relation: str = "add_or_remove_one"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -103,6 +115,13 @@ class LedgerEntry:
                 f"entry {self.name!r}: state the sensitivity the event assumes, e.g. "
                 "'L2 = 1: each client sample changes one count by one'."
             )
+        accounting.check_relation(self.relation)
+        if self.relation != "add_or_remove_one" and accounting.is_sampled(self.event):
+            raise ValueError(
+                f"entry {self.name!r}: a sampled event (Poisson, truncated Poisson, ...) is "
+                "accounted with amplification by sampling, which holds under add_or_remove_one "
+                f"only, not under {self.relation}."
+            )
 
 
 class PrivacyLedger:
@@ -111,6 +130,7 @@ class PrivacyLedger:
     Args:
       delta: the δ at which totals are reported; in (0, 1).
       accountant: default accountant for `epsilon`, `"rdp"` or `"pld"`.
+      relation: the neighbouring relation every entry is analysed under (`RELATIONS`).
       reproducible_seed: the seed the noise key came from, or None for OS entropy (see
         `ecos_jax.privacy.keys.noise_key`); a seeded ledger is marked reproducible-only.
       dataset_size: when given, δ < 1/N is enforced (unless `allow_large_delta`).
@@ -121,6 +141,7 @@ class PrivacyLedger:
         delta: float = 1e-5,
         *,
         accountant: str = "rdp",
+        relation: str = "add_or_remove_one",
         reproducible_seed: int | None = None,
         dataset_size: int | None = None,
         allow_large_delta: bool = False,
@@ -137,6 +158,7 @@ class PrivacyLedger:
         ):
             raise ValueError(f"reproducible_seed must be an int or None, got {reproducible_seed!r}.")
         self.accountant = accountant
+        self.relation = accounting.check_relation(relation)
         self.reproducible_seed = reproducible_seed
         self.dataset_size = dataset_size
         self.entries: list[LedgerEntry] = []
@@ -147,14 +169,37 @@ class PrivacyLedger:
         return self.reproducible_seed is not None
 
     def record(
-        self, name: str, event: dp_accounting.DpEvent, *, sensitivity: str, **meta
+        self,
+        name: str,
+        event: dp_accounting.DpEvent,
+        *,
+        sensitivity: str,
+        relation: str | None = None,
+        **meta,
     ) -> None:
-        """Adds one private release. Both accountants must support `event`; `meta` is JSON."""
-        entry = LedgerEntry(name, event, sensitivity, _jsonable(meta))
-        for acc in accounting.ACCOUNTANTS:
-            if not accounting.make_accountant(acc).supports(event):
-                raise ValueError(f"entry {name!r}: the {acc!r} accountant cannot compose {event}.")
+        """Adds one private release; `meta` is JSON.
+
+        `sensitivity` states the bound the event assumes and `relation` the neighbouring
+        relation it holds under (None: the ledger's). An entry under another relation than the
+        ledger's, or an event no accountant can compose, is refused and nothing is recorded.
+        """
+        relation = self.relation if relation is None else relation
+        entry = LedgerEntry(name, event, sensitivity, _jsonable(meta), relation)
+        if relation != self.relation:
+            raise ValueError(
+                f"entry {name!r} holds under {relation} but this ledger composes "
+                f"{self.relation} releases: one ledger composes one neighbouring relation "
+                "(keep a ledger per relation and report each)."
+            )
+        if not accounting.supported_accountants(event):
+            raise ValueError(f"entry {name!r}: the accountants {accounting.ACCOUNTANTS} cannot "
+                             f"compose {event}.")
         self.entries.append(entry)
+
+    def accountants(self) -> tuple[str, ...]:
+        """The accountants that can compose every entry (both when empty)."""
+        return tuple(a for a in accounting.ACCOUNTANTS
+                     if all(a in accounting.supported_accountants(e.event) for e in self.entries))
 
     def composed_event(self) -> dp_accounting.DpEvent:
         """All entries as one `ComposedDpEvent` (a `NoOpDpEvent` when empty)."""
@@ -163,43 +208,60 @@ class PrivacyLedger:
         return dp_accounting.ComposedDpEvent([e.event for e in self.entries])
 
     def epsilon(self, delta: float | None = None, accountant: str | None = None) -> float:
-        """Total ε over all entries at `delta` (default: the ledger's); 0.0 when empty."""
+        """Total ε over all entries at `delta` (default: the ledger's); 0.0 when empty.
+
+        Raises ValueError when `accountant` cannot compose an entry (see `accountants()`).
+        """
+        accountant = self.accountant if accountant is None else accountant
+        if accountant not in accounting.ACCOUNTANTS:
+            raise ValueError(
+                f"accountant must be one of {accounting.ACCOUNTANTS}, got {accountant!r}.")
         if not self.entries:
             return 0.0
+        for e in self.entries:
+            if accountant not in accounting.supported_accountants(e.event):
+                raise ValueError(
+                    f"the {accountant!r} accountant cannot compose entry {e.name!r}; this "
+                    f"ledger is accounted with {self.accountants() or 'no accountant'}.")
         return accounting.epsilon(
-            self.composed_event(),
-            self.delta if delta is None else delta,
-            self.accountant if accountant is None else accountant,
-        )
+            self.composed_event(), self.delta if delta is None else delta, accountant)
 
     total_epsilon = epsilon  # the name ARCHITECTURE.md uses
 
     def to_dict(self) -> dict:
-        """JSON-serialisable summary: entries with events and per-entry ε, totals, δ, flags."""
+        """JSON-serialisable summary: entries with events and per-entry ε, totals, δ, flags.
+
+        ε of an accountant that cannot compose an entry (or the ledger) is written as null.
+        """
         entries = []
         for e in self.entries:
+            supported = accounting.supported_accountants(e.event)
             entries.append(
                 {
                     "name": e.name,
+                    "relation": e.relation,
                     "sensitivity": e.sensitivity,
                     "event": event_to_json(e.event),
                     "epsilon": {
-                        acc: accounting.epsilon(e.event, self.delta, acc)
+                        acc: accounting.epsilon(e.event, self.delta, acc) if acc in supported
+                        else None
                         for acc in accounting.ACCOUNTANTS
                     },
                     "meta": e.meta,
                 }
             )
+        usable = self.accountants()
         out = {
             "delta": self.delta,
             "accountant": self.accountant,
-            "neighboring_relation": "add_or_remove_one",
+            "neighboring_relation": self.relation,
             "reproducible": self.reproducible,
             "reproducible_seed": self.reproducible_seed,
             "dataset_size": self.dataset_size,
             "entries": entries,
             "total_epsilon": {
-                acc: self.epsilon(accountant=acc) for acc in accounting.ACCOUNTANTS
+                acc: self.epsilon(accountant=acc) if acc in usable else None
+                for acc in accounting.ACCOUNTANTS
             },
         }
         if self.reproducible:
@@ -225,15 +287,18 @@ class PrivacyLedger:
     @classmethod
     def from_dict(cls, data: dict) -> PrivacyLedger:
         """Rebuilds a ledger from `to_dict()` output (events included, ε recomputed on demand)."""
+        relation = data.get("neighboring_relation", "add_or_remove_one")
         ledger = cls(
             data["delta"],
             accountant=data.get("accountant", "rdp"),
+            relation=relation,
             reproducible_seed=data.get("reproducible_seed"),
         )
         ledger.dataset_size = data.get("dataset_size")
         for e in data["entries"]:
             ledger.record(
-                e["name"], event_from_json(e["event"]), sensitivity=e["sensitivity"], **e["meta"]
+                e["name"], event_from_json(e["event"]), sensitivity=e["sensitivity"],
+                relation=e.get("relation", relation), **e["meta"],
             )
         return ledger
 
@@ -248,7 +313,7 @@ class PrivacyLedger:
 
     def __repr__(self) -> str:
         names = ", ".join(e.name for e in self.entries)
-        return f"PrivacyLedger(delta={self.delta}, entries=[{names}])"
+        return f"PrivacyLedger(delta={self.delta}, relation={self.relation}, entries=[{names}])"
 
 
 __all__ = ["PrivacyLedger", "LedgerEntry", "event_to_json", "event_from_json"]

@@ -9,7 +9,8 @@ Pure functions; the caller records the matching event in its `PrivacyLedger`:
 
 `dp_accounting.LaplaceDpEvent(b)` takes the noise scale per unit L1 sensitivity, so the event
 for `laplace_mechanism(epsilon=ε)` is `LaplaceDpEvent(1 / ε)` (see `laplace_event`).
-Mechanism parameters are Python floats, validated before any tracing.
+Mechanism parameters are finite Python floats, validated before any tracing: ε = inf or
+σ = inf is refused rather than silently releasing exact values or infinities.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     ok = value >= 0.0 if allow_zero else value > 0.0
     if not ok or math.isnan(value):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}.")
+    if math.isinf(value):
+        # ε = inf would silently release exact values; σ = inf returns ±inf, not a release.
+        raise ValueError(
+            f"{name} must be finite, got {value}: a non-private release needs no mechanism "
+            "(and no ledger entry); infinite noise releases nothing."
+        )
     return value
 
 
