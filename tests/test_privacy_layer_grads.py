@@ -161,3 +161,26 @@ def test_fast_pool_gradient_equals_select_and_scatter_with_ties():
         np.testing.assert_array_equal(y_fast, y_ref)
         np.testing.assert_array_equal(dx_fast, dx_ref)
     _close(got, want, rtol=1e-5)
+
+
+def test_padding_and_nonfinite_rows_add_exact_zeros():
+    # 0 * NaN = NaN: rows that do not count must be selected away, in both formulations.
+    model, params, x, y = _setup("mlp", 8, hidden=(16, 8))
+    bad = np.array(x)
+    bad[1] = np.nan  # padding (MASK[1] = 0)
+    bad[2] = np.inf  # sampled, non-finite gradient: zeroed and reported
+    keep = MASK * (np.arange(B) != 2)
+
+    @jax.jit
+    def run(params, x, bad):
+        ref = per_sample.per_example_grads(per_sample.example_loss(model), params, bad, y)
+        return (layer_grads.clipped_grad_sum(model, params, bad, y, l2_norm_clip=0.3, mask=MASK),
+                clipping.clipped_sum(ref, 0.3, mask=MASK)[0],
+                layer_grads.clipped_grad_sum(model, params, x, y, l2_norm_clip=0.3, mask=keep)[0])
+
+    (got, aux), got_vmap, want = run(params, x, bad)
+    for u, v, w in zip(*map(jax.tree.leaves, (got, got_vmap, want))):
+        assert np.isfinite(u).all() and np.isfinite(v).all()
+        np.testing.assert_allclose(u, w, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(v, w, rtol=2e-5, atol=1e-6)
+    np.testing.assert_array_equal(aux["nonfinite"], [False, True, True, False, False, False])

@@ -1,4 +1,4 @@
-"""Per-example gradient clipping (SPEC §1.2), as pure functions and an optax-style transform.
+"""Per-example gradient clipping, as pure functions and an optax-style transform.
 
 Flat clipping scales example i's whole gradient to norm ≤ C: ḡ_i = g_i · min(1, C/‖g_i‖₂).
 Per-layer clipping scales each of the L layers (parameter groups) to ≤ C/√L, so the example's
@@ -10,6 +10,14 @@ mask, and returns the masked sum of clipped gradients (no batch axis):
 
     >>> tx = optax.chain(clip_and_sum(1.0), add_gaussian_noise(...), optax.adam(1e-3))
     >>> updates, state = tx.update(per_example_grads, state, params, mask=mask)
+
+Rows that do not count contribute exactly zero, whatever their values. Two kinds of rows do not
+count: padding (mask 0) and examples whose gradient is not finite (a NaN or inf coordinate, or
+a norm that overflows float32). Both are *selected away* with `jnp.where`, never multiplied by
+0: 0 · NaN = NaN, so a masked-by-multiplication NaN row would poison the whole sum. Zeroing a
+non-finite example before clipping keeps the sum's sensitivity at C (its contribution, 0, has
+norm ≤ C like any clipped gradient), so the rule costs no privacy; callers count such rows
+(`nonfinite_rows`) so they are never silently dropped.
 """
 
 from __future__ import annotations
@@ -49,6 +57,22 @@ def _sq_norms(leaves: list[jax.Array]) -> jax.Array:
     return sum(jnp.sum(jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32) ** 2, 1) for x in leaves)
 
 
+def nonfinite_rows(norms: jax.Array) -> jax.Array:
+    """`[B]` bool: rows whose gradient norm is NaN or inf (these rows are zeroed, not clipped)."""
+    return ~jnp.isfinite(norms)
+
+
+def _keep(norms: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """`[B]` bool: rows that contribute: included by `mask` (nonzero) and with a finite gradient."""
+    keep = jnp.isfinite(norms)
+    return keep if mask is None else keep & (mask != 0)
+
+
+def _rows(keep: jax.Array, x: jax.Array) -> jax.Array:
+    """`x` `[B, ...]` with the rows where `keep` is False replaced by exact zeros."""
+    return jnp.where(keep.reshape(-1, *[1] * (x.ndim - 1)), x, jnp.zeros((), x.dtype))
+
+
 def clip_weights(
     per_example: PyTree, l2_norm_clip: float, *, clipping: str = "flat"
 ) -> tuple[list[jax.Array], jax.Array]:
@@ -74,10 +98,15 @@ def clip_weights(
 def clip_per_example(
     per_example: PyTree, l2_norm_clip: float, *, clipping: str = "flat"
 ) -> tuple[PyTree, jax.Array]:
-    """Clipped per-example gradients (same structure, leading `[B]`) and un-clipped norms `[B]`."""
+    """Clipped per-example gradients (same structure, leading `[B]`) and un-clipped norms `[B]`.
+
+    A row with a non-finite gradient comes back as exact zeros (see the module docstring).
+    """
     weights, norms = clip_weights(per_example, l2_norm_clip, clipping=clipping)
+    keep = _keep(norms, None)
     leaves, treedef = jax.tree.flatten(per_example)
-    clipped = [x * w.reshape(-1, *([1] * (x.ndim - 1))).astype(x.dtype) for x, w in zip(leaves, weights)]
+    clipped = [_rows(keep, x * w.reshape(-1, *([1] * (x.ndim - 1))).astype(x.dtype))
+               for x, w in zip(leaves, weights)]
     return jax.tree.unflatten(treedef, clipped), norms
 
 
@@ -88,11 +117,16 @@ def clipped_sum(
     mask: jax.Array | None = None,
     clipping: str = "flat",
 ) -> tuple[PyTree, jax.Array]:
-    """Σ_i m_i ḡ_i (no batch axis) and the un-clipped norms `[B]`; L2 sensitivity C."""
+    """Σ_i m_i ḡ_i (no batch axis) and the un-clipped norms `[B]`; L2 sensitivity C.
+
+    Rows with mask 0 or a non-finite gradient contribute exact zeros whatever their values.
+    """
     weights, norms = clip_weights(per_example, l2_norm_clip, clipping=clipping)
+    keep = _keep(norms, mask)
     m = jnp.ones_like(norms) if mask is None else mask.astype(jnp.float32)
     leaves, treedef = jax.tree.flatten(per_example)
-    sums = [jnp.tensordot(m * w, x.astype(jnp.float32), 1).astype(x.dtype) for x, w in zip(leaves, weights)]
+    sums = [jnp.tensordot(jnp.where(keep, m * w, 0.0), _rows(keep, x).astype(jnp.float32), 1)
+            .astype(x.dtype) for x, w in zip(leaves, weights)]
     return jax.tree.unflatten(treedef, sums), norms
 
 
@@ -107,6 +141,7 @@ def clip_and_sum(
 
     `update(per_example_grads, state, params=None, *, mask=None)`; `mask` `[B]` marks real
     examples (padding rows of a Poisson batch get 0). C is a Python float (validated here).
+    Padding rows and rows with a non-finite gradient add exact zeros (module docstring).
     """
     c = check_clip(l2_norm_clip)
     if clipping not in CLIPPINGS:

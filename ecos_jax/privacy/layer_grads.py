@@ -1,6 +1,6 @@
 """Per-example gradients, norms and clipped sums from layer inputs and output gradients.
 
-The fast path for DP-SGD (SPEC §1.1-1.3). For a Dense or Conv layer y = a·W + b, example i's
+The fast path for DP-SGD (per-example gradients, clipping, clipped sum). For a Dense or Conv layer y = a·W + b, example i's
 weight gradient is a sum of outer products of that example's layer input a_i and output
 gradient δ_i = ∂ℓ_i/∂y_i:
 
@@ -16,6 +16,12 @@ clipped sum Σ_i w_i ∇ℓ_i directly, with w_i = m_i·min(1, C/‖∇ℓ_i‖)
 / mixed ghost-clipping formulation (Bu et al. 2022, Li et al. 2022), and it replaces XLA's
 CPU backward-filter convolution, which is several times slower than its forward one, by
 patches and matrix products.
+
+Rows that do not count contribute exact zeros whatever their values: padding rows (mask 0) and
+examples whose gradient is not finite (a NaN/inf, or a norm overflowing float32). They are
+selected away with `jnp.where` in the weights and in the factors (a, δ) the sums are built
+from, because a weight of 0 times a NaN factor is still NaN. Zeroing a non-finite example keeps
+the sum's L2 sensitivity at C; `aux["nonfinite"]` reports such rows so callers can count them.
 
 Supported layers: `nn.Dense` and 2-D `nn.Conv` (any strides and padding; no dilation or
 feature groups), each called once per forward pass; every parameter must belong to one of
@@ -299,24 +305,35 @@ def _clipped_chunk(model, loss, l2_norm_clip, per_layer, params, x, y, mask):
         sq[path], kernels[path] = _per_layer_sq_norms(layer, *factors[path])
     layer_norms = jnp.sqrt(jnp.stack([sq[p] for p in layers], axis=1))  # [B, L]
     norms = jnp.sqrt(jnp.sum(layer_norms**2, axis=1))
+    # Rows that count: included and with a finite gradient. Every other row (padding, or an
+    # example whose gradient has a NaN/inf) is selected away with `where` in the weights AND in
+    # the factors the sums are built from: a weight of 0 would still give 0 · NaN = NaN.
+    finite = jnp.isfinite(norms)
+    keep = finite & (mask != 0)
     m = mask.astype(jnp.float32)
     if per_layer:
         # Each of the L layers gets C/sqrt(L), so the whole update still has sensitivity C.
         clip = l2_norm_clip / jnp.sqrt(len(layers))
         w = m[:, None] * jnp.minimum(1.0, clip / jnp.maximum(layer_norms, 1e-12))
+        w = jnp.where(keep[:, None], w, 0.0)
         weights = {p: w[:, i] for i, p in enumerate(layers)}
     else:
         w = m * jnp.minimum(1.0, l2_norm_clip / jnp.maximum(norms, 1e-12))
+        w = jnp.where(keep, w, 0.0)
         weights = {p: w for p in layers}
-    sums = {
-        path: _weighted_sum(
-            layer, *factors[path], kernels[path], weights[path],
-            _get(params["params"], path)["kernel"].shape,
-        )
-        for path, layer in layers.items()
-    }
-    aux = {"norms": norms, "losses": losses, "logits": logits}
+    sums = {}
+    for path, layer in layers.items():
+        a, d = (_zero_rows(keep, f) for f in factors[path])
+        kernel = None if kernels[path] is None else _zero_rows(keep, kernels[path])
+        sums[path] = _weighted_sum(layer, a, d, kernel, weights[path],
+                                   _get(params["params"], path)["kernel"].shape)
+    aux = {"norms": norms, "losses": losses, "logits": logits, "nonfinite": ~finite}
     return _assemble(params, sums), aux
+
+
+def _zero_rows(keep: jax.Array, x: jax.Array) -> jax.Array:
+    """`x` `[B, ...]` with the rows where `keep` is False replaced by exact zeros."""
+    return jnp.where(keep.reshape(-1, *[1] * (x.ndim - 1)), x, jnp.zeros((), x.dtype))
 
 
 def _scan_chunks(fn, microbatch_size: int | None, *batched):
@@ -361,14 +378,16 @@ def clipped_grad_sum(
       x: `[B, ...]` inputs; y: `[B]` targets for `loss`.
       l2_norm_clip: C > 0. Flat: each example's whole gradient is scaled to norm ≤ C.
         Per-layer: each of the L layers is scaled to norm ≤ C/√L (total still ≤ C).
-      mask: `[B]` bool/0-1 inclusion mask (padding rows get 0); None includes all.
+      mask: `[B]` bool/0-1 inclusion mask (padding rows get 0; they add exact zeros whatever
+        their values); None includes all.
       per_layer: per-layer instead of flat clipping.
       loss: per-example loss `(logits [B, K], y [B]) -> [B]`.
       microbatch_size: examples per chunk (bounded memory), None for the whole batch.
 
     Returns:
       `(grad_sum, aux)`: a pytree like `params`, and `aux` with `norms` [B] (un-clipped
-      ‖∇ℓ_i‖₂), `losses` [B] and `logits` [B, K].
+      ‖∇ℓ_i‖₂), `losses` [B], `logits` [B, K] and `nonfinite` [B] bool (gradient with a NaN
+      or inf: that row, like a padding row, adds exact zeros to the sum).
     """
     if mask is None:
         mask = jnp.ones(x.shape[0], jnp.float32)
