@@ -182,3 +182,62 @@ def test_train_counts_truncation_and_reports_its_epsilon():
     truncated = dp_accounting.SelfComposedDpEvent(
         dp_accounting.TruncatedSubsampledGaussianDpEvent(N, B / N, 5, 1.2), 7)
     assert meta["epsilon_pld_truncated_poisson"] == accounting.epsilon(truncated, 1e-3, "pld")
+
+
+def _poisoned(x, rows, value=np.nan):
+    x = np.array(x)
+    x[rows] = value
+    return x
+
+
+@pytest.mark.parametrize("grad_method", ["layers", "vmap"])
+def test_padding_and_nonfinite_rows_add_exact_zeros(grad_method):
+    # Padding slots point at dataset row 0; a NaN/inf there used to reach the sum through
+    # 0 * NaN. Padded rows must add exact zeros whatever they hold, and a sampled example
+    # with a non-finite gradient is zeroed (not clipped) and counted.
+    model, params, x, y = _data()
+    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.0,
+                            grad_method=grad_method)
+    init, step = dpsgd.make_dp_step(model, optax.sgd(0.5), cfg, key=jax.random.key(0))
+    state = init(params)
+    xb, yb = x[:B], y[:B]
+    mask = np.arange(B) < 5  # rows 5.. are padding
+    clean, m_clean = step(state, xb, yb, mask)
+    nan_pad, m_nan = step(state, _poisoned(xb, [5, 6]), yb, mask)
+    inf_pad, _ = step(state, _poisoned(xb, [7], np.inf), yb, mask)
+    # A sampled NaN example (row 4) counts as a zero: same update as leaving it out, since
+    # the noisy sum is divided by the expected batch size, not the realised one.
+    sampled_nan, m_sampled = step(state, _poisoned(xb, [4]), yb, mask)
+    without, _ = step(state, xb, yb, np.arange(B) < 4)
+    for a, b, c, d, e in zip(*(jax.tree.leaves(s.params) for s in
+                               (clean, nan_pad, inf_pad, sampled_nan, without))):
+        assert all(np.isfinite(v).all() for v in (a, b, c, d, e))
+        np.testing.assert_array_equal(b, a)
+        np.testing.assert_array_equal(c, a)
+        np.testing.assert_array_equal(d, e)
+    assert float(m_clean["nonfinite"]) == float(m_nan["nonfinite"]) == 0.0
+    assert float(m_sampled["nonfinite"]) == 1.0 and float(m_sampled["batch_size"]) == 5.0
+    assert np.isfinite(float(m_sampled["loss"])) and np.isfinite(float(m_nan["loss"]))
+
+
+def test_nan_at_row_zero_does_not_poison_training():
+    # Before the fix every run with a NaN input at index 0 ended NaN, sampled or not.
+    model, params, x, y = _data()
+    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=4, noise_multiplier=1.0)
+
+    def run(data, **kw):
+        return dpsgd.train(model, params, data, y, cfg, optax.sgd(0.1), seed=0, log_every=5,
+                           progress=False, **kw)
+
+    clean, poisoned = run(x, steps=5), run(_poisoned(x, [0]), steps=5)
+    # With this seed row 0 is never sampled: the run equals the one on clean data exactly.
+    assert poisoned.nonfinite_examples == 0
+    for a, b in zip(jax.tree.leaves(clean.params), jax.tree.leaves(poisoned.params)):
+        assert np.isfinite(b).all()
+        np.testing.assert_array_equal(a, b)
+    # Sampled often (q = 1/2): zeroed and counted each time, the run stays finite.
+    half = dpsgd.DPSGDConfig(dataset_size=N, batch_size=N // 2, noise_multiplier=1.0)
+    res = dpsgd.train(model, params, _poisoned(x, [0]), y, half, optax.sgd(0.1), seed=0,
+                      steps=4, log_every=2, progress=False)
+    assert res.nonfinite_examples == sum(h["nonfinite"] for h in res.history) > 0
+    assert all(np.isfinite(v).all() for v in jax.tree.leaves(res.params))

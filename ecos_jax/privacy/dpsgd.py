@@ -1,6 +1,6 @@
 """DP-SGD: per-example gradients → clip → Gaussian noise on the sum → any optax optimiser.
 
-SPEC §1. One jitted step `update_fn(state, x, y, mask) -> (state, metrics)`:
+One jitted step `update_fn(state, x, y, mask) -> (state, metrics)`:
 
     G = Σ_i m_i · clip_C(∇ℓ_i) + N(0, σ²C²I),     update = optimiser(G / (q·N))
 
@@ -8,6 +8,17 @@ with the per-example part from `layer_grads` (fast: from layer inputs and output
 default) or `ecos_jax.per_sample` (`vmap(grad)`, any model). `train` runs many such steps over
 Poisson-sampled, fixed-shape padded batches in one compiled `lax.scan`, counts truncated
 batches, and records the run's DpEvent in a `PrivacyLedger`.
+
+Rows that do not count add exact zeros, whatever data they hold: padding slots (which point
+at dataset row 0) and sampled examples whose gradient has a NaN or inf. Both are selected away
+with `jnp.where`, never multiplied by a 0 mask (0 · NaN = NaN). The rule for a non-finite
+gradient is: zero it before clipping and count it (`metrics["nonfinite"]`,
+`DPTrainResult.nonfinite_examples`). A zero contribution has norm ≤ C, so the sum's L2
+sensitivity stays C under adding or removing one example and the accounting is unchanged.
+
+`train(..., checkpoint_dir=...)` checkpoints the whole run state with orbax and resumes a
+killed run to the same parameters (`dpsgd_checkpoint`; the checkpoint holds the secret noise
+key and must be protected like the data).
 
     >>> config = DPSGDConfig(dataset_size=len(x), batch_size=256, l2_norm_clip=1.0,
     ...                      noise_multiplier=1.1)
@@ -20,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -33,7 +45,7 @@ import optax
 from tqdm.auto import tqdm
 
 from ecos_jax import per_sample
-from ecos_jax.privacy import accounting, clipping, layer_grads
+from ecos_jax.privacy import accounting, clipping, dpsgd_checkpoint, layer_grads
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.privacy.noise import add_gaussian_noise
@@ -112,7 +124,7 @@ class DPSGDConfig:
         return ShuffleSampler(self.dataset_size, self.batch_size)
 
     def event(self, steps: int) -> dp_accounting.DpEvent:
-        """The DpEvent of `steps` steps (SPEC §1.5); non-private when σ = 0."""
+        """The DpEvent of `steps` steps; non-private when σ = 0."""
         return accounting.dpsgd_event(self.sampling_rate, self.noise_multiplier, steps, self.sampling)
 
     def epsilon(self, steps: int, delta: float, accountant: str = "rdp") -> float:
@@ -144,8 +156,12 @@ def make_dp_step(
     """Builds `(init_fn, update_fn)` for DP-SGD with `optimizer` after clip and noise.
 
     `update_fn(state, x [M, ...], y [M], mask [M]) -> (state, metrics)` is pure and jitted;
-    rows with mask 0 (Poisson padding) contribute nothing. The noise key lives in the optimiser
-    state (`NoiseState`), advanced per step by `fold_in`.
+    rows with mask 0 (Poisson padding) contribute exact zeros whatever their values, and so do
+    sampled examples whose gradient is not finite (counted in `metrics["nonfinite"]`). The
+    noise key lives in the optimiser state (`NoiseState`), advanced per step by `fold_in`.
+
+    `metrics`: `loss`, `grad_norm`, `clipped_fraction` (means over the rows that contributed),
+    `batch_size` (examples sampled) and `nonfinite` (sampled examples zeroed), all float32 [].
 
     With grad_method="vmap", the chain is literally
     `optax.chain(clip_and_sum(C), add_gaussian_noise(σ, C, q·N), optimizer)` over
@@ -183,12 +199,18 @@ def make_dp_step(
             norms, losses = aux["norms"], aux["losses"]
         updates, opt_state = tx.update(grads, state.opt_state, state.params, mask=mask)
         params = optax.apply_updates(state.params, updates)
-        n = jnp.maximum(jnp.sum(mask), 1.0)
+        # Metrics over the rows that contributed; padding and non-finite rows are selected
+        # away (never multiplied by 0, which keeps a NaN).
+        sampled = mask != 0
+        finite = jnp.isfinite(norms)
+        kept = sampled & finite
+        n = jnp.maximum(jnp.sum(kept), 1).astype(jnp.float32)
         metrics = {
-            "loss": jnp.sum(losses * mask) / n,
-            "grad_norm": jnp.sum(norms * mask) / n,
-            "clipped_fraction": jnp.sum((norms > c) * mask) / n,
-            "batch_size": jnp.sum(mask),
+            "loss": jnp.sum(jnp.where(kept, losses, 0.0)) / n,
+            "grad_norm": jnp.sum(jnp.where(kept, norms, 0.0)) / n,
+            "clipped_fraction": jnp.sum(kept & (norms > c)) / n,
+            "batch_size": jnp.sum(sampled).astype(jnp.float32),
+            "nonfinite": jnp.sum(sampled & ~finite).astype(jnp.float32),
         }
         return DPTrainState(params, opt_state, state.step + 1), metrics
 
@@ -197,7 +219,11 @@ def make_dp_step(
 
 @dataclasses.dataclass
 class DPTrainResult:
-    """What `train` returns. `epsilon` is this run's own ε at the ledger's δ (RDP and PLD)."""
+    """What `train` returns. `epsilon` is this run's own ε at the ledger's δ per accountant.
+
+    `nonfinite_examples`: sampled examples whose gradient had a NaN/inf and was zeroed (see
+    `train`). `resumed_from`: the step the run was restored at from a checkpoint (0: fresh).
+    """
 
     params: PyTree
     history: list[dict[str, float]]
@@ -208,12 +234,17 @@ class DPTrainResult:
     truncated_batches: int
     reproducible: bool
     compilations: int
+    nonfinite_examples: int = 0
+    resumed_from: int = 0
 
 
 def _run_chunk(update_fn, state, sample_key, x_all, y_all, active, *, chunk, sampler_kind, n, q, m,
                shuffle_idx):
     """Up to `chunk` DP-SGD steps in one scan (the first `active` run; the rest are skipped so
-    every chunk has one compiled shape). Poisson batches are drawn inside, shuffled ones given."""
+    every chunk has one compiled shape). Poisson batches are drawn inside, shuffled ones given.
+
+    Returns (state, truncated examples, truncated batches, per-step metric means, per-step
+    metric sums, whether every parameter is finite)."""
 
     def one_step(state, t):
         if sampler_kind == "poisson":
@@ -241,9 +272,12 @@ def _run_chunk(update_fn, state, sample_key, x_all, y_all, active, *, chunk, sam
     (state, trunc, trunc_batches), metrics = jax.lax.scan(
         body, (state, zero, zero), jnp.arange(chunk)
     )
-    live = (jnp.arange(chunk) < active).astype(jnp.float32)
-    mean = jax.tree.map(lambda v: jnp.sum(v * live) / jnp.maximum(jnp.sum(live), 1.0), metrics)
-    return state, trunc, trunc_batches, mean
+    live = jnp.arange(chunk) < active
+    # Skipped steps are selected away: their zero metrics must not enter the means.
+    total = jax.tree.map(lambda v: jnp.sum(jnp.where(live, v, 0.0)), metrics)
+    mean = jax.tree.map(lambda v: v / jnp.maximum(jnp.sum(live), 1), total)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
+    return state, trunc, trunc_batches, mean, total, finite
 
 
 def train(
@@ -262,8 +296,31 @@ def train(
     log_every: int = 100,
     progress: bool = True,
     desc: str = "dp-sgd",
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    callback: Callable[[dict[str, float]], None] | None = None,
 ) -> DPTrainResult:
     """Trains with DP-SGD for `steps` steps and records the release in `ledger`.
+
+    Non-finite gradients: a sampled example whose gradient has a NaN or inf coordinate (or a
+    norm that overflows float32) is zeroed before clipping and counted (`nonfinite` in the
+    history, `nonfinite_examples` in the result, a warning in the log). Its contribution, 0,
+    has norm ≤ C like every clipped gradient, so the sensitivity and the privacy claim are
+    unchanged; padding rows likewise contribute exact zeros whatever data they point at. The
+    run stops with FloatingPointError if the parameters or the loss become non-finite, or if
+    no example sampled in a chunk had a finite gradient (the model diverged).
+
+    Resuming: with `checkpoint_dir`, the whole train state (params, optimiser state with the
+    noise key, step, sampling key, truncation / non-finite counters, history) is written there
+    with orbax every `checkpoint_every` steps (rounded up to whole chunks of `log_every`) and
+    at the end. Calling `train` again with the same arguments and directory resumes from the
+    latest checkpoint and ends with the same parameters as an uninterrupted run, bit for bit.
+    A checkpoint written by a run with another config, T, seed, `log_every`, state shapes,
+    loss or data is refused (ValueError). The release is recorded in `ledger` once, when the
+    run completes, with all T steps; an interrupted run records nothing (its parameters were
+    not released). The checkpoint holds the secret noise key (also with `seed=None`, where
+    it came from OS entropy): protect the directory like the training data
+    (`dpsgd_checkpoint`).
 
     Args:
       model, params: flax model and its initial `{"params": ...}` variables.
@@ -276,9 +333,14 @@ def train(
       ledger: where the model release is recorded (a new one is not created for you: pass
         one to keep the run's privacy claim).
       log_every: steps per compiled scan chunk and per history entry.
+      checkpoint_dir: where to checkpoint and resume the run; None: no checkpoints.
+      checkpoint_every: steps between checkpoints (default `log_every`).
+      callback: called with each history entry after the chunk (and its checkpoint) is done;
+        an exception it raises stops the run there.
 
     Returns:
-      `DPTrainResult` with the final params, per-chunk history, the event and its ε.
+      `DPTrainResult` with the final params, per-chunk history (means per step, except
+      `nonfinite`: the chunk's count), the event and its ε.
     """
     x = jnp.asarray(x)
     y = jnp.asarray(y)
@@ -291,6 +353,8 @@ def train(
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
     if log_every < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every}.")
+    if checkpoint_every is not None and (int(checkpoint_every) != checkpoint_every or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
     if ledger is not None and ledger.reproducible != (seed is not None):
         raise ValueError(
             f"ledger.reproducible_seed={ledger.reproducible_seed} but seed={seed}: create the "
@@ -303,46 +367,97 @@ def train(
     sampler = config.sampler()
     kind = "poisson" if isinstance(sampler, PoissonSampler) else "shuffle"
 
+    history: list[dict[str, float]] = []
+    trunc_total = trunc_batches_total = nonfinite_total = 0
+    done = 0
+    ckpt = None
+    if checkpoint_dir is not None:
+        carried = {"train": state, "sample_key": sample_k}
+        ckpt = dpsgd_checkpoint.RunCheckpointer(
+            checkpoint_dir,
+            dpsgd_checkpoint.fingerprint(config, steps=steps, seed=seed, log_every=log_every,
+                                         state=carried, x=x, y=y, loss=loss),
+            carried,
+        )
+        restored = ckpt.restore()
+        if restored is not None:
+            # The restored keys replace the ones just drawn (with seed=None a fresh OS draw
+            # would otherwise continue the run with different noise and batches).
+            carried, host = restored
+            state, sample_k = carried["train"], carried["sample_key"]
+            done = int(host["done"])
+            trunc_total, trunc_batches_total = host["truncated_examples"], host["truncated_batches"]
+            nonfinite_total, history = host["nonfinite_examples"], list(host["history"])
+            log.info("%s: resumed at step %d of %d from %s.", desc, done, steps, ckpt.directory)
+    resumed_from = done
+    every = int(checkpoint_every or log_every)
+    last_saved = done
+
     traces = []
     chunk = min(log_every, int(steps))
 
     @partial(jax.jit, donate_argnums=(0,))
-    def run(state, x_all, y_all, shuffle_idx, active):
+    def run(state, sample_key, x_all, y_all, shuffle_idx, active):
         traces.append(1)  # runs once per compilation
         return _run_chunk(
-            update_fn, state, sample_k, x_all, y_all, active, chunk=chunk, sampler_kind=kind,
+            update_fn, state, sample_key, x_all, y_all, active, chunk=chunk, sampler_kind=kind,
             n=config.dataset_size, q=config.sampling_rate, m=sampler.max_batch_size,
             shuffle_idx=shuffle_idx,
         )
 
-    history: list[dict[str, float]] = []
-    trunc_total = trunc_batches_total = 0
-    done = 0
     epochs: dict[int, jax.Array] = {}
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    while done < steps:
-        active = min(chunk, steps - done)
-        if kind == "shuffle":
-            rows = []
-            for t in range(done, done + chunk):
-                epoch, within = divmod(t, sampler.steps_per_epoch)
-                if epoch not in epochs:
-                    epochs = {epoch: sampler.epoch(jax.random.fold_in(sample_k, epoch))}
-                rows.append(epochs[epoch][within])
-            shuffle_idx = jnp.stack(rows)
-        else:
-            shuffle_idx = jnp.zeros((chunk, 1), jnp.int32)
-        state, trunc, trunc_b, metrics = run(state, x, y, shuffle_idx, jnp.int32(active))
-        done += active
-        trunc_total += int(trunc)
-        trunc_batches_total += int(trunc_b)
-        record = {"step": done, **{k: float(v) for k, v in metrics.items()}}
-        if not np.isfinite(record["loss"]):
-            raise FloatingPointError(f"{desc}: loss became {record['loss']} at step {done}.")
-        history.append(record)
-        bar.update(active)
-        bar.set_postfix(loss=round(record["loss"], 4), clipped=round(record["clipped_fraction"], 3))
-    bar.close()
+    bar = tqdm(total=steps, initial=done, desc=desc, disable=not progress, leave=False,
+               dynamic_ncols=True)
+    try:
+        while done < steps:
+            active = min(chunk, steps - done)
+            if kind == "shuffle":
+                rows = []
+                for t in range(done, done + chunk):
+                    epoch, within = divmod(t, sampler.steps_per_epoch)
+                    if epoch not in epochs:
+                        epochs = {epoch: sampler.epoch(jax.random.fold_in(sample_k, epoch))}
+                    rows.append(epochs[epoch][within])
+                shuffle_idx = jnp.stack(rows)
+            else:
+                shuffle_idx = jnp.zeros((chunk, 1), jnp.int32)
+            state, trunc, trunc_b, metrics, totals, finite = run(
+                state, sample_k, x, y, shuffle_idx, jnp.int32(active))
+            done += active
+            trunc_total += int(trunc)
+            trunc_batches_total += int(trunc_b)
+            nonfinite = int(totals["nonfinite"])
+            nonfinite_total += nonfinite
+            record = {"step": done, **{k: float(v) for k, v in metrics.items()},
+                      "nonfinite": nonfinite}
+            if not bool(finite) or not np.isfinite(record["loss"]):
+                raise FloatingPointError(
+                    f"{desc}: {'loss' if bool(finite) else 'parameters'} became non-finite by "
+                    f"step {done} (loss {record['loss']}).")
+            if nonfinite:
+                if nonfinite == int(totals["batch_size"]):
+                    raise FloatingPointError(
+                        f"{desc}: every example sampled in steps {done - active + 1}-{done} had "
+                        "a non-finite gradient; the model diverged.")
+                log.warning("%s: %d sampled examples with non-finite gradients zeroed in steps "
+                            "%d-%d.", desc, nonfinite, done - active + 1, done)
+            history.append(record)
+            if ckpt is not None and (done - last_saved >= every or done == steps):
+                ckpt.save(done, {"train": state, "sample_key": sample_k}, {
+                    "done": done, "truncated_examples": trunc_total,
+                    "truncated_batches": trunc_batches_total,
+                    "nonfinite_examples": nonfinite_total, "history": history,
+                })
+                last_saved = done
+            bar.update(active)
+            bar.set_postfix(loss=round(record["loss"], 4),
+                            clipped=round(record["clipped_fraction"], 3))
+            if callback is not None:
+                callback(record)
+    finally:
+        bar.close()
+        if ckpt is not None:
+            ckpt.close()
     event = config.event(steps)
     delta = ledger.delta if ledger is not None else 1e-5
     eps = {acc: accounting.epsilon(event, delta, acc) for acc in accounting.ACCOUNTANTS}
@@ -372,10 +487,12 @@ def train(
             noise_multiplier=config.noise_multiplier, l2_norm_clip=config.l2_norm_clip,
             steps=int(steps), dataset_size=config.dataset_size, batch_size=config.batch_size,
             max_batch_size=sampler.max_batch_size, truncated_examples=trunc_total,
-            truncated_batches=trunc_batches_total, reproducible=reproducible, **truncation,
+            truncated_batches=trunc_batches_total, nonfinite_examples=nonfinite_total,
+            reproducible=reproducible, **truncation,
         )
     return DPTrainResult(
         params=state.params, history=history, steps=int(steps), event=event, epsilon=eps,
         truncated_examples=trunc_total, truncated_batches=trunc_batches_total,
         reproducible=reproducible, compilations=len(traces),
+        nonfinite_examples=nonfinite_total, resumed_from=resumed_from,
     )
