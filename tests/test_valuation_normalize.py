@@ -1,4 +1,5 @@
-"""Per-class normalisation: each class spans [0, 1] (min-max) / has mean 0, std 1 (z-score)."""
+"""Per-class normalisation: each class spans [0, 1] (min-max) / has mean 0, std 1 (z-score),
+and its outputs are flagged as data-normalised."""
 import numpy as np
 import pytest
 
@@ -35,3 +36,14 @@ def test_bad_input():
         per_class_zscore(np.array([1.0, np.nan, 3.0, 4.0]), np.array([0, 0, 1, 1]))
     with pytest.raises(ValueError, match="shape"):
         per_class_zscore(np.array([1.0, 2.0]), np.array([0, 0, 1]))
+
+
+def test_outputs_are_flagged_data_normalised():
+    """The release refuses these outputs by this flag: the normalisation uses the whole class."""
+    from ecos_jax.valuation.normalize import is_data_normalised
+
+    scores, labels = np.array([1.0, 2.0, 3.0, 5.0]), np.array([0, 0, 1, 1])
+    for fn in (per_class_minmax, per_class_zscore):
+        out = fn(scores, labels)
+        assert is_data_normalised(out)
+    assert not is_data_normalised(scores) and not is_data_normalised(out + 0.0)

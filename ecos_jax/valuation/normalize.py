@@ -1,4 +1,4 @@
-"""Per-class normalisation of scores (SPEC §2).
+"""Per-class normalisation of scores.
 
 Raw VoG / PLIS magnitudes differ between classes (some digits simply have larger gradients),
 so rankings are made within each class:
@@ -13,10 +13,21 @@ gets 0 — none stands out from the others.
 
     >>> z = per_class_zscore(scores, labels)
     >>> m = per_class_minmax(scores, labels)   # each class spans exactly [0, 1]
+
+Privacy. Both normalisations are data-dependent: μ_c, σ_c, min_c and max_c are computed from
+every sample of the class, so one sample (e.g. the class maximum) moves every other normalised
+score of its class. Their outputs therefore must not be passed to a DP release whose
+sensitivity argument is "one sample changes only its own score"
+(`ecos_jax.valuation.release`); the release refuses the arrays these functions return
+(`is_data_normalised`). Normalising a NOISY release afterwards is post-processing and free:
+
+    >>> noisy = release_scores(key, raw, bound=B, epsilon=1.0, ledger=ledger)
+    >>> ranking = per_class_minmax(noisy, labels)
 """
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
 
 import jax
@@ -24,6 +35,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecos_jax.valuation.inputs import check_scores
+
+# Arrays returned by the normalisations, keyed by id and held weakly (an entry goes when its
+# array is freed, before the id can be reused): lets a release refuse them without heuristics.
+# A copy (np.asarray, arithmetic) is a new object and is not tracked, so this catches the
+# direct call `release_scores(key, per_class_minmax(s, y), ...)`, not every derived array.
+_DATA_NORMALISED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _mark(normalised: jax.Array) -> jax.Array:
+    _DATA_NORMALISED[id(normalised)] = normalised
+    return normalised
+
+
+def is_data_normalised(array) -> bool:
+    """True when `array` is an output of `per_class_zscore` / `per_class_minmax` (the object
+    itself, not a copy of it)."""
+    return _DATA_NORMALISED.get(id(array)) is array
 
 
 def _check(scores, labels) -> int:
@@ -65,10 +93,10 @@ def _minmax(scores: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array
 def per_class_zscore(scores: jax.Array, labels: jax.Array) -> jax.Array:
     """(s − μ_c)/σ_c within each class, `[N] -> [N]` float32 (population σ; 0 if σ_c = 0)."""
     k = _check(scores, labels)
-    return _zscore(jnp.asarray(scores, jnp.float32), jnp.asarray(labels, jnp.int32), k)
+    return _mark(_zscore(jnp.asarray(scores, jnp.float32), jnp.asarray(labels, jnp.int32), k))
 
 
 def per_class_minmax(scores: jax.Array, labels: jax.Array) -> jax.Array:
     """Min-max to [0, 1] within each class, `[N] -> [N]` float32 (0 for a constant class)."""
     k = _check(scores, labels)
-    return _minmax(jnp.asarray(scores, jnp.float32), jnp.asarray(labels, jnp.int32), k)
+    return _mark(_minmax(jnp.asarray(scores, jnp.float32), jnp.asarray(labels, jnp.int32), k))
