@@ -35,14 +35,29 @@ def test_data_valuation_end_to_end(tmp_path):
     res = data_valuation.run(c, str(tmp_path))
     assert {(r["arch"], r["epsilon"]) for r in res["runs"]} == {
         (a, e) for a in ("cnn", "mlp") for e in ("4", "inf")}
+    assert "not composed" in res["epsilon_note"] and "not composed" in open(tmp_path / "consistency.md").read()
     for r in res["runs"]:
-        ledger = json.load(open(tmp_path / "ledgers" / f"{r['arch']}_eps{r['epsilon']}.json"))
-        names = [e["name"] for e in ledger["entries"]]
-        assert sum(n.startswith("vog/") for n in names) == 1                    # per-sample release
-        assert sum(n.startswith("vog_site/") for n in names) == 2               # sum + sum of squares
-        if r["epsilon"] == "4":  # DP-SGD segments + releases compose to more than the training ε
-            assert any(n.startswith("dpsgd/") for n in names)
-            assert r["total_epsilon"]["rdp"] > 4.0
+        label = f"{r['arch']}_eps{r['epsilon']}"
+        # the VoG releases: their own replace-one ledger, per-sample + sum + sum of squares
+        releases = json.load(open(tmp_path / "ledgers" / f"{label}_releases.json"))
+        assert releases["neighboring_relation"] == "replace_one"
+        assert [e["name"] for e in releases["entries"]] == [
+            f"vog/{label}/per_sample", f"vog/{label}_site/sum", f"vog/{label}_site/sum_of_squares"]
+        assert all(e["relation"] == "replace_one" for e in releases["entries"])
+        assert r["release_epsilon"]["relation"] == "replace_one"
+        assert r["release_epsilon"]["pld"] == pytest.approx(2 * c.privacy.release_epsilon, rel=1e-2)
+        assert "total_epsilon" not in r           # no single ε across the two relations
+        # DP-SGD: add/remove-one, in its own ledger, at the target ε; none for the non-private run
+        training_path = tmp_path / "ledgers" / f"{label}_training.json"
+        if r["epsilon"] == "4":
+            training = json.load(open(training_path))
+            assert training["neighboring_relation"] == "add_or_remove_one"
+            assert all(e["name"].startswith("dpsgd/") for e in training["entries"])
+            assert r["training_epsilon"]["relation"] == "add_or_remove_one"
+            eps = [v for k, v in r["training_epsilon"].items() if k != "relation" and v is not None]
+            assert eps and all(3.5 < v <= 4.0 + 1e-3 for v in eps)
+        else:
+            assert not training_path.exists() and r["training_epsilon"]["rdp"] == "inf"
     kinds = {(p["kind"], p["metric"]) for p in res["consistency"]}
     assert ("epsilon", "vog") in kinds and ("architecture", "plis") in kinds
     for p in res["consistency"]:  # every cell is a number or an explicit "undefined: ..."

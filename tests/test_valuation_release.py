@@ -1,4 +1,4 @@
-"""DP release of scores: right noise, right clipping, and the right ledger entries."""
+"""DP release of scores: right noise, right clipping, and the right (replace-one) ledger entries."""
 import dp_accounting
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ from ecos_jax.valuation.release import release_scores, release_site_summary
 
 def test_per_sample_release_noise_and_ledger():
     key, seeded = noise_key(0)
-    ledger = PrivacyLedger(delta=1e-5, reproducible_seed=0)
+    ledger = PrivacyLedger(delta=1e-5, relation="replace_one", reproducible_seed=0)
     scores = np.linspace(-1.0, 3.0, 20_000)            # a quarter below 0, half above B = 1
     noisy = np.asarray(release_scores(key, scores, bound=1.0, epsilon=2.0, ledger=ledger, name="vog"))
     noise = noisy - np.clip(scores, 0.0, 1.0)
@@ -20,30 +20,33 @@ def test_per_sample_release_noise_and_ledger():
     (entry,) = ledger.entries
     assert entry.name == "vog/per_sample"
     assert entry.event == dp_accounting.LaplaceDpEvent(0.5)              # noise_multiplier = 1/ε
-    assert "L1 = B = 1" in entry.sensitivity
+    assert "L1 = B = 1 under replace-one" in entry.sensitivity
+    assert ledger.to_dict()["entries"][0]["relation"] == "replace_one"
     assert entry.meta["epsilon"] == 2.0 and entry.meta["num_scores"] == 20_000
     assert ledger.epsilon(accountant="pld") == pytest.approx(2.0, rel=1e-3)
 
 
-def test_releases_compose_with_training_into_one_epsilon():
+def test_releases_stay_out_of_the_training_ledger():
+    """DP-SGD (Poisson) is add/remove-one, the releases replace-one: one ledger cannot compose
+    both, so the release refuses the training ledger and gets its own."""
     key, _ = noise_key(1)
-    ledger = PrivacyLedger(delta=1e-5)
-    train = accounting.dpsgd_event(q=0.01, sigma=1.0, steps=500)
-    ledger.record("dpsgd", train, sensitivity="L2 = C per example")
-    eps_train = ledger.epsilon(accountant="pld")
-    release_scores(key, np.random.default_rng(0).uniform(size=100), bound=1.0, epsilon=1.0,
-                   ledger=ledger)
-    total = ledger.epsilon(accountant="pld")
-    assert [e.name for e in ledger.entries] == ["dpsgd", "scores/per_sample"]
-    assert eps_train < total <= eps_train + 1.0 + 1e-3     # composition costs at most ε_release
-    assert ledger.to_dict()["total_epsilon"]["pld"] == pytest.approx(total)
+    training = PrivacyLedger(delta=1e-5, relation="add_or_remove_one")
+    training.record("dpsgd", accounting.dpsgd_event(q=0.01, sigma=1.0, steps=500),
+                    sensitivity="L2 = C per example, add/remove-one")
+    scores = np.random.default_rng(0).uniform(size=100)
+    with pytest.raises(ValueError, match="replace_one"):
+        release_scores(key, scores, bound=1.0, epsilon=1.0, ledger=training)
+    assert [e.name for e in training.entries] == ["dpsgd"]
+    releases = PrivacyLedger(delta=1e-5, relation="replace_one")
+    release_scores(key, scores, bound=1.0, epsilon=1.0, ledger=releases)
+    assert releases.to_dict()["total_epsilon"]["pld"] == pytest.approx(1.0, rel=1e-3)
 
 
 @pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
 def test_site_summary(mechanism):
     rng = np.random.default_rng(3)
     scores = rng.beta(2.0, 5.0, size=5000)
-    ledger = PrivacyLedger(delta=1e-5)
+    ledger = PrivacyLedger(delta=1e-5, relation="replace_one")
     key, _ = noise_key(2)
     summ = release_site_summary(key, scores, bound=1.0, epsilon=1.0, ledger=ledger,
                                 mechanism=mechanism, name="site0")
@@ -62,7 +65,7 @@ def test_site_summary(mechanism):
 
 def test_release_bad_input():
     key, _ = noise_key(0)
-    ledger = PrivacyLedger()
+    ledger = PrivacyLedger(relation="replace_one")
     with pytest.raises(ValueError, match="non-finite"):
         release_scores(key, np.array([0.1, np.nan]), bound=1.0, epsilon=1.0, ledger=ledger)
     with pytest.raises(ValueError, match="epsilon"):

@@ -1,4 +1,4 @@
-"""The data-valuation experiment (SPEC §2; Usynin et al., arXiv 2305.02942): do gradient-based
+"""The data-valuation experiment (Usynin et al., arXiv 2305.02942): do gradient-based
 scores pick the same samples when the model is trained privately?
 
 For every architecture and every ε (∞ = non-private) the same training subset trains one model
@@ -11,15 +11,22 @@ For every architecture and every ε (∞ = non-private) the same training subset
              class-balanced subset of `scores.plis_samples` samples (`plis_subset`: power
              iteration costs ~10x VoG per sample on a CPU)
 
-Each run's normalised VoG is then released with per-sample Laplace noise and as a site-level
-DP mean/variance; both releases go into that run's privacy ledger beside the DP-SGD training,
-so the run reports one total ε. Consistency between runs (every ε pair within an architecture,
-and the two architectures at each ε) is measured on the raw (unreleased) ranking scores with
-Pearson, Spearman, top-k overlap, SSIM of the top-k sets' mean images and the Bhattacharyya
-distance of their pixel histograms.
+Each run's RAW VoG is then released (`release_vog`): clipped to [0, B] with B a public config
+value (`privacy.release_bound`, VoG units), with per-sample Laplace noise and as a site-level
+DP mean/variance; the noisy per-sample vector is normalised per class only afterwards
+(post-processing). Normalising before the release would be unsafe: one sample that is its
+class's min or max moves every normalised score of the class. Each run keeps two ledgers:
+DP-SGD training under add/remove-one (Poisson sampling), and the score releases under
+replace-one (public sample ids and N, given the DP model). They hold under different
+neighbouring relations, so they are reported side by side and NOT composed into one ε.
+
+Consistency between runs (every ε pair within an architecture, and the two architectures at
+each ε) is measured on the unreleased ranking scores (not a release: they stay in the
+experiment) with Pearson, Spearman, top-k overlap, SSIM of the top-k sets' mean images and the
+Bhattacharyya distance of their pixel histograms.
 
 Writes to `workdir`: results.json, consistency.md, figures/{grid_*,hist_*}.png,
-ledgers/*.json, scores/*.npz.
+ledgers/{run}_training.json (finite ε only), ledgers/{run}_releases.json, scores/*.npz.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import numpy as np
 from ecos_jax import models
 from ecos_jax import train as trainer
 from ecos_jax.data import load, train_test_split
+from ecos_jax.privacy import accounting
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.utils.io import save_npz, write_json, write_text
@@ -49,13 +57,19 @@ from ecos_jax.valuation.loss import loss_scores
 from ecos_jax.valuation.normalize import per_class_minmax
 from ecos_jax.valuation.plis import plis_scores
 from ecos_jax.valuation.private_training import train_at_epsilon
-from ecos_jax.valuation.release import release_scores, release_site_summary
+from ecos_jax.valuation.release import SiteSummary, release_scores, release_site_summary
 from ecos_jax.valuation.vog import vog_scores, vog_stages
 
 log = logging.getLogger(__name__)
 
 METRICS = ("loss", "grad_norm", "vog", "plis")
 MEASURES = ("pearson", "spearman", "top_k_overlap", "ssim", "bhattacharyya")
+RELEASE_STREAM = 0x5E1EA5E  # folded into the noise key so release noise never reuses DP-SGD's
+EPSILON_NOTE = (
+    "training_epsilon (DP-SGD, add_or_remove_one) and release_epsilon (VoG score releases, "
+    "replace_one, given the DP model) hold under different neighbouring relations; they are "
+    "not composed into one number."
+)
 
 
 def eps_label(eps: float) -> str:
@@ -122,6 +136,48 @@ def score_run(model, run, x, y, c: ml_collections.ConfigDict) -> tuple[dict[str,
     return out, info
 
 
+def release_vog(
+    key: jax.Array,
+    vog_raw: np.ndarray,
+    y: np.ndarray,
+    *,
+    bound: float,
+    epsilon: float,
+    ledger: PrivacyLedger,
+    name: str,
+) -> tuple[np.ndarray, np.ndarray, SiteSummary]:
+    """A run's DP releases of its raw VoG scores, all recorded in `ledger` (replace-one).
+
+    Args:
+      key: noise key of this run's releases.
+      vog_raw: `[N]` raw VoG scores (VoG units), never a per-class normalised vector.
+      y: `[N]` labels, used only to normalise the NOISY release (post-processing).
+      bound: public B in VoG units; scores are clipped to [0, B] inside the releases.
+      epsilon: ε of each of the two releases (per-sample, site summary).
+      ledger: `PrivacyLedger(relation="replace_one")`.
+      name: ledger entry prefix; entries `"{name}/per_sample"`, `"{name}_site/sum"`,
+        `"{name}_site/sum_of_squares"`.
+
+    Returns:
+      `(released [N] float64` noisy clipped raw VoG, `released_normalised [N]` its per-class
+      min-max, `summary)`.
+    """
+    k1, k2 = jax.random.split(key)
+    released = np.asarray(release_scores(k1, vog_raw, bound=bound, epsilon=epsilon,
+                                         ledger=ledger, name=name), np.float64)
+    summary = release_site_summary(k2, vog_raw, bound=bound, epsilon=epsilon, ledger=ledger,
+                                   name=f"{name}_site")
+    return released, np.asarray(per_class_minmax(released, y), np.float64), summary
+
+
+def ledger_epsilon(ledger: PrivacyLedger) -> dict[str, Any]:
+    """{"relation": ..., "rdp": ε or None, "pld": ε or None}: None where that accountant cannot
+    compose every entry of the ledger."""
+    d = ledger.to_dict()
+    return {"relation": d["neighboring_relation"],
+            **{acc: d["total_epsilon"].get(acc) for acc in accounting.ACCOUNTANTS}}
+
+
 def compare(a: np.ndarray, b: np.ndarray, x: np.ndarray, c: ml_collections.ConfigDict) -> dict[str, Any]:
     """Every consistency measure between two score vectors over the same samples x[:n]."""
     n = len(a)
@@ -152,6 +208,11 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else ("n/a" if str(v).startswith("undefined") else str(v))
 
 
+def _eps_cell(eps: dict) -> str:
+    """'RDP / PLD' of one ledger; n/a where that accountant cannot compose the ledger."""
+    return " / ".join("n/a" if eps[acc] is None else _fmt(eps[acc]) for acc in accounting.ACCOUNTANTS)
+
+
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the whole experiment; returns (and writes) the results dict."""
     t_start = time.perf_counter()
@@ -161,12 +222,15 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     epsilons = [float(e) for e in c.epsilons]
     runs: list[dict] = []
     scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    release_key = jax.random.fold_in(noise_key(c.privacy.noise_seed)[0], RELEASE_STREAM)
 
-    for arch, eps in itertools.product(c.archs, epsilons):
+    for run_index, (arch, eps) in enumerate(itertools.product(c.archs, epsilons)):
         label = f"{arch}_eps{eps_label(eps)}"
         model = models.get_model(arch, num_classes)
-        ledger = PrivacyLedger(c.privacy.delta, accountant=c.privacy.accountant,
-                               reproducible_seed=c.privacy.noise_seed, dataset_size=len(x))
+        ledger_args = dict(accountant=c.privacy.accountant, reproducible_seed=c.privacy.noise_seed,
+                           dataset_size=len(x))
+        ledger = PrivacyLedger(c.privacy.delta, relation="add_or_remove_one", **ledger_args)
+        releases = PrivacyLedger(c.privacy.delta, relation="replace_one", **ledger_args)
         trained = train_at_epsilon(
             model, x, y, epsilon=eps, epochs=c.train.epochs,
             checkpoints_every=c.train.checkpoints_every, batch_size=c.train.batch_size,
@@ -177,32 +241,42 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
         s, info = score_run(model, trained, x, y, c)
         scores[(arch, eps_label(eps))] = s
 
-        # DP release of this run's normalised VoG (bound 1): per sample and as a site summary.
-        key, _ = noise_key(c.privacy.noise_seed)
-        k1, k2 = jax.random.split(key)
-        released = np.asarray(release_scores(k1, s["vog"], bound=1.0, epsilon=c.privacy.release_epsilon,
-                                             ledger=ledger, name=f"vog/{label}"))
-        summary = release_site_summary(k2, s["vog"], bound=1.0, epsilon=c.privacy.release_epsilon,
-                                       ledger=ledger, name=f"vog_site/{label}")
-        ledger.save(os.path.join(workdir, "ledgers", f"{label}.json"))
-        save_npz(os.path.join(workdir, "scores", f"{label}.npz"), labels=y, vog_released=released, **s)
-        total = {acc: ledger.epsilon(accountant=acc) for acc in ("rdp", "pld")} if len(ledger) else {}
+        # DP releases of this run's RAW VoG (public bound B), per sample and as a site summary;
+        # per-class min-max only after the noise. A fresh key per run: no noise draw is reused.
+        bound = float(c.privacy.release_bound)
+        released, released_mm, summary = release_vog(
+            jax.random.fold_in(release_key, run_index), s["vog_raw"], y, bound=bound,
+            epsilon=c.privacy.release_epsilon, ledger=releases, name=f"vog/{label}")
+        if len(ledger):  # the non-private model has no training ledger to save: its ε is ∞
+            ledger.save(os.path.join(workdir, "ledgers", f"{label}_training.json"))
+        releases.save(os.path.join(workdir, "ledgers", f"{label}_releases.json"))
+        save_npz(os.path.join(workdir, "scores", f"{label}.npz"), labels=y, vog_released=released,
+                 vog_released_normalised=released_mm, **s)
+        clipped = np.clip(s["vog_raw"], 0.0, bound)
         record = {
             "arch": arch, "epsilon": eps_label(eps), "noise_multiplier": trained.noise_multiplier,
             "steps": trained.steps, "checkpoints": len(trained.checkpoints),
             "train_seconds": round(trained.seconds, 2),
             "test_accuracy": trainer.evaluate(model, trained.params, x_test, y_test),
             "train_accuracy": trainer.evaluate(model, trained.params, x, y),
-            # training alone is ∞ for the non-private model, so its total is ∞ as well
-            "total_epsilon": ({k: ("inf" if math.isinf(eps) else v) for k, v in total.items()}),
-            "ledger_entries": [e.name for e in ledger.entries],
-            "vog_release": {"spearman_released_vs_raw": cm.spearman(released, s["vog"]),
+            # two relations, two numbers, never summed (EPSILON_NOTE); ∞ for the non-private model
+            "training_epsilon": ({"relation": "add_or_remove_one", "rdp": "inf", "pld": "inf"}
+                                 if math.isinf(eps) else ledger_epsilon(ledger)),
+            "release_epsilon": ledger_epsilon(releases),
+            "ledger_entries": {"training": [e.name for e in ledger.entries],
+                               "releases": [e.name for e in releases.entries]},
+            # true_* and clipped_fraction are non-private diagnostics of the release's utility
+            "vog_release": {"bound": bound,
+                            "spearman_released_vs_raw": cm.spearman(released_mm, s["vog"]),
                             "site_mean": summary.mean, "site_variance": summary.variance,
-                            "true_mean": float(np.mean(np.clip(s["vog"], 0, 1)))},
+                            "true_mean": float(np.mean(clipped)),
+                            "true_variance": float(np.var(clipped)),
+                            "clipped_fraction": float(np.mean(s["vog_raw"] > bound))},
             **info,
         }
-        log.info("%s: test acc %.3f, total ε %s, scoring %s", label, record["test_accuracy"],
-                 record["total_epsilon"], {k: v for k, v in info.items() if k.endswith("seconds")})
+        log.info("%s: test acc %.3f, ε training %s, ε releases %s, scoring %s", label,
+                 record["test_accuracy"], record["training_epsilon"], record["release_epsilon"],
+                 {k: v for k, v in info.items() if k.endswith("seconds")})
         runs.append(record)
 
     # ---- consistency: ε pairs within an architecture, and architecture pairs at one ε --------
@@ -257,17 +331,19 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     table = markdown_table(header, [[p["kind"], p["arch"], p["pair"], p["metric"], p["n"], p["k"],
                                      *(_fmt(p[m]) for m in MEASURES)] for p in pairs])
     run_table = markdown_table(
-        ["arch", "ε (train)", "σ", "test acc", "train acc", "total ε RDP (train + releases)",
+        ["arch", "ε (train)", "σ", "test acc", "train acc",
+         "ε training, add/remove (RDP / PLD)", "ε VoG releases, replace-one (RDP / PLD)",
          "VoG release Spearman", "PLIS iters (mean)", "train s", "VoG s", "PLIS s"],
         [[r["arch"], r["epsilon"], f"{r['noise_multiplier']:.3f}", f"{r['test_accuracy']:.3f}",
-          f"{r['train_accuracy']:.3f}", _fmt(r["total_epsilon"].get("rdp", "n/a")),
+          f"{r['train_accuracy']:.3f}", _eps_cell(r["training_epsilon"]),
+          _eps_cell(r["release_epsilon"]),
           f"{r['vog_release']['spearman_released_vs_raw']:.3f}", f"{r['plis_iterations_mean']:.1f}",
           r["train_seconds"], r["vog_seconds"], r["plis_seconds"]] for r in runs])
     write_text(os.path.join(workdir, "consistency.md"),
-               "# Runs\n\n" + run_table + "\n# Consistency (top-k = top "
+               "# Runs\n\n" + run_table + f"\n{EPSILON_NOTE}\n\n# Consistency (top-k = top "
                f"{c.consistency.top_fraction:.0%} of the scored samples)\n\n" + table)
     results = {"config": c.to_dict() | {"epsilons": [eps_label(e) for e in epsilons]},
-               "runs": runs, "consistency": pairs, "headline": headline,
+               "epsilon_note": EPSILON_NOTE, "runs": runs, "consistency": pairs, "headline": headline,
                "seconds": round(time.perf_counter() - t_start, 1)}
     write_json(os.path.join(workdir, "results.json"), results)
     log.info("wrote %s (%.0f s)", workdir, results["seconds"])
