@@ -3,8 +3,10 @@ r"""ECOS automated client labelling on the embedded digits + MNIST-C domains.
 The cloud picks `budget` pool samples by each method; the client labels them by private kNN
 over its own 400 labelled images (Gaussian noisy argmax, `labeling.epsilon` for all of one
 method's queries together, at δ = `ecos.delta`); the cloud trains `train.model` on those labels
-and is scored on the client's test split. A record's ε is the client's total: the labels,
-plus the coverage-count response for ECOS.
+and is scored on the client's test split. A record's ε is what that record rests on (its
+labels, plus the coverage-count response for ECOS); the client's lifetime ε, everything it
+released over the run, is reported beside it in results.md. The labels' noise is seeded by
+`ecos.noise_seed` like the response's (one noise source per client; None: OS entropy).
 
 Run (from the repository root):
 
@@ -17,7 +19,6 @@ Expected runtime and result: see the README's results section (measured, not ass
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from configs import selective_labeling
 
@@ -36,6 +37,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.labeling.k = 50                    # neighbours that vote (~40 client images per class)
         c.labeling.epsilon = 8.0             # target ε of all of one method's label queries together
         c.labeling.sampling_rate = 1.0       # Poisson subsampling of the client's data per query
-        c.labeling.noise_seed = config_dict.placeholder(int)  # None: noise keyed from OS entropy
     c.lock()
     return c

@@ -1,4 +1,6 @@
 """Model compression: the distillation loss, a tiny end-to-end run, the teacher cache, bad config."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,6 +118,9 @@ def test_end_to_end_records_and_teacher_cache(tmp_path, monkeypatch):
     assert len({r["teacher_accuracy"] for r in records}) == 1
     assert records[0]["teacher_accuracy"] > 0.5  # one epoch on the pool already beats chance by far
     assert "model compression" in (tmp_path / "a" / "results.md").read_text()
+    # One seed: the client's whole run is its one coverage response.
+    lifetime = json.loads((tmp_path / "a" / "results.json").read_text())["client_lifetime"]["digits"]
+    assert lifetime["releases"] == 1 and lifetime["epsilon"] == pytest.approx(0.58, abs=0.01)
     cached = list((tmp_path / "teachers").glob("teacher-cnn-*.npz"))
     assert len(cached) == 1
 

@@ -5,11 +5,14 @@ import os
 import subprocess
 import sys
 
+import dp_accounting
 import numpy as np
 import pytest
 
 from configs import ecos_sweeps as sweeps_config
 from ecos_jax.ecos import protocol, runner, sweeps
+from ecos_jax.privacy import accounting
+from ecos_jax.privacy.ledger import event_from_json
 from ecos_jax.utils.overrides import override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,9 +168,22 @@ def test_tiny_sweep_end_to_end_and_resume(tmp_path):
                                             ran["upload_client_data_bytes"], ran["download_pool_bytes"])
     md = (tmp_path / "sweeps.md").read_text()
     assert "## Pool composition" in md and "## ECOS against ε" in md and "## Communication" in md
-    # Resume: every point is done, so nothing is retrained.
+    # The client answered at every ECOS point; the sweep composes all of it, once each.
+    points = [p for p in sweeps.points(c) if "ecos" in p.config.methods]
+    per_point = [json.loads((tmp_path / p.sweep / p.name / "results.json").read_text())["client_lifetime"]
+                 ["mnist_invert"] for p in points]
+    events = [event_from_json(e["event"]) for p in points for e in json.loads(
+        (tmp_path / p.sweep / p.name / "client_ledgers.json").read_text())["mnist_invert"]["entries"]]
+    lifetime = out["client_lifetime"]["mnist_invert"]
+    assert lifetime["releases"] == len(events) == sum(v["releases"] for v in per_point) == len(points)
+    assert lifetime["epsilon"] == pytest.approx(accounting.epsilon(
+        dp_accounting.ComposedDpEvent(events), c.ecos.delta, "rdp"), rel=1e-9)
+    assert lifetime["epsilon"] > max(v["epsilon"] for v in per_point)
+    assert "Client privacy over the whole sweep" in md
+    # Resume: every point is done, so nothing is retrained and nothing is counted twice.
     again = sweeps.run(c, tmp_path)
     assert [r["seconds"] for r in again["records"]["pool"]] == [r["seconds"] for r in recs["pool"]]
+    assert again["client_lifetime"] == out["client_lifetime"]
 
 
 def test_command_line_rejects_unknown_sweep(tmp_path):

@@ -4,10 +4,12 @@ import os
 import subprocess
 import sys
 
+import dp_accounting
 import pytest
 
 from configs import selective_labeling as sl_config
-from ecos_jax.ecos import selective_labeling
+from ecos_jax.ecos import protocol, selective_labeling
+from ecos_jax.privacy import accounting
 from ecos_jax.utils.overrides import override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +33,8 @@ def test_quick_config_end_to_end_and_resume(tmp_path):
     out = json.loads((tmp_path / "results.json").read_text())
     assert len(out["records"]) == len(records)
     assert (tmp_path / "accuracy_vs_budget.png").stat().st_size > 1000
-    assert "| budget | method | ε |" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert "| budget | method | record ε |" in md and "client lifetime ε" in md
     ledgers = json.loads((tmp_path / "ledgers.json").read_text())
     # One ledger per ECOS record (2 domains x 2 seeds x 2 budgets), each holding the one
     # client response of its (domain, seed): both budgets rest on the same release.
@@ -42,11 +45,22 @@ def test_quick_config_end_to_end_and_resume(tmp_path):
         assert method == "ecos"
         twins = [v for k, v in ledgers.items() if k.startswith(f"{domain}/{seed}/")]
         assert len({json.dumps(t["entries"][0]["event"], sort_keys=True) for t in twins}) == 1
+    # Each client released one response per seed: its lifetime composes both, so it is above
+    # every record's ε (each record rests on one response).
+    sigma = protocol.gaussian_sigma(0.58, 1e-5, "pld")
+    two = accounting.epsilon(dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(sigma)] * 2),
+                             1e-5, "pld")
+    lifetime = out["client_lifetime"]
+    assert set(lifetime) == {"digits", "mnist_invert"}
+    for domain, v in lifetime.items():
+        assert v["release_counts"] == {"ecos_client_response": 2}, domain
+        assert v["epsilon"] == pytest.approx(two, rel=1e-9) and v["epsilon"] > v["max_record_epsilon"]
     comm = out["communication"]["digits"]
     assert comm["ecos_up_bytes"] * 100 < comm["upload_client_data_bytes"]
     # A second run with the same config resumes: nothing is recomputed.
     again = selective_labeling.run(config, tmp_path)
     assert [r["seconds"] for r in again] == [r["seconds"] for r in records]
+    assert json.loads((tmp_path / "results.json").read_text())["client_lifetime"] == lifetime
     # A different config refuses the workdir and leaves its state untouched.
     state = (tmp_path / "state.json").read_bytes()
     with pytest.raises(ValueError, match="different config"):

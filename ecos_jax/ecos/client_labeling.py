@@ -6,10 +6,13 @@ The cloud picks pool samples by each method but has no labels it may use: it sen
 public feature space, PATE/GNMax-style). The cloud trains on those labels and is scored on the
 client's held-out test split.
 
-Privacy: every labelled query is a release of the client's data and is accounted in the
-record's ledger (`labeling.epsilon` for all of a record's queries together, at `ecos.delta`);
-for method 'ecos' the ledger also holds the client's coverage-count response, so a record's
-`epsilon` is the client's total. 'local' trains on the client's own data (nothing released).
+Privacy: every labelled query is a release of the client's data (`labeling.epsilon` for all of
+a record's queries together, at `ecos.delta`), recorded in the client's lifetime ledger and
+copied into the record's. A record's `epsilon` is what that record rests on: its labels, plus
+the coverage-count response for 'ecos'. It is NOT the client's total: the same client labels
+the picks of every method, budget and seed, so its lifetime ε (results.md, "Client privacy
+over the whole run") composes all of them; e.g. 3 seeds × 4 methods × 2 budgets of labels
+plus 3 responses. 'local' trains on the client's own data (nothing released).
 
 Each record also reports `label_accuracy`: how many of the private labels agree with the
 pool's true labels (a diagnostic the cloud could not compute in deployment).
@@ -55,14 +58,13 @@ class ClientLabeling:
             x, y = client.images, client.labels
         else:
             lab = config.labeling
-            noise_seed = None if lab.noise_seed is None else lab.noise_seed + sel.seed
             # The client featurises the received images with the public extractor itself;
             # f(pool[idx]) is exactly what it computes.
             res = private_knn.private_knn_labels(
                 task.pool_features[sel.indices], task.client_features, client.labels,
                 num_classes=task.num_classes, k=lab.k, epsilon=lab.epsilon, delta=config.ecos.delta,
                 sampling_rate=lab.sampling_rate, accountant=config.ecos.accountant,
-                noise_seed=noise_seed, ledger=sel.ledger,
+                noise_seed=sel.noise_seed, ledger=sel.client_ledger,
                 bytes_down=int(pool.images[sel.indices].size))  # the picked images, uint8 pixels
             x, y = pool.images[sel.indices], np.asarray(res.labels, np.int32)
             out.update(label_accuracy=float(np.mean(y == pool.labels[sel.indices])),

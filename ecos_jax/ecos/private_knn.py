@@ -397,7 +397,8 @@ def private_knn_labels(
     noisy = np.asarray(noisy_argmax(k_noise, votes, sigma), np.int32)
     event = labeling_event(sigma, num_queries, rate)
     if ledger is not None:
-        ledger.record(LEDGER_NAME, event, sensitivity=SENSITIVITY, num_queries=num_queries,
+        ledger.record(LEDGER_NAME, event, sensitivity=SENSITIVITY, relation=protocol.RELATION,
+                      num_queries=num_queries,
                       num_classes=num_classes, k=k, sampling_rate=rate, sigma=sigma,
                       target_epsilon=epsilon, delta=delta, accountant=accountant,
                       reproducible_noise=reproducible)

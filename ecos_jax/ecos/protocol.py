@@ -43,6 +43,7 @@ from ecos_jax.samplers import kmeans as km
 SENSITIVITY = ("L2 = 1 (add-or-remove-one client sample): adding or removing one client sample "
                "changes one coverage count by one")
 LEDGER_NAME = "ecos_client_response"
+RELATION = "add_or_remove_one"  # the neighbouring relation SENSITIVITY holds under
 
 # Wire encodings of the two messages. float32 is the default; the lean ones halve the bytes.
 # Rounding the released noisy counts to int16 is post-processing of a DP output, so the
@@ -203,11 +204,11 @@ class Client:
             gaussian_mechanism(key, counts, sigma=self.sigma, l2_sensitivity=1.0), np.float32)
         if ledger is not None and self.sigma > 0:
             ledger.record(LEDGER_NAME, dp_accounting.GaussianDpEvent(self.sigma),
-                          sensitivity=SENSITIVITY, num_centroids=int(counts.shape[0]),
+                          sensitivity=SENSITIVITY, relation=RELATION, num_centroids=int(counts.shape[0]),
                           target_epsilon=self.epsilon, reproducible_noise=reproducible)
         elif ledger is not None:
             ledger.record(LEDGER_NAME, dp_accounting.NonPrivateDpEvent(),
-                          sensitivity=SENSITIVITY, num_centroids=int(counts.shape[0]))
+                          sensitivity=SENSITIVITY, relation=RELATION, num_centroids=int(counts.shape[0]))
         return NoisyCoverage(counts=encode_counts(noisy, self.count_dtype), sigma=self.sigma)
 
 

@@ -14,22 +14,30 @@ An application is an object with
   validate(config) -> None                     checks its own config section (before any work)
   prepare(config, task) -> state               once per client domain (e.g. train a teacher)
   evaluate(config, task, state, sel) -> dict   trains on `sel` and returns at least
-                                               {"accuracy": float in [0, 1]}; may record more
-                                               private releases in `sel.ledger`
+                                               {"accuracy": float in [0, 1]}; records every
+                                               release of client data in `sel.client_ledger`
 
 Methods: 'ecos' (the protocol; its ε comes from the ledger), 'random', 'kcenter' (greedy
 coreset over the whole pool, ignoring the client), 'oracle' (uniform picks from the pool's
 part of the client's own domain) and 'local' (no picks: the client's own training data).
 
-Privacy: each record carries its own ledger: the ECOS client's response for method 'ecos'
-(one response per domain and seed serves every budget, so the client pays it once) plus
-whatever the application releases (e.g. private kNN labels). A record's `epsilon` is that
-ledger's total at `ecos.delta`; every non-empty ledger is written to ledgers.json.
+Privacy, two numbers (every ECOS release is add/remove-one, see `protocol.RELATION`):
+  record ε: what one selection and its training rest on. Each record's own ledger holds the
+    ECOS client's response for method 'ecos' (one response per domain and seed serves every
+    budget) plus whatever the application released for it (e.g. private kNN labels); its
+    total at `ecos.delta` is the record's `epsilon`. Non-empty ledgers go to ledgers.json.
+  client lifetime ε: everything that client (one client domain: the party holding that
+    domain's private data) released over the whole run, each release once: every response
+    and every application release of every seed, method and budget, composed in one
+    lifetime ledger per client (client_ledgers.json, results.json "client_lifetime",
+    results.md). This is what the client has spent; a record's ε is only part of it.
 
 Outputs in `workdir`: results.json (one record per method, domain, budget, seed),
-results.md (the seed paper's table form), accuracy_vs_budget.png, ledgers.json, and
-state.json (the records so far; an interrupted run resumes from it when the config is
-unchanged, and a different config is refused rather than overwritten).
+results.md (the seed paper's table form), accuracy_vs_budget.png, ledgers.json,
+client_ledgers.json, and state.json (the records, the clients' lifetime ledgers and the
+released responses so far; an interrupted run resumes from it when the config is unchanged,
+reusing each saved response rather than asking the client again, and a different config is
+refused rather than overwritten).
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from tqdm.auto import tqdm
 from ecos_jax import data as data_lib
 from ecos_jax import features as features_lib
 from ecos_jax.ecos import protocol
-from ecos_jax.privacy.ledger import PrivacyLedger
+from ecos_jax.privacy.ledger import LedgerEntry, PrivacyLedger, event_to_json
 from ecos_jax.samplers.kcenter import kcenter_greedy
 from ecos_jax.samplers.random import random_sample
 from ecos_jax.utils import io, results
@@ -87,7 +95,9 @@ class Selection:
 
     indices: `[budget]` int indices into `task.split.pool`, or None for 'local'.
     key: a PRNG key for the application's own randomness (training order, init).
-    ledger: the private releases this record rests on so far; the application adds its own.
+    client_ledger: the client's lifetime ledger; the application records each release of the
+      client's data here (the runner copies the new entries into the record's own ledger).
+      Its `reproducible_seed` is the client's noise seed for this run (None: OS entropy).
     """
 
     method: str
@@ -95,7 +105,12 @@ class Selection:
     seed: int
     indices: np.ndarray | None
     key: jax.Array
-    ledger: PrivacyLedger
+    client_ledger: PrivacyLedger
+
+    @property
+    def noise_seed(self) -> int | None:
+        """The seed a seeded release of the client must use (its ledger's), or None."""
+        return self.client_ledger.reproducible_seed
 
 
 class Application(Protocol):
@@ -163,17 +178,47 @@ def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset,
     return splits
 
 
-def _load_state(path: Path, chash: str) -> list[dict]:
+def _read_state(path: Path, chash: str) -> dict:
+    """state.json of an interrupted run with this config: records, client ledgers, responses."""
     if not path.exists():
-        return []
+        return {"records": [], "client_ledgers": {}, "responses": {}}
     state = json.loads(path.read_text())
     if state.get("config_hash") != chash:
         raise ValueError(f"{path} holds results of a different config; use a new --workdir "
                          "or delete it to start over (nothing was overwritten).")
-    records = state["records"]
-    for r in records:  # io.write_json spells ε = inf (an exact release) as "inf"
+    for r in state["records"]:  # io.write_json spells ε = inf (an exact release) as "inf"
         r["epsilon"] = float(r["epsilon"])
-    return records
+    state.setdefault("client_ledgers", {})
+    state.setdefault("responses", {})
+    return state
+
+
+def _load_state(path: Path, chash: str) -> list[dict]:
+    """The records saved in state.json (empty when there is none)."""
+    return _read_state(path, chash)["records"]
+
+
+def ledger_state(ledger: PrivacyLedger) -> dict:
+    """A ledger's entries without their ε, for state.json (cheap enough to write after every
+    record); `PrivacyLedger.from_dict` rebuilds the ledger from it."""
+    return {"delta": ledger.delta, "accountant": ledger.accountant,
+            "neighboring_relation": ledger.relation, "reproducible_seed": ledger.reproducible_seed,
+            "entries": [{"name": e.name, "relation": e.relation, "sensitivity": e.sensitivity,
+                         "event": event_to_json(e.event), "meta": e.meta} for e in ledger.entries]}
+
+
+def load_client_ledgers(workdir: str | os.PathLike) -> dict[str, PrivacyLedger]:
+    """{client domain: its lifetime ledger} of the run in `workdir`, rebuilt from state.json."""
+    path = Path(workdir) / "state.json"
+    if not path.exists():
+        return {}
+    state = json.loads(path.read_text())
+    return {d: PrivacyLedger.from_dict(v) for d, v in state.get("client_ledgers", {}).items()}
+
+
+def _copy_entry(ledger: PrivacyLedger, entry: LedgerEntry) -> None:
+    ledger.record(entry.name, entry.event, sensitivity=entry.sensitivity, relation=entry.relation,
+                  **entry.meta)
 
 
 def feature_cache_dir(config: ml_collections.ConfigDict) -> str:
@@ -215,9 +260,23 @@ def pick(method: str, task: ClientTask, budget: int, key: jax.Array,
     return np.asarray(idx)
 
 
-def _new_ledger(config: ml_collections.ConfigDict) -> PrivacyLedger:
+def client_noise_seed(config: ml_collections.ConfigDict, domain: str) -> int | None:
+    """The seed of one client's DP noise in this run: None (OS entropy) unless `ecos.noise_seed`.
+
+    Derived from `ecos.noise_seed`, the client domain and the config hash, so that two clients,
+    or two runs of different configs (the points of a sweep), never draw the same noise, while a
+    rerun of one config draws all of it again. Within the run every release of the client gets
+    fresh noise from its position in the client's lifetime ledger (`protocol.release_key`).
+    """
+    if config.ecos.noise_seed is None:
+        return None
+    return stable_tag("ecos-client-noise", config.ecos.noise_seed, domain, config_hash(config))
+
+
+def _new_ledger(config: ml_collections.ConfigDict, noise_seed: int | None) -> PrivacyLedger:
+    # Every ECOS release (coverage counts, kNN labels) is analysed under add/remove-one.
     return PrivacyLedger(config.ecos.delta, accountant=config.ecos.accountant,
-                         reproducible_seed=config.ecos.noise_seed)
+                         relation=protocol.RELATION, reproducible_seed=noise_seed)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, app: Application) -> list[dict]:
@@ -228,13 +287,23 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, app: Appl
     domains = list(splits)
     chash = config_hash(config)
     state_path = workdir / "state.json"
-    records = _load_state(state_path, chash)
+    saved_state = _read_state(state_path, chash)
+    records = saved_state["records"]
+    # The client's lifetime ledgers and released responses come back from the same atomic
+    # state file as the records, so a resumed run neither repeats nor re-counts a release.
+    client_ledgers = {d: PrivacyLedger.from_dict(v) for d, v in saved_state["client_ledgers"].items()}
+    responses = saved_state["responses"]
     ledgers: dict[str, dict] = {}
     if (workdir / "ledgers.json").exists() and records:
         ledgers = json.loads((workdir / "ledgers.json").read_text())
     done = {(r["method"], r["domain"], r["budget"], r["seed"]) for r in records}
     if records:
         log.info("Resuming from %s: %d records already done.", state_path, len(records))
+
+    def save_state():
+        io.write_json(state_path, {"config_hash": chash, "records": records,
+                                   "client_ledgers": {d: ledger_state(v) for d, v in client_ledgers.items()},
+                                   "responses": responses})
 
     seeds = [config.seed + i for i in range(config.num_seeds)]
     pool_methods = [m for m in config.methods if m in POOL_METHODS]
@@ -248,6 +317,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, app: Appl
         todo_domain = [(s, m, b) for s in seeds for m, b in jobs if (m, domain, b, s) not in done]
         task = client_task(config, ds, domain, splits[domain])
         comm[domain] = communication(config, task)
+        noise_seed = client_noise_seed(config, domain)
+        # Everything this client releases over the run, once each (the record ledgers repeat
+        # the one coverage response that serves several budgets).
+        client_ledger = client_ledgers.setdefault(domain, _new_ledger(config, noise_seed))
         if not todo_domain:
             continue
         state = app.prepare(config, task)
@@ -256,34 +329,43 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, app: Appl
             todo = [(m, b) for s, m, b in todo_domain if s == seed]
             if not todo:
                 continue
-            cloud = response = response_event = None
+            cloud = response = response_entry = None
             if any(m == "ecos" for m, _ in todo):
                 cloud = protocol.Cloud(task.pool_features, num_centroids=config.ecos.num_centroids,
                                        kmeans_iters=config.ecos.kmeans_iters, proximity=config.ecos.proximity,
                                        centroid_dtype=config.ecos.centroid_dtype)
-                client = protocol.Client(task.client_features, epsilon=config.ecos.epsilon,
-                                         delta=config.ecos.delta, accountant=config.ecos.accountant,
-                                         count_dtype=config.ecos.count_dtype,
-                                         noise_seed=None if config.ecos.noise_seed is None
-                                         else config.ecos.noise_seed + seed)
+                centroids = cloud.compress(jax.random.fold_in(key, 1))
                 # One response per client and seed serves every budget: the release does not
-                # depend on the budget, so the client pays ε once.
-                response_ledger = _new_ledger(config)
-                response = client.respond(cloud.compress(jax.random.fold_in(key, 1)), response_ledger)
-                response_event = response_ledger.entries[0]
+                # depend on the budget, so the client pays ε once. A resumed run reuses the
+                # saved response (post-processing of a release) instead of answering again.
+                rkey = f"{domain}/seed{seed}"
+                if rkey not in responses:
+                    client = protocol.Client(task.client_features, epsilon=config.ecos.epsilon,
+                                             delta=config.ecos.delta, accountant=config.ecos.accountant,
+                                             count_dtype=config.ecos.count_dtype, noise_seed=noise_seed)
+                    up = client.respond(centroids, client_ledger)
+                    responses[rkey] = {"counts": np.asarray(up.counts, np.float64).tolist(),
+                                       "sigma": float(up.sigma), "entry": len(client_ledger) - 1}
+                    save_state()  # the response has left the client: never answer it twice
+                sent = responses[rkey]
+                response = protocol.NoisyCoverage(
+                    counts=protocol.encode_counts(np.asarray(sent["counts"]), config.ecos.count_dtype),
+                    sigma=float(sent["sigma"]))
+                response_entry = client_ledger.entries[sent["entry"]]
             for method, budget in todo:
                 t0 = time.perf_counter()
                 mkey = jax.random.fold_in(key, stable_tag(method, budget))
-                ledger = _new_ledger(config)
-                if method == "ecos":
-                    ledger.record(response_event.name, response_event.event,
-                                  sensitivity=response_event.sensitivity, **response_event.meta)
                 idx = None if method == "local" else pick(method, task, budget, mkey, cloud, response)
+                first_new = len(client_ledger)
                 sel = Selection(method=method, budget=int(budget), seed=int(seed), indices=idx,
-                                key=jax.random.fold_in(mkey, 1), ledger=ledger)
+                                key=jax.random.fold_in(mkey, 1), client_ledger=client_ledger)
                 out = app.evaluate(config, task, state, sel)
                 if "accuracy" not in out:
                     raise KeyError(f"{app.name}.evaluate must return an 'accuracy'.")
+                # The record's own ledger: what this selection and its training rest on.
+                ledger = _new_ledger(config, noise_seed)
+                for entry in ([response_entry] if method == "ecos" else []) + client_ledger.entries[first_new:]:
+                    _copy_entry(ledger, entry)
                 rec = {"method": method, "domain": domain, "budget": int(budget), "seed": int(seed),
                        **out, "epsilon": float(ledger.epsilon()) if len(ledger) else 0.0,
                        "n_picked": 0 if idx is None else int(len(idx)),
@@ -294,11 +376,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, app: Appl
                 if len(ledger):
                     ledgers[f"{domain}/seed{seed}/{method}/{budget}"] = ledger.to_dict()
                     io.write_json(workdir / "ledgers.json", ledgers)
-                io.write_json(state_path, {"config_hash": chash, "records": records})
+                save_state()
                 bar.update(1)
     bar.close()
     write_outputs(config, workdir, records, ledgers, comm, domains, title=app.name,
-                  extra_metrics=getattr(app, "summary_metrics", ()))
+                  extra_metrics=getattr(app, "summary_metrics", ()),
+                  client_ledgers={d: client_ledgers[d] for d in domains})
     return records
 
 
@@ -316,12 +399,50 @@ def communication(config: ml_collections.ConfigDict, task: ClientTask) -> dict:
             "download_pool_bytes": int(task.split.pool.images.size)}
 
 
+def client_lifetime(client_ledgers: dict[str, PrivacyLedger], records: list[dict]) -> dict:
+    """{client domain: its lifetime ε and what it is made of}, for results.json / results.md.
+
+    `epsilon`: the client's lifetime ledger composed at its δ with its accountant (0 with no
+    release, inf with an exact one); `max_record_epsilon`: the largest record ε of that domain.
+    """
+    out = {}
+    for domain, ledger in client_ledgers.items():
+        mine = [r["epsilon"] for r in records if r["domain"] == domain]
+        out[domain] = {"epsilon": float(ledger.epsilon()), "delta": ledger.delta,
+                       "accountant": ledger.accountant, "relation": ledger.relation,
+                       "releases": len(ledger),
+                       "release_counts": {n: sum(e.name == n for e in ledger.entries)
+                                          for n in dict.fromkeys(e.name for e in ledger.entries)},
+                       "max_record_epsilon": max(mine, default=0.0),
+                       "reproducible": ledger.reproducible}
+    return out
+
+
+def _lifetime_md(lifetime: dict) -> list[str]:
+    def fmt(e):
+        return f"{e:.3g}" if e > 0 else "-"
+
+    rows = [[d, v["releases"], ", ".join(f"{n} × {k}" for k, n in v["release_counts"].items()) or "-",
+             fmt(v["max_record_epsilon"]), fmt(v["epsilon"])] for d, v in lifetime.items()]
+    any_v = next(iter(lifetime.values()))
+    return ["\n## Client privacy over the whole run\n",
+            f"record ε (the table's ε column): what one selection/labelling rests on. Client lifetime "
+            f"ε: everything that client released in this run, each release once, composed "
+            f"({any_v['accountant'].upper()}, δ = {any_v['delta']:g}, {any_v['relation']} "
+            f"neighbours); this is the client's total.\n",
+            results.markdown_table(["client domain", "releases", "of which", "largest record ε",
+                                    "client lifetime ε"], rows)]
+
+
 def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, comm: dict, domains: list[str],
-                  title: str = "ECOS selective labelling", extra_metrics: tuple[str, ...] = ()) -> str:
-    """results.json, results.md, accuracy_vs_budget.png, ledgers.json; returns the markdown.
+                  title: str = "ECOS selective labelling", extra_metrics: tuple[str, ...] = (),
+                  client_ledgers: dict[str, PrivacyLedger] | None = None) -> str:
+    """results.json, results.md, accuracy_vs_budget.png, ledgers.json, client_ledgers.json;
+    returns the markdown.
 
     `extra_metrics`: numeric record fields (e.g. "label_accuracy") summarised per method and
-    budget, mean ± std over domains and seeds, under the main table.
+    budget, mean ± std over domains and seeds, under the main table. `client_ledgers`: {client
+    domain: lifetime ledger}, reported beside the record ε (see the module docstring).
     """
     stats = results.aggregate(records, ("method", "budget", "domain"), "accuracy")
     avg = results.aggregate(
@@ -334,7 +455,7 @@ def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, com
         eps[(r["method"], r["budget"])] = max(eps.get((r["method"], r["budget"]), 0.0), r["epsilon"])
     md = [f"# {title} ({config.data.name}, ECOS ε = {config.ecos.epsilon} at δ = {config.ecos.delta},"
           f" {config.num_seeds} seeds, accuracy % on the client's test split)\n"]
-    header = ["budget", "method", "ε", *domains, "Avg"]
+    header = ["budget", "method", "record ε", *domains, "Avg"]
     rows = []
     budgets = sorted({r["budget"] for r in records if r["method"] != "local"})
     for b in [*budgets, 0]:
@@ -345,6 +466,10 @@ def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, com
             cells = [results.pm(*stats[(m, b, d)][:2]) if (m, b, d) in stats else "" for d in domains]
             rows.append([b or "-", m, f"{e:.2f}" if e > 0 else "-", *cells, results.pm(*avg[(m, b)][:2])])
     md.append(results.markdown_table(header, rows))
+    lifetime = client_lifetime(client_ledgers, records) if client_ledgers else {}
+    if lifetime:
+        md += _lifetime_md(lifetime)
+        io.write_json(workdir / "client_ledgers.json", {d: v.to_dict() for d, v in client_ledgers.items()})
     for metric in extra_metrics:
         have = [r for r in records if isinstance(r.get(metric), (int, float))]
         if not have:
@@ -367,7 +492,7 @@ def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, com
     io.write_json(workdir / "results.json", {"config": config.to_dict(), "records": records,
                                              "average": [{"method": m, "budget": b, "mean": s[0], "std": s[1]}
                                                          for (m, b), s in avg.items()],
-                                             "communication": comm})
+                                             "communication": comm, "client_lifetime": lifetime})
     io.write_text(workdir / "results.md", text)
     if ledgers:
         io.write_json(workdir / "ledgers.json", ledgers)

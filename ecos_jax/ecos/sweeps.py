@@ -22,6 +22,12 @@ state.json) and a finished point is never recomputed.
 Aggregates are mean ± std over client domains and seeds pooled (population std), written to
 sweeps.json and sweeps.md with one PNG per sweep.
 
+Privacy: each point's results.md reports its record ε and each client's lifetime ε over that
+point. The sweep adds the client's lifetime over the whole sweep (`client_lifetime`): every
+point's releases composed, since the same client answered at every point (sweeps.md,
+sweeps.json "client_lifetime", client_ledgers.json). With seeded noise the points draw
+different noise (the client's seed folds in the point's config hash).
+
 ε = ∞ (exact counts) is run at the finite stand-in `sweep.exact_counts_epsilon` (σ < 0.1 at
 ε = 100, so no count moves by ½): the runner writes each record's ε to strict JSON, which
 refuses inf.
@@ -42,6 +48,7 @@ import numpy as np
 from ecos_jax import data as data_lib
 from ecos_jax.ecos import protocol, runner
 from ecos_jax.ecos.selective_labeling import SelectiveLabeling
+from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.utils import io, results
 from ecos_jax.utils.overrides import override
 
@@ -332,6 +339,38 @@ def summarise_epsilon(records: list[dict]) -> dict:
                                      "in_domain": _stat([{"v": s} for s in shares], "v")}}
 
 
+# ---------------------------------------------------------------------------- privacy
+
+
+def client_lifetime(config: ml_collections.ConfigDict, pts: list[Point],
+                    workdir: Path) -> dict[str, PrivacyLedger]:
+    """{client domain: one ledger of everything that client released at every point}.
+
+    Built from each point's lifetime ledgers (`runner.load_client_ledgers`, i.e. its saved
+    state), so a resumed sweep counts each release once; each entry's meta names its point.
+    """
+    out: dict[str, PrivacyLedger] = {}
+    for p in pts:
+        for domain, ledger in runner.load_client_ledgers(workdir / p.sweep / p.name).items():
+            total = out.setdefault(domain, PrivacyLedger(
+                config.ecos.delta, accountant=config.ecos.accountant, relation=protocol.RELATION,
+                reproducible_seed=config.ecos.noise_seed))
+            for e in ledger.entries:
+                total.record(e.name, e.event, sensitivity=e.sensitivity, relation=e.relation,
+                             **{**e.meta, "point": f"{p.sweep}/{p.name}"})
+    return out
+
+
+def _lifetime_md(lifetime: dict, config) -> list[str]:
+    rows = [[d, v["releases"], v["points"], f"{v['epsilon']:.3g}"] for d, v in lifetime.items()]
+    return [f"\n## Client privacy over the whole sweep ({config.ecos.accountant.upper()}, "
+            f"δ = {config.ecos.delta:g})\n",
+            "Each point's results.md gives its record ε (what one selection rests on) and each "
+            "client's lifetime ε over that point. Over the sweep the same client answered at every "
+            "point, so everything it released composes to:\n",
+            results.markdown_table(["client domain", "releases", "points", "client lifetime ε"], rows)]
+
+
 # ---------------------------------------------------------------------------- the run
 
 
@@ -368,6 +407,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     if "communication" in config.sweep.names:
         out["communication"] = communication(config, datasets)
     out["records"] = records
+    ledgers = client_lifetime(config, pts, workdir)
+    if ledgers:
+        io.write_json(workdir / "client_ledgers.json", {d: v.to_dict() for d, v in ledgers.items()})
+        out["client_lifetime"] = {
+            d: {"epsilon": float(v.epsilon()), "releases": len(v),
+                "points": len({e.meta["point"] for e in v.entries})} for d, v in ledgers.items()}
     write_outputs(config, workdir, out)
     return out
 
@@ -386,6 +431,8 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: Path, out: dict) -
         md += _communication_md(out["communication"], config)
         for name, c in out["communication"].items():
             plot_communication(c, workdir / f"communication_{name.replace('/', '_')}.png", name)
+    if out.get("client_lifetime"):
+        md += _lifetime_md(out["client_lifetime"], config)
     text = "\n".join(md)
     io.write_json(workdir / "sweeps.json", out)
     io.write_text(workdir / "sweeps.md", text)
