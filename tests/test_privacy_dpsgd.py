@@ -138,19 +138,62 @@ def test_c_inf_sigma_zero_equals_non_private_update(grad_method):
 def test_train_compiles_once_and_records_ledger():
     model, params, x, y = _data()
     cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, l2_norm_clip=1.0, noise_multiplier=1.2)
-    ledger = PrivacyLedger(1e-3, reproducible_seed=5, dataset_size=N, allow_large_delta=True)
+    ledger = PrivacyLedger(1e-3, accountant="pld", reproducible_seed=5, dataset_size=N,
+                           allow_large_delta=True)
     res = dpsgd.train(model, params, x, y, cfg, optax.sgd(0.1), steps=7, seed=5, ledger=ledger,
                       log_every=3, progress=False)
     assert res.compilations == 1 and len(res.history) == 3 and res.history[-1]["step"] == 7
     assert res.reproducible and ledger.to_dict()["reproducible"]
+    # The sampler has M = qN + 5 std + 1 = 22 < N slots: the event is truncated Poisson even
+    # though no batch was cut in this run, and only PLD can account it.
+    m = cfg.sampler().max_batch_size
     direct = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(B / N, dp_accounting.GaussianDpEvent(1.2)), 7)
-    assert res.event == direct and ledger.composed_event() == dp_accounting.ComposedDpEvent([direct])
-    assert res.epsilon["rdp"] == accounting.epsilon(direct, 1e-3) == ledger.epsilon()
-    assert ledger.entries[0].meta["truncated_examples"] == res.truncated_examples == 0
+        dp_accounting.TruncatedSubsampledGaussianDpEvent(N, B / N, m, 1.2), 7)
+    assert m == 22 and res.truncated_examples == 0
+    assert res.event == direct == cfg.event(7)
+    assert ledger.composed_event() == dp_accounting.ComposedDpEvent([direct])
+    assert res.epsilon["rdp"] is None and cfg.accountants(7) == ("pld",)
+    assert res.epsilon["pld"] == accounting.epsilon(direct, 1e-3, "pld") == ledger.epsilon()
+    entry = ledger.entries[0]
+    assert entry.meta["truncated_examples"] == 0 and entry.relation == "add_or_remove_one"
     with pytest.raises(ValueError, match="reproducible_seed"):
         dpsgd.train(model, params, x, y, cfg, optax.sgd(0.1), steps=1, seed=5,
                     ledger=PrivacyLedger(1e-3, allow_large_delta=True), progress=False)
+    shuffle = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, sampling="shuffle")
+    with pytest.raises(ValueError, match="replace_one"):  # refused before any training
+        dpsgd.train(model, params, x, y, shuffle, optax.sgd(0.1), steps=1, seed=5,
+                    ledger=PrivacyLedger(1e-3, reproducible_seed=5, allow_large_delta=True),
+                    progress=False)
+
+
+def test_truncated_poisson_is_what_the_ledger_accounts():
+    # Few slots (M = 1.05 qN): the truncated sampler's ε is ~3x the plain Poisson one, and
+    # the ledger must carry the former, computed here with dp_accounting directly.
+    model, params, x, y = _data()
+    m = int(np.ceil(1.05 * B))
+    tight = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.2,
+                              max_batch_size=m)
+    ledger = PrivacyLedger(1e-3, accountant="pld", reproducible_seed=5, dataset_size=N,
+                           allow_large_delta=True)
+    res = dpsgd.train(model, params, x, y, tight, optax.sgd(0.1), steps=7, seed=5,
+                      ledger=ledger, log_every=7, progress=False)
+    pld = dp_accounting.pld.PLDAccountant
+    truncated = pld().compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.TruncatedSubsampledGaussianDpEvent(N, B / N, m, 1.2), 7)).get_epsilon(1e-3)
+    poisson = pld().compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+        B / N, dp_accounting.GaussianDpEvent(1.2)), 7)).get_epsilon(1e-3)
+    assert ledger.epsilon() == pytest.approx(truncated, rel=1e-9) == res.epsilon["pld"]
+    assert ledger.epsilon() > 2.5 * poisson
+    assert ledger.accountants() == ("pld",) and ledger.to_dict()["total_epsilon"]["rdp"] is None
+    meta = ledger.entries[0].meta
+    assert res.truncated_examples > 0 and meta["truncated_batches"] > 0
+    assert meta["max_batch_size"] == m
+
+
+def test_calibration_targets_the_truncated_event():
+    tight = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, max_batch_size=9)
+    cal = tight.calibrated(4.0, 1e-3, steps=7, allow_large_delta=True)
+    assert cal.epsilon(7, 1e-3) == pytest.approx(4.0, rel=2e-2) and cal.epsilon(7, 1e-3) <= 4.0
 
 
 @pytest.mark.slow
@@ -166,22 +209,6 @@ def test_seeded_runs_reproduce_and_unseeded_differ():
     for u, v, w in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(c)):
         np.testing.assert_array_equal(u, v)
         assert not np.array_equal(u, w)
-
-
-@pytest.mark.slow
-def test_train_counts_truncation_and_reports_its_epsilon():
-    model, params, x, y = _data()
-    # Over-full batches: dropped examples are counted and the truncated sampler's own PLD
-    # epsilon is reported beside the Poisson one.
-    tight = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.2, max_batch_size=5)
-    ledger2 = PrivacyLedger(1e-3, reproducible_seed=5, dataset_size=N, allow_large_delta=True)
-    res2 = dpsgd.train(model, params, x, y, tight, optax.sgd(0.1), steps=7, seed=5, ledger=ledger2,
-                       log_every=7, progress=False)
-    meta = ledger2.entries[0].meta
-    assert res2.truncated_examples > 0 and meta["truncated_batches"] > 0
-    truncated = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.TruncatedSubsampledGaussianDpEvent(N, B / N, 5, 1.2), 7)
-    assert meta["epsilon_pld_truncated_poisson"] == accounting.epsilon(truncated, 1e-3, "pld")
 
 
 def _poisoned(x, rows, value=np.nan):

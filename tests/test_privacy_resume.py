@@ -40,8 +40,9 @@ def _train(setup, cfg, *, seed=3, ledger=None, **kw):
                        ledger=ledger, log_every=2, progress=False, **kw)
 
 
-def _ledger(seed=3):
-    return PrivacyLedger(1e-3, reproducible_seed=seed, dataset_size=N, allow_large_delta=True)
+def _ledger(cfg, seed=3):
+    return PrivacyLedger(1e-3, accountant="pld", relation=cfg.relation, reproducible_seed=seed,
+                         dataset_size=N, allow_large_delta=True)
 
 
 def _same(a, b):
@@ -53,10 +54,10 @@ def _same(a, b):
 def test_interrupted_run_resumes_bitwise_and_records_once(setup, tmp_path, sampling):
     cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.1,
                             sampling=sampling)
-    ref_ledger = _ledger()
+    ref_ledger = _ledger(cfg)
     ref = _train(setup, cfg, ledger=ref_ledger)
 
-    ledger = _ledger()
+    ledger = _ledger(cfg)
     with pytest.raises(Stop):  # killed after step 4 (its checkpoint is written)
         _train(setup, cfg, ledger=ledger, checkpoint_dir=tmp_path, checkpoint_every=2,
                callback=_stop_at(4))
@@ -66,7 +67,7 @@ def test_interrupted_run_resumes_bitwise_and_records_once(setup, tmp_path, sampl
     _same(res.params, ref.params)
     assert res.history == ref.history
     assert [e.meta["steps"] for e in ledger.entries] == [T]  # each step counted once
-    assert ledger.epsilon() == ref_ledger.epsilon() == res.epsilon["rdp"]
+    assert ledger.epsilon() == ref_ledger.epsilon() == res.epsilon["pld"]
 
 
 def test_checkpoint_of_another_run_is_refused(setup, tmp_path):
@@ -92,7 +93,7 @@ def test_unseeded_run_resumes_with_its_saved_key(setup, tmp_path):
     # With seed=None the noise key came from OS entropy: only the checkpoint holds it. Two
     # resumptions of the same checkpoint must continue with that key, not fresh draws.
     cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.1)
-    ledger = PrivacyLedger(1e-3, dataset_size=N, allow_large_delta=True)
+    ledger = PrivacyLedger(1e-3, accountant="pld", dataset_size=N, allow_large_delta=True)
     with pytest.raises(Stop):
         _train(setup, cfg, seed=None, checkpoint_dir=tmp_path / "a", callback=_stop_at(2))
     shutil.copytree(tmp_path / "a", tmp_path / "b")

@@ -54,10 +54,15 @@ def test_end_to_end_tiny(tmp_path):
     c.noise_seed = 0
     records = epsilon_sweep.run(c, tmp_path)
     assert [r["target_epsilon"] for r in records] == ["8", "inf"]
-    assert float(records[0]["epsilon_rdp"]) <= 8.0 and records[1]["epsilon_rdp"] == "inf"
+    # Truncated Poisson (M < N slots): only PLD accounts it, and σ was calibrated for it.
+    assert records[0]["epsilon_rdp"] == "n/a" and records[1]["epsilon_pld"] == "inf"
+    assert 7.5 < float(records[0]["epsilon_pld"]) <= 8.0
     for name in ("results.json", "results.md", "accuracy_vs_epsilon.png", "ledger_eps8.json",
                  "ledger_epsinf.json"):
         assert (tmp_path / name).stat().st_size > 0
     ledger = json.loads((tmp_path / "ledger_eps8.json").read_text())
-    assert ledger["reproducible"] and ledger["total_epsilon"]["rdp"] <= 8.0
-    assert "∞" in (tmp_path / "results.md").read_text()
+    assert ledger["reproducible"] and ledger["total_epsilon"]["rdp"] is None
+    assert ledger["total_epsilon"]["pld"] <= 8.0
+    assert ledger["entries"][0]["event"]["event"]["class_name"] == "TruncatedSubsampledGaussianDpEvent"
+    md = (tmp_path / "results.md").read_text()
+    assert "∞" in md and "RDP n/a" in md

@@ -123,12 +123,66 @@ class DPSGDConfig:
             raise ValueError("max_batch_size applies to Poisson sampling only.")
         return ShuffleSampler(self.dataset_size, self.batch_size)
 
-    def event(self, steps: int) -> dp_accounting.DpEvent:
-        """The DpEvent of `steps` steps; non-private when σ = 0."""
-        return accounting.dpsgd_event(self.sampling_rate, self.noise_multiplier, steps, self.sampling)
+    @property
+    def relation(self) -> str:
+        """The neighbouring relation the event holds under: add/remove one example for Poisson
+        sampling, replace one for shuffling (`accounting.relation_of`)."""
+        return accounting.relation_of(self.sampling)
 
-    def epsilon(self, steps: int, delta: float, accountant: str = "rdp") -> float:
+    @property
+    def sensitivity(self) -> str:
+        """The L2 sensitivity of one step's clipped-gradient sum, with its relation, in words."""
+        c = self.l2_norm_clip
+        if self.sampling == "poisson":
+            return (f"L2 = C = {c} on the sum of clipped per-example gradients ({self.clipping} "
+                    "clipping; non-finite gradients zeroed); adding or removing one example")
+        return (f"L2 = 2C = {2 * c} on the sum of clipped per-example gradients ({self.clipping} "
+                "clipping; non-finite gradients zeroed); replacing one example")
+
+    def event(self, steps: int) -> dp_accounting.DpEvent:
+        """The DpEvent of `steps` steps of the sampler that runs; non-private when σ = 0.
+
+        Poisson batches have M = `sampler().max_batch_size` slots; when M < N an over-full
+        batch is cut to M random examples, so the event is truncated Poisson (PLD only), in
+        every run, whether or not a batch was actually cut (`accounting.dpsgd_event`).
+        """
+        if self.sampling == "poisson":
+            return accounting.dpsgd_event(
+                self.sampling_rate, self.noise_multiplier, steps, "poisson",
+                dataset_size=self.dataset_size, max_batch_size=self.sampler().max_batch_size)
+        return accounting.dpsgd_event(self.sampling_rate, self.noise_multiplier, steps,
+                                      self.sampling)
+
+    def accountants(self, steps: int) -> tuple[str, ...]:
+        """The accountants that can compute this run's ε (only "pld" under truncation)."""
+        return accounting.supported_accountants(self.event(steps))
+
+    def epsilon(self, steps: int, delta: float, accountant: str | None = None) -> float:
+        """ε at δ of `steps` steps; `accountant` None takes the first of `accountants(steps)`
+        (RDP where it applies); an accountant that cannot compose the event raises ValueError."""
+        if accountant is None:
+            accountant = self.accountants(steps)[0]
         return accounting.epsilon(self.event(steps), delta, accountant)
+
+    def calibrated(
+        self, target_epsilon: float, delta: float, *, steps: int, accountant: str = "rdp",
+        allow_large_delta: bool = False,
+    ) -> DPSGDConfig:
+        """This config with σ calibrated so `event(steps)` reaches `target_epsilon` at δ.
+
+        Calibrates for exactly the event `train` records (truncated Poisson when M < N, where
+        PLD is used whatever `accountant` says). inf gives σ = 0 and C = inf (non-private).
+        """
+        if math.isinf(float(target_epsilon)):
+            return dataclasses.replace(self, noise_multiplier=0.0, l2_norm_clip=math.inf)
+        poisson = self.sampling == "poisson"
+        sigma = accounting.calibrate_dpsgd_sigma(
+            target_epsilon, delta, q=self.sampling_rate, steps=steps, accountant=accountant,
+            sampling=self.sampling, dataset_size=self.dataset_size,
+            max_batch_size=self.sampler().max_batch_size if poisson else None,
+            allow_large_delta=allow_large_delta,
+        )
+        return dataclasses.replace(self, noise_multiplier=sigma)
 
 
 class DPTrainState(NamedTuple):
@@ -219,7 +273,8 @@ def make_dp_step(
 
 @dataclasses.dataclass
 class DPTrainResult:
-    """What `train` returns. `epsilon` is this run's own ε at the ledger's δ per accountant.
+    """What `train` returns. `epsilon` is this run's own ε at the ledger's δ per accountant,
+    None for an accountant that cannot analyse the sampler (RDP under truncated Poisson).
 
     `nonfinite_examples`: sampled examples whose gradient had a NaN/inf and was zeroed (see
     `train`). `resumed_from`: the step the run was restored at from a checkpoint (0: fresh).
@@ -229,7 +284,7 @@ class DPTrainResult:
     history: list[dict[str, float]]
     steps: int
     event: dp_accounting.DpEvent
-    epsilon: dict[str, float]
+    epsilon: dict[str, float | None]
     truncated_examples: int
     truncated_batches: int
     reproducible: bool
@@ -360,6 +415,11 @@ def train(
             f"ledger.reproducible_seed={ledger.reproducible_seed} but seed={seed}: create the "
             "ledger with reproducible_seed=seed so a seeded run is marked as such."
         )
+    if ledger is not None and ledger.relation != config.relation:
+        raise ValueError(
+            f"{config.sampling} sampling is accounted under {config.relation} but the ledger "
+            f"composes {ledger.relation} releases: pass PrivacyLedger(..., "
+            f"relation={config.relation!r}).")
     key, reproducible = noise_key(seed)
     noise_k, sample_k = jax.random.split(key)
     init_fn, update_fn = make_dp_step(model, optimizer, config, key=noise_k, loss=loss)
@@ -460,35 +520,23 @@ def train(
             ckpt.close()
     event = config.event(steps)
     delta = ledger.delta if ledger is not None else 1e-5
-    eps = {acc: accounting.epsilon(event, delta, acc) for acc in accounting.ACCOUNTANTS}
-    truncation = {}
+    usable = accounting.supported_accountants(event)
+    # None where an accountant cannot analyse the sampler (RDP and truncated Poisson).
+    eps = {acc: accounting.epsilon(event, delta, acc) if acc in usable else None
+           for acc in accounting.ACCOUNTANTS}
     if trunc_total:
-        # The Poisson event no longer describes the run exactly: also report the truncated
-        # Poisson sampler's own ε (PLD only; dp_accounting has no RDP analysis of it).
-        truncated_event = dp_accounting.SelfComposedDpEvent(
-            dp_accounting.TruncatedSubsampledGaussianDpEvent(
-                config.dataset_size, config.sampling_rate, sampler.max_batch_size,
-                config.noise_multiplier),
-            int(steps),
-        ) if config.noise_multiplier > 0 else dp_accounting.NonPrivateDpEvent()
-        truncation["epsilon_pld_truncated_poisson"] = accounting.epsilon(truncated_event, delta, "pld")
-        log.warning("%s: %d examples dropped from %d over-full Poisson batches (max_batch_size=%d); "
-                    "truncated-Poisson PLD epsilon %.4f vs Poisson %.4f.", desc, trunc_total,
-                    trunc_batches_total, sampler.max_batch_size,
-                    truncation["epsilon_pld_truncated_poisson"], eps["pld"])
+        log.warning("%s: %d examples dropped from %d over-full Poisson batches "
+                    "(max_batch_size=%d); the truncated-Poisson event accounts for it.",
+                    desc, trunc_total, trunc_batches_total, sampler.max_batch_size)
     if ledger is not None:
         ledger.record(
-            name, event,
-            sensitivity=(
-                f"L2 = C = {config.l2_norm_clip} on the sum of clipped per-example gradients "
-                f"({config.clipping} clipping); adding or removing one training example"
-            ),
+            name, event, sensitivity=config.sensitivity, relation=config.relation,
             mechanism="DP-SGD", sampling=config.sampling, sampling_rate=config.sampling_rate,
             noise_multiplier=config.noise_multiplier, l2_norm_clip=config.l2_norm_clip,
             steps=int(steps), dataset_size=config.dataset_size, batch_size=config.batch_size,
             max_batch_size=sampler.max_batch_size, truncated_examples=trunc_total,
             truncated_batches=trunc_batches_total, nonfinite_examples=nonfinite_total,
-            reproducible=reproducible, **truncation,
+            reproducible=reproducible,
         )
     return DPTrainResult(
         params=state.params, history=history, steps=int(steps), event=event, epsilon=eps,

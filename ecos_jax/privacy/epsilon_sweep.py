@@ -1,13 +1,19 @@
 """Accuracy against ε: DP-SGD on one dataset at several target ε (issue 3, item 6).
 
-For every target ε, σ is calibrated for the run's sampling rate q, step count T and δ
-(`calibrate_dpsgd_sigma`); the model is trained by `dpsgd.train` with that σ, every run
-recording its release in its own `PrivacyLedger`. ε = ∞ is the non-private reference: the
+For every target ε, σ is calibrated for the event `dpsgd.train` records: the run's sampling
+rate q, step count T and δ, and with Poisson sampling the batch slots M (over-full batches are
+cut to M, so the event is truncated Poisson, which only PLD can account;
+`DPSGDConfig.calibrated`). The model is trained by `dpsgd.train` with that σ, every run
+recording its release in its own `PrivacyLedger` (one neighbouring relation per ledger:
+add/remove one for Poisson, replace one for shuffling). RDP ε is reported as "n/a" where RDP
+cannot analyse the sampler. ε = ∞ is the non-private reference: the
 same loop, batches and optimiser with σ = 0 and no clipping. `run(config, workdir)` is the whole
 experiment; `experiments/train_dp.py` only parses flags and calls it.
 
 Outputs in `workdir`: results.json (config and one record per ε), results.md (the table),
-accuracy_vs_epsilon.png, and ledger_eps<ε>.json (one saved ledger per ε).
+accuracy_vs_epsilon.png, and ledger_eps<ε>.json (one saved ledger per ε). With
+`checkpoint_every` set, each run checkpoints into checkpoints_eps<ε>/ and a rerun resumes it;
+those directories hold the secret noise keys: protect them like the data, delete them after.
 """
 
 from __future__ import annotations
@@ -76,7 +82,10 @@ def validate(config: ml_collections.ConfigDict, n_train: int) -> int:
         dataset_size=n_train, batch_size=config.dp.batch_size, l2_norm_clip=config.dp.l2_norm_clip,
         noise_multiplier=1.0, sampling=config.dp.sampling, clipping=config.dp.clipping,
         grad_method=config.dp.grad_method, microbatch_size=config.dp.microbatch_size,
+        max_batch_size=config.dp.max_batch_size,
     )
+    if config.checkpoint_every is not None and config.checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1 or None, got {config.checkpoint_every}.")
     return max(1, round(config.dp.epochs * n_train / config.dp.batch_size))
 
 
@@ -96,28 +105,32 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
              config.data.name, n, len(test_ds), q, steps)
 
     records = []
+    base = dpsgd.DPSGDConfig(
+        dataset_size=n, batch_size=config.dp.batch_size, l2_norm_clip=config.dp.l2_norm_clip,
+        noise_multiplier=1.0, sampling=config.dp.sampling, clipping=config.dp.clipping,
+        grad_method=config.dp.grad_method, microbatch_size=config.dp.microbatch_size,
+        max_batch_size=config.dp.max_batch_size,
+    )
     for target in target_epsilons(config.dp.target_epsilons):
-        private = not math.isinf(target)
         t0 = time.perf_counter()
-        sigma = accounting.calibrate_dpsgd_sigma(
-            target, config.dp.delta, q=q, steps=steps, accountant=config.dp.accountant,
-            sampling=config.dp.sampling, dataset_size=n,
-            allow_large_delta=config.dp.allow_large_delta,
-        ) if private else 0.0
-        dp_config = dpsgd.DPSGDConfig(
-            dataset_size=n, batch_size=config.dp.batch_size,
-            l2_norm_clip=config.dp.l2_norm_clip if private else math.inf,
-            noise_multiplier=sigma, sampling=config.dp.sampling, clipping=config.dp.clipping,
-            grad_method=config.dp.grad_method, microbatch_size=config.dp.microbatch_size,
-        )
+        # The same event train records (truncated Poisson when M < N), so the ledger's ε
+        # meets the target.
+        dp_config = base.calibrated(target, config.dp.delta, steps=steps,
+                                    accountant=config.dp.accountant,
+                                    allow_large_delta=config.dp.allow_large_delta)
+        sigma = dp_config.noise_multiplier
         ledger = PrivacyLedger(config.dp.delta, accountant=config.dp.accountant,
+                               relation=dp_config.relation,
                                reproducible_seed=config.noise_seed, dataset_size=n,
                                allow_large_delta=config.dp.allow_large_delta)
+        ckpt = (None if config.checkpoint_every is None
+                else workdir / f"checkpoints_eps{_label(target)}")
         result = dpsgd.train(
             model, params, train_ds.images, train_ds.labels, dp_config,
             make_optimizer(config.optax), steps=steps, seed=config.noise_seed, ledger=ledger,
             name=f"{config.model.name}_dpsgd", log_every=config.log_every,
-            progress=config.progress, desc=f"ε={_label(target)}",
+            progress=config.progress, desc=f"ε={_label(target)}", checkpoint_dir=ckpt,
+            checkpoint_every=config.checkpoint_every,
         )
         ledger.save(workdir / f"ledger_eps{_label(target)}.json")
         acc = train.evaluate(model, result.params, test_ds.images, test_ds.labels,
@@ -126,10 +139,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
         record = {
             "target_epsilon": _label(target), "noise_multiplier": sigma,
             "l2_norm_clip": _label(dp_config.l2_norm_clip),
-            "epsilon_rdp": _label(ledger.epsilon(accountant="rdp")),
-            "epsilon_pld": _label(ledger.epsilon(accountant="pld")), "delta": config.dp.delta,
+            "epsilon_rdp": _epsilon(ledger, "rdp"), "epsilon_pld": _epsilon(ledger, "pld"),
+            "delta": config.dp.delta, "max_batch_size": dp_config.sampler().max_batch_size,
             "test_accuracy": acc, "train_loss": result.history[-1]["loss"], "steps": steps,
             "sampling_rate": q, "truncated_examples": result.truncated_examples,
+            "nonfinite_examples": result.nonfinite_examples,
             "reproducible": result.reproducible, "seconds": time.perf_counter() - t0,
         }
         records.append(record)
@@ -139,10 +153,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
     return records
 
 
+def _epsilon(ledger: PrivacyLedger, accountant: str) -> str:
+    """The ledger's ε as text: "inf" for non-private, "n/a" where `accountant` cannot compose
+    an entry (RDP has no analysis of truncated Poisson sampling)."""
+    if accountant not in ledger.accountants():
+        return "n/a"
+    return _label(ledger.epsilon(accountant=accountant))
+
+
 def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_test: int) -> str:
     """results.json, results.md and accuracy_vs_epsilon.png; returns the markdown."""
     def fmt(e: str) -> str:
-        return "∞" if e == "inf" else f"{float(e):.2f}"
+        return {"inf": "∞", "n/a": "n/a"}.get(e) or f"{float(e):.2f}"
 
     header = ["target ε", "σ", "ε (RDP)", "ε (PLD)", "test accuracy %", "train loss", "time (s)"]
     rows = [[r["target_epsilon"].replace("inf", "∞"), f"{r['noise_multiplier']:.3f}",
@@ -155,6 +177,9 @@ def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_te
         f"T = {r0['steps']}, C = {config.dp.l2_norm_clip}, {config.dp.sampling} sampling)\n\n"
         + results.markdown_table(header, rows)
     )
+    if any(r["epsilon_rdp"] == "n/a" for r in records):
+        text += ("\nRDP n/a: batches have M slots and over-full ones are cut to M (truncated "
+                 "Poisson), which only PLD accounts; σ was calibrated with PLD.\n")
     if any(r["reproducible"] for r in records):
         text += "\nNoise was seeded (config.noise_seed): reproducible research only.\n"
     io.write_json(workdir / "results.json",
@@ -183,14 +208,15 @@ def _plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    finite = [(float(r["epsilon_rdp"]), 100 * r["test_accuracy"]) for r in records
-              if r["epsilon_rdp"] != "inf"]
+    # PLD: it accounts every DP-SGD sampler (RDP cannot analyse truncated Poisson).
+    finite = [(float(r["epsilon_pld"]), 100 * r["test_accuracy"]) for r in records
+              if r["epsilon_pld"] != "inf"]
     if finite:
         xs, ys = zip(*sorted(finite))
-        ax.plot(xs, ys, marker="o", label="DP-SGD (ε at δ, RDP)")
+        ax.plot(xs, ys, marker="o", label="DP-SGD (ε at δ, PLD)")
         ax.set_xscale("log")
     for r in records:
-        if r["epsilon_rdp"] == "inf":
+        if r["epsilon_pld"] == "inf":
             ax.axhline(100 * r["test_accuracy"], ls="--", c="gray",
                        label=f"non-private ({100 * r['test_accuracy']:.1f}%)")
     ax.set_xlabel("ε")

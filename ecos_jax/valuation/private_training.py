@@ -6,12 +6,14 @@ training sample with the result. This module is that one step:
 * ε = ∞: ordinary training (`ecos_jax.train.fit`, Adam), a checkpoint every
   `checkpoints_every` epochs (`fit_with_checkpoints`);
 * finite ε: DP-SGD (`ecos_jax.privacy.dpsgd.train`, Poisson sampling, flat clipping, plain SGD)
-  with σ calibrated so the whole run reaches ε at δ. The run is executed as K segments of
-  `checkpoints_every` epochs, continuing from the previous segment's parameters; plain SGD has
-  no optimiser state, so the segments are exactly one run, and the K segment events the ledger
-  records compose to the event of one T-step run (same ε).
+  with σ calibrated so the whole run reaches ε at δ, for the event the runs record (Poisson
+  batches have M = q·N + 5 std slots, so it is truncated Poisson, which only PLD accounts: pass
+  a `PrivacyLedger(accountant="pld")` to read `ledger.epsilon()`). The run is executed as K
+  segments of `checkpoints_every` epochs, continuing from the previous segment's parameters;
+  plain SGD has no optimiser state, so the segments are exactly one run, and the K segment
+  events the ledger records compose to the event of one T-step run (same ε).
 
-    >>> ledger = PrivacyLedger(delta=1e-5)
+    >>> ledger = PrivacyLedger(delta=1e-5, accountant="pld")
     >>> run = train_at_epsilon(model, x, y, epsilon=3.0, epochs=6, checkpoints_every=1,
     ...                        ledger=ledger)
     >>> len(run.checkpoints), ledger.epsilon()      # 6, ≈ 3.0
@@ -31,7 +33,7 @@ import numpy as np
 import optax
 
 from ecos_jax import train as trainer
-from ecos_jax.privacy import accounting, dpsgd
+from ecos_jax.privacy import dpsgd
 from ecos_jax.privacy.ledger import PrivacyLedger
 
 PyTree = Any
@@ -118,7 +120,9 @@ def train_at_epsilon(
       learning_rate: Adam step size of the non-private run.
       dp_learning_rate: SGD step size of DP-SGD (on the noisy mean of clipped gradients).
       l2_norm_clip: DP-SGD clipping norm C.
-      ledger: required for finite ε: the training release is recorded there (δ from it).
+      ledger: required for finite ε: the training release is recorded there (δ from it). Its
+        relation must be add_or_remove_one (Poisson); truncated Poisson needs PLD to compose.
+      accountant: calibration accountant where it applies (PLD is forced under truncation).
       seed: parameter-init and non-private shuffling seed.
       noise_seed: DP noise / sampling seed; None = OS entropy (then the ledger must not be
         seeded; see `PrivacyLedger(reproducible_seed=...)`).
@@ -149,11 +153,11 @@ def train_at_epsilon(
     segments = epochs // checkpoints_every
     seg_steps = max(1, round(checkpoints_every * n / batch_size))
     steps = segments * seg_steps
-    q = batch_size / n
-    sigma = accounting.calibrate_dpsgd_sigma(epsilon, ledger.delta, q=q, steps=steps,
-                                             accountant=accountant, dataset_size=n)
-    config = dpsgd.DPSGDConfig(dataset_size=n, batch_size=batch_size, l2_norm_clip=l2_norm_clip,
-                               noise_multiplier=sigma)
+    # Calibrated for the event the segments record (truncated Poisson when M < N).
+    config = dpsgd.DPSGDConfig(dataset_size=n, batch_size=batch_size, l2_norm_clip=l2_norm_clip
+                               ).calibrated(epsilon, ledger.delta, steps=steps,
+                                            accountant=accountant)
+    sigma = config.noise_multiplier
     params = model.init(jax.random.key(seed), x[:1])
     ckpts, history = [], []
     for k in range(segments):
