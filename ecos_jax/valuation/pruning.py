@@ -59,7 +59,9 @@ def _train(model, x, y, eps, epochs, c, seed, name):
                            l2_norm_clip=c.train.l2_norm_clip, ledger=ledger,
                            accountant=c.privacy.accountant, seed=seed,
                            noise_seed=c.privacy.noise_seed, name=name, progress=c.progress)
-    eps_run = "inf" if math.isinf(eps) else ledger.epsilon()
+    # DP-SGD's truncated-Poisson event is PLD-only: fall back to PLD where RDP cannot compose.
+    acc = c.privacy.accountant if c.privacy.accountant in ledger.accountants() else "pld"
+    eps_run = "inf" if math.isinf(eps) else ledger.epsilon(accountant=acc)
     return run, eps_run
 
 
