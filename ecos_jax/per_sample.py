@@ -1,8 +1,9 @@
 """Per-sample (per-example) gradients: `vmap(grad)` under `jit`, micro-batched.
 
-The primitive behind DP-SGD clipping (SPEC §1.1) and the gradient-based valuation scores
-(SPEC §2). `loss_fn(params, x, y) -> scalar` is written for ONE example (`x: [H, W, C]`,
-`y: []`); these helpers lift it to a batch.
+The primitive behind DP-SGD clipping and the gradient-based valuation scores (VoG, PLIS).
+`loss_fn(params, x, y) -> scalar` is written for ONE example (`x: [H, W, C]`, `y: []`); these
+helpers lift it to a batch. A non-finite example gives a non-finite gradient row here; DP-SGD
+zeroes such rows before clipping (`privacy.clipping`) and counts them.
 
     >>> grads = per_example_grads(loss_fn, params, x, y, microbatch_size=64)
     >>> jax.tree.leaves(grads)[0].shape[0] == x.shape[0]

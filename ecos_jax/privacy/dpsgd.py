@@ -7,7 +7,9 @@ One jitted step `update_fn(state, x, y, mask) -> (state, metrics)`:
 with the per-example part from `layer_grads` (fast: from layer inputs and output gradients,
 default) or `ecos_jax.per_sample` (`vmap(grad)`, any model). `train` runs many such steps over
 Poisson-sampled, fixed-shape padded batches in one compiled `lax.scan`, counts truncated
-batches, and records the run's DpEvent in a `PrivacyLedger`.
+batches, and records the DpEvent of the sampler that runs in a `PrivacyLedger`: truncated
+Poisson (PLD only) whenever the batch has fewer slots than N, in every run, whether or not a
+batch was cut.
 
 Rows that do not count add exact zeros, whatever data they hold: padding slots (which point
 at dataset row 0) and sampled examples whose gradient has a NaN or inf. Both are selected away
@@ -69,8 +71,10 @@ class DPSGDConfig:
       batch_size: expected batch size q·N (Poisson) or the fixed batch size (shuffle).
       l2_norm_clip: C > 0 (inf only with noise_multiplier = 0: plain SGD on summed grads).
       noise_multiplier: σ ≥ 0; noise std on the sum is σ·C. 0 means non-private.
-      sampling: "poisson" (amplified accounting) or "shuffle" (no amplification claimed).
-      max_batch_size: Poisson batch slots (default q·N + 5 std); over-full batches truncated.
+      sampling: "poisson" (amplified accounting, add/remove-one neighbours) or "shuffle" (no
+        amplification claimed, replace-one neighbours, sensitivity 2C).
+      max_batch_size: Poisson batch slots M (default q·N + 5 std); over-full batches are cut
+        to M random examples, and with M < N the run is accounted as truncated Poisson.
       clipping: "flat" or "per_layer" (each of L layers to C/√L).
       grad_method: "layers" (fast, Dense/Conv models) or "vmap" (any model).
       microbatch_size: examples per chunk of per-example work (bounded memory); None = all.
@@ -373,9 +377,10 @@ def train(
     A checkpoint written by a run with another config, T, seed, `log_every`, state shapes,
     loss or data is refused (ValueError). The release is recorded in `ledger` once, when the
     run completes, with all T steps; an interrupted run records nothing (its parameters were
-    not released). The checkpoint holds the secret noise key (also with `seed=None`, where
-    it came from OS entropy): protect the directory like the training data
-    (`dpsgd_checkpoint`).
+    not released). Calling it again on a finished run's directory trains nothing, returns the
+    same parameters and records the release again (a conservative double count). The
+    checkpoint holds the secret noise key (also with `seed=None`, where it came from OS
+    entropy): protect the directory like the training data (`dpsgd_checkpoint`).
 
     Args:
       model, params: flax model and its initial `{"params": ...}` variables.
@@ -386,7 +391,8 @@ def train(
       seed: None takes the noise and sampling key from OS entropy (secure); an int makes the run
         reproducible and marks the ledger reproducible-research-only.
       ledger: where the model release is recorded (a new one is not created for you: pass
-        one to keep the run's privacy claim).
+        one to keep the run's privacy claim). Its relation must be `config.relation` (checked
+        before training); read truncated-Poisson runs with its PLD accountant.
       log_every: steps per compiled scan chunk and per history entry.
       checkpoint_dir: where to checkpoint and resume the run; None: no checkpoints.
       checkpoint_every: steps between checkpoints (default `log_every`).

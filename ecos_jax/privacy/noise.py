@@ -1,6 +1,6 @@
 """Gaussian noise on a clipped-gradient sum, then division by the expected batch size.
 
-SPEC §1.3: G = Σ_i m_i ḡ_i + N(0, σ²C²I), and the update is G / (q·N). The noise is
+G = Σ_i m_i ḡ_i + N(0, σ²C²I), and the update is G / (q·N). The noise is
 calibrated to the **sum** (L2 sensitivity C), and the divisor is the expected batch size
 q·N, never the realised one (which would reveal how many examples were sampled).
 

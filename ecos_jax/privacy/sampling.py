@@ -1,10 +1,11 @@
 """Batch samplers for DP-SGD: Poisson with fixed-shape padded batches, and shuffled batches.
 
-SPEC §1.4. Poisson sampling includes each of the N examples independently with probability q,
+Poisson sampling includes each of the N examples independently with probability q,
 so the batch size varies; to keep one compiled step, a batch is returned as `max_batch_size`
 indices plus a mask. If more than `max_batch_size` examples are drawn, a uniformly random
 subset of them is kept (the truncated Poisson sampler that
-`dp_accounting.TruncatedSubsampledGaussianDpEvent` describes) and the overflow is counted.
+`dp_accounting.TruncatedSubsampledGaussianDpEvent` describes, and which DP-SGD records whenever
+`max_batch_size` < N) and the overflow is counted.
 
     >>> sampler = PoissonSampler(dataset_size=60_000, sampling_rate=256 / 60_000)
     >>> batch = sampler.sample(key)          # batch.indices [M] int32, batch.mask [M] bool
@@ -57,7 +58,8 @@ def poisson_batch(
     mask = -neg_u < sampling_rate
     num_sampled = jnp.sum(u < sampling_rate, dtype=jnp.int32)
     truncated = jnp.maximum(num_sampled - max_batch_size, 0)
-    # Padding rows point at index 0 with mask False; callers weight them by 0.
+    # Padding rows point at index 0 with mask False. Callers must select them away
+    # (jnp.where), not weight them by 0: row 0 may hold NaN/inf, and 0 · NaN = NaN.
     indices = jnp.where(mask, indices, 0).astype(jnp.int32)
     return Batch(indices, mask, num_sampled, truncated)
 
