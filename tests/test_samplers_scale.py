@@ -33,9 +33,19 @@ def test_four_host_devices_are_present():
     assert len(jax.devices()) == 4
 
 
-def test_kmeans_streamed_and_sharded_match_in_memory(pool, one_device, tmp_path):
+def far_start(pool):
+    """12 initial centroids, 4 of them far from every row: those clusters are empty after the
+    first pass and must be re-seeded."""
+    return np.concatenate([pool[:8], pool[8:12] + 100.0]).astype(np.float32)
+
+
+@pytest.mark.parametrize("start", ["kmeans++", "far"])
+def test_kmeans_streamed_and_sharded_match_in_memory(pool, one_device, tmp_path, start):
+    init = far_start(pool) if start == "far" else start
     ref = kmeans(jax.random.key(0), jnp.asarray(pool), 12, iters=6, devices=one_device,
-                 workers=1)
+                 workers=1, init=init)
+    if start == "far":  # the re-seed ran: every cluster has rows
+        assert np.bincount(np.asarray(ref.assignments), minlength=12).min() > 0
     path = tmp_path / "pool.npy"
     np.save(path, pool)
     memmap = np.load(path, mmap_mode="r")
@@ -51,7 +61,7 @@ def test_kmeans_streamed_and_sharded_match_in_memory(pool, one_device, tmp_path)
     }
     for name, kw in runs.items():
         res = kmeans(jax.random.key(0), kw["features"], 12, iters=6, chunk_size=kw["chunk_size"],
-                     devices=kw["devices"], workers=kw["workers"])
+                     devices=kw["devices"], workers=kw["workers"], init=init)
         assert np.array_equal(np.asarray(res.centroids), np.asarray(ref.centroids)), name
         assert np.array_equal(np.asarray(res.assignments), np.asarray(ref.assignments)), name
         assert res.inertia == ref.inertia and res.iterations == ref.iterations, name
@@ -135,9 +145,12 @@ def test_ecos_streamed_matches_in_memory(pool, one_device):
     assert len(np.unique(np.asarray(got))) == 150
 
 
-def test_kmeans_bounds_skip_work_but_not_results(pool, one_device):
-    """Hamerly pruning changes which distances are computed, never the clustering."""
-    kw = dict(iters=8, devices=one_device, chunk_size=CHUNK)
+@pytest.mark.parametrize("start", ["kmeans++", "far"])
+def test_kmeans_bounds_skip_work_but_not_results(pool, one_device, start):
+    """Hamerly pruning changes which distances are computed, never the clustering, also when
+    empty clusters are re-seeded (the re-seeded centroids jump, and the bounds follow)."""
+    init = far_start(pool) if start == "far" else start
+    kw = dict(iters=8, devices=one_device, chunk_size=CHUNK, init=init)
     pruned = kmeans(jax.random.key(5), pool, 12, prune=True, **kw)
     full = kmeans(jax.random.key(5), pool, 12, prune=False, **kw)
     assert np.array_equal(np.asarray(pruned.centroids), np.asarray(full.centroids))
