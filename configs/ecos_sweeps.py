@@ -1,4 +1,4 @@
-r"""The ECOS paper's sweeps on the embedded digits + MNIST-C domains (ecos_jax/ecos/sweeps.py).
+r"""The ECOS paper's sweeps on the embedded digits + MNIST-C domains (ecos_jax/experiments/ecos_sweeps.py).
 
   pool           accuracy against budget with the pool OoD-only, ID+OoD and ID-only
                  (ECOS, Random, K-Center; the in-domain oracle once, on the ID+OoD pool);

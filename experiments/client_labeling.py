@@ -4,7 +4,7 @@ r"""ECOS automated client labelling: the client labels the cloud's picks by priv
   python experiments/client_labeling.py --config=configs/client_labeling.py:quick --workdir=runs/client_labeling_quick
   python experiments/client_labeling.py --config.labeling.epsilon=4 --config.budgets='(200,)'
 
-See configs/client_labeling.py for every field and ecos_jax/ecos/client_labeling.py for what
+See configs/client_labeling.py for every field and ecos_jax/experiments/client_labeling.py for what
 the run computes.
 """
 
@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from ecos_jax.ecos import client_labeling  # noqa: E402
+from ecos_jax.experiments import client_labeling  # noqa: E402
 from ecos_jax.utils import cli  # noqa: E402
 
 _CONFIG = cli.define_config("client_labeling.py")

@@ -4,7 +4,7 @@ r"""ECOS adaptive model compression against Random, K-Center and the in-domain o
   python experiments/model_compression.py --config=configs/model_compression.py:quick --workdir=runs/mc_quick
   python experiments/model_compression.py --config.compression.temperature=2.0 --config.budgets='(300,600)'
 
-See configs/model_compression.py for every field and ecos_jax/ecos/model_compression.py for
+See configs/model_compression.py for every field and ecos_jax/experiments/model_compression.py for
 what the run computes.
 """
 
@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from ecos_jax.ecos import model_compression  # noqa: E402
+from ecos_jax.experiments import model_compression  # noqa: E402
 from ecos_jax.utils import cli  # noqa: E402
 
 _CONFIG = cli.define_config("model_compression.py")

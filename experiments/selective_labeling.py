@@ -4,7 +4,7 @@ r"""ECOS selective labelling against Random, K-Center, Local and the in-domain o
   python experiments/selective_labeling.py --config=configs/selective_labeling.py:quick --workdir=runs/quick
   python experiments/selective_labeling.py --config.budgets='(300,600)' --config.ecos.epsilon=1.0
 
-See configs/selective_labeling.py for every field and ecos_jax/ecos/selective_labeling.py for
+See configs/selective_labeling.py for every field and ecos_jax/experiments/selective_labeling.py for
 what the run computes.
 """
 
@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from ecos_jax.ecos import selective_labeling  # noqa: E402
+from ecos_jax.experiments import selective_labeling  # noqa: E402
 from ecos_jax.utils import cli  # noqa: E402
 
 _CONFIG = cli.define_config("selective_labeling.py")

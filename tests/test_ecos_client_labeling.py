@@ -6,7 +6,8 @@ import pytest
 from dp_accounting import rdp
 
 from configs import client_labeling as cl_config
-from ecos_jax.ecos import client_labeling, private_knn, runner
+from ecos_jax.ecos import private_knn
+from ecos_jax.experiments import client_labeling, ecos_runner
 from ecos_jax.privacy import accounting
 from ecos_jax.utils.overrides import override
 
@@ -80,8 +81,8 @@ def test_client_lifetime_epsilon_composes_every_release_once_across_a_resume(tmp
     config = _config(methods=("ecos", "random"), budgets=(30, 60), **{"train.steps": 2, "ecos.noise_seed": 0})
     whole = client_labeling.run(config, tmp_path / "whole")
     with pytest.raises(_Interrupted):
-        runner.run(config, tmp_path / "resumed", _StopsAfter(2))
-    assert len(runner.load_client_ledgers(tmp_path / "resumed")["digits"]) == 3  # response + 2 labels
+        ecos_runner.run(config, tmp_path / "resumed", _StopsAfter(2))
+    assert len(ecos_runner.load_client_ledgers(tmp_path / "resumed")["digits"]) == 3  # response + 2 labels
     resumed = client_labeling.run(config, tmp_path / "resumed")
 
     delta = config.ecos.delta

@@ -8,7 +8,8 @@ import pytest
 
 from configs import model_compression as mc_config
 from ecos_jax import data, train
-from ecos_jax.ecos import model_compression, runner
+from ecos_jax.ecos import distillation
+from ecos_jax.experiments import ecos_runner, model_compression
 from ecos_jax.utils.overrides import override
 
 
@@ -28,14 +29,14 @@ def test_kl_is_t_squared_times_kl_of_softened_distributions(temperature):
     s, t = _logits(0), _logits(1)
     p, q = _softmax(t / temperature), _softmax(s / temperature)
     want = temperature**2 * np.sum(p * (np.log(p) - np.log(q)), axis=-1)
-    got = model_compression.distillation_loss(temperature)(s, t)
+    got = distillation.distillation_loss(temperature)(s, t)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_gradient_pulls_student_towards_teacher(temperature):
     s, t = _logits(2), _logits(3)
-    loss = model_compression.distillation_loss(temperature)
+    loss = distillation.distillation_loss(temperature)
     g = np.asarray(jax.grad(lambda z: jnp.sum(loss(z, t)))(s))
     # T² · (1/T) · (softmax(s/T) − softmax(t/T)): the T² keeps the gradient's size comparable across T.
     np.testing.assert_allclose(g, temperature * (_softmax(s / temperature) - _softmax(t / temperature)),
@@ -51,7 +52,7 @@ def test_high_temperature_matches_centred_logits():
     """Hinton et al.: as T grows, the T²-scaled KL's gradient tends to (s − t − mean(s − t)) / K."""
     s, t = _logits(4), _logits(5)
     k = s.shape[-1]
-    g = np.asarray(jax.grad(lambda z: jnp.sum(model_compression.distillation_loss(1000.0)(z, t)))(s))
+    g = np.asarray(jax.grad(lambda z: jnp.sum(distillation.distillation_loss(1000.0)(z, t)))(s))
     d = s - t
     np.testing.assert_allclose(g, (d - d.mean(-1, keepdims=True)) / k, rtol=2e-2, atol=2e-3)
 
@@ -59,24 +60,24 @@ def test_high_temperature_matches_centred_logits():
 @pytest.mark.parametrize("temperature", [0.0, -1.0])
 def test_non_positive_temperature_is_rejected(temperature):
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        model_compression.distillation_loss(temperature)
+        distillation.distillation_loss(temperature)
 
 
 def test_alpha_mixes_hard_label_cross_entropy():
     s, t = _logits(6), _logits(7)
     y = np.array([0, 1, 2, 3, 4, 0])
-    packed = model_compression.pack_targets(t, y)
+    packed = distillation.pack_targets(t, y)
     assert packed.shape == (6, 6) and (packed[:, -1] == y).all()
     kl = np.asarray(train.kl_distillation(2.0)(s, t))
     ce = np.asarray(train.softmax_xent(s, y))
-    assert model_compression.distillation_loss(2, 0) is model_compression.distillation_loss(2.0)  # memoised
+    assert distillation.distillation_loss(2, 0) is distillation.distillation_loss(2.0)  # memoised
     for alpha in (0.25, 1.0):
-        np.testing.assert_allclose(model_compression.distillation_loss(2.0, alpha)(s, packed),
+        np.testing.assert_allclose(distillation.distillation_loss(2.0, alpha)(s, packed),
                                    (1 - alpha) * kl + alpha * ce, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="alpha"):
-        model_compression.distillation_loss(2.0, 1.5)
+        distillation.distillation_loss(2.0, 1.5)
     with pytest.raises(ValueError, match="labels"):
-        model_compression.pack_targets(t, y[:3])
+        distillation.pack_targets(t, y[:3])
 
 
 def _config(tmp_path, **overrides):
@@ -148,7 +149,7 @@ def digits():
 ])
 def test_bad_config_is_rejected(tmp_path, digits, overrides, match):
     with pytest.raises(ValueError, match=match):
-        runner.validate(_config(tmp_path, **overrides), digits, model_compression.ModelCompression())
+        ecos_runner.validate(_config(tmp_path, **overrides), digits, model_compression.ModelCompression())
 
 
 def test_bad_config_fails_before_any_work(tmp_path):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import ecos_sweeps as sweeps_config
-from ecos_jax.ecos import protocol, runner, sweeps
+from ecos_jax.ecos import protocol
+from ecos_jax.experiments import ecos_runner, ecos_sweeps
 from ecos_jax.privacy import accounting
 from ecos_jax.privacy.ledger import event_from_json
 from ecos_jax.utils.overrides import override
@@ -27,7 +28,7 @@ def _config(arg=None, **overrides):
 
 def test_points_carry_the_overrides():
     c = _config()
-    pts = sweeps.points(c)
+    pts = ecos_sweeps.points(c)
     by = {(p.sweep, p.name): p for p in pts}
     pool = [p for p in pts if p.sweep == "pool"]
     assert [p.name for p in pool] == ["ood", "id+ood", "id"]
@@ -42,10 +43,10 @@ def test_points_carry_the_overrides():
     ref = by[("epsilon", "random")].config
     assert tuple(ref.methods) == ("random",) and tuple(ref.budgets) == (200,) and ref.data.pool == "id+ood"
     # A point's config (hence its resume) does not depend on other sweeps' settings.
-    other = sweeps.points(_config(**{"sweep.epsilons": (0.3,), "sweep.names": ("pool",)}))
-    assert [runner.config_hash(p.config) for p in other] == [runner.config_hash(p.config) for p in pool]
+    other = ecos_sweeps.points(_config(**{"sweep.epsilons": (0.3,), "sweep.names": ("pool",)}))
+    assert [ecos_runner.config_hash(p.config) for p in other] == [ecos_runner.config_hash(p.config) for p in pool]
     # Without 'id+ood' among the kinds the oracle still runs once, on the id+ood pool.
-    only = sweeps.points(_config(**{"sweep.names": ("pool",), "sweep.pool_kinds": ("ood",)}))
+    only = ecos_sweeps.points(_config(**{"sweep.names": ("pool",), "sweep.pool_kinds": ("ood",)}))
     assert [(p.name, p.config.data.pool, tuple(p.config.methods)) for p in only] == [
         ("ood", "ood", ("ecos", "random", "kcenter")), ("oracle", "id+ood", ("oracle",))]
 
@@ -66,16 +67,16 @@ def test_points_carry_the_overrides():
 def test_bad_sweep_config_rejected_before_any_work(tmp_path, overrides, match):
     c = _config(**overrides)
     with pytest.raises(ValueError, match=match):
-        sweeps.points(c)
+        ecos_sweeps.points(c)
     with pytest.raises(ValueError, match=match):
-        sweeps.run(c, tmp_path)
+        ecos_sweeps.run(c, tmp_path)
     assert not any(tmp_path.iterdir())
 
 
 def test_budget_too_large_for_the_id_pool_fails_before_training(tmp_path):
     c = _config(**{"budgets": (100, 500), "sweep.names": ("pool",), "data.client_domains": ("mnist_blur",)})
     with pytest.raises(ValueError, match="larger than the pool"):
-        sweeps.run(c, tmp_path)
+        ecos_sweeps.run(c, tmp_path)
     assert not any(tmp_path.iterdir())
 
 
@@ -92,7 +93,7 @@ def test_aggregation_by_hand():
             _rec("ood", "random", 10, "d", 0, 0.8, pick_domains={"c": 10}),
             _rec("id+ood", "ecos", 10, "a", 0, 0.8, in_domain_fraction=0.6),
             _rec("id+ood", "random", 10, "a", 0, 0.4, pick_domains={"a": 2, "b": 8})]
-    out = sweeps.summarise_pool(recs)
+    out = ecos_sweeps.summarise_pool(recs)
     rows = {(r["pool"], r["method"], r["budget"]): r for r in out["rows"]}
     acc = rows[("ood", "ecos", 10)]["accuracy"]
     assert acc["mean"] == pytest.approx(0.7) and acc["std"] == pytest.approx(np.std([0.5, 0.7, 0.9])) and acc["n"] == 3
@@ -108,7 +109,7 @@ def test_aggregation_by_hand():
                 in_domain_fraction=f)
            for e, d, s, acc, f in [(0.1, "a", 0, 0.2, 0.1), (0.1, "d", 0, 0.4, 0.3), (100.0, "a", 0, 0.9, 1.0)]]
     eps.append(_rec("id+ood", "random", 10, "a", 0, 0.3, epsilon=0.0, reference="random", pick_domains={"a": 1}))
-    out = sweeps.summarise_epsilon(eps)
+    out = ecos_sweeps.summarise_epsilon(eps)
     assert [(r["epsilon"], r["exact_counts"]) for r in out["ecos"]] == [(0.1, False), (100.0, True)]
     assert out["ecos"][0]["accuracy"]["mean"] == pytest.approx(0.3)
     assert out["ecos"][0]["in_domain"]["std"] == pytest.approx(0.1)
@@ -123,7 +124,7 @@ def test_communication_bytes_from_the_protocol_and_the_data():
 
     c = _config()
     ds = data_lib.load(c.data.name)
-    comm = sweeps.communication(c, {c.data.name: ds})[c.data.name]
+    comm = ecos_sweeps.communication(c, {c.data.name: ds})[c.data.name]
     down, up = protocol.message_bytes(30, 32)
     assert (down, up) == (protocol.Centroids(np.zeros((30, 32), np.float32)).nbytes,
                           protocol.NoisyCoverage(np.zeros(30, np.float32), 0.0).nbytes) == (3840, 120)
@@ -146,7 +147,7 @@ def test_tiny_sweep_end_to_end_and_resume(tmp_path):
         "features.kind": "pca", "train.steps": 5, "budgets": (20,), "ecos.num_centroids": 10,
         "ecos.accountant": "rdp", "sweep.pool_kinds": ("ood",), "sweep.pool_methods": ("ecos", "random"),
         "sweep.epsilons": (0.5, 4.0), "sweep.epsilon_budget": 20})
-    out = sweeps.run(c, tmp_path)
+    out = ecos_sweeps.run(c, tmp_path)
     recs = out["records"]
     assert [(r["method"], r["pool"]) for r in recs["pool"]] == [("ecos", "ood"), ("random", "ood"),
                                                                ("oracle", "id+ood")]
@@ -169,7 +170,7 @@ def test_tiny_sweep_end_to_end_and_resume(tmp_path):
     md = (tmp_path / "sweeps.md").read_text()
     assert "## Pool composition" in md and "## ECOS against ε" in md and "## Communication" in md
     # The client answered at every ECOS point; the sweep composes all of it, once each.
-    points = [p for p in sweeps.points(c) if "ecos" in p.config.methods]
+    points = [p for p in ecos_sweeps.points(c) if "ecos" in p.config.methods]
     per_point = [json.loads((tmp_path / p.sweep / p.name / "results.json").read_text())["client_lifetime"]
                  ["mnist_invert"] for p in points]
     events = [event_from_json(e["event"]) for p in points for e in json.loads(
@@ -181,7 +182,7 @@ def test_tiny_sweep_end_to_end_and_resume(tmp_path):
     assert lifetime["epsilon"] > max(v["epsilon"] for v in per_point)
     assert "Client privacy over the whole sweep" in md
     # Resume: every point is done, so nothing is retrained and nothing is counted twice.
-    again = sweeps.run(c, tmp_path)
+    again = ecos_sweeps.run(c, tmp_path)
     assert [r["seconds"] for r in again["records"]["pool"]] == [r["seconds"] for r in recs["pool"]]
     assert again["client_lifetime"] == out["client_lifetime"]
 

@@ -8,7 +8,8 @@ import dp_accounting
 import pytest
 
 from configs import selective_labeling as sl_config
-from ecos_jax.ecos import protocol, selective_labeling
+from ecos_jax.ecos import protocol
+from ecos_jax.experiments import selective_labeling
 from ecos_jax.privacy import accounting
 from ecos_jax.utils.overrides import override
 
@@ -112,14 +113,14 @@ def test_pseudo_label_mode_learns_from_the_unlabelled_pool(tmp_path):
 
 def test_exact_release_epsilon_survives_state_round_trip(tmp_path):
     """ε = inf (exact counts, an ablation) is written as "inf" in strict JSON and read back."""
-    from ecos_jax.ecos import runner
+    from ecos_jax.experiments import ecos_runner
     from ecos_jax.utils import io
 
     rec = {"method": "ecos", "domain": "digits", "budget": 10, "seed": 0, "accuracy": 0.5,
            "epsilon": float("inf")}
     io.write_json(tmp_path / "state.json", {"config_hash": "h", "records": [rec]})
     assert '"epsilon": "inf"' in (tmp_path / "state.json").read_text()
-    assert runner._load_state(tmp_path / "state.json", "h")[0]["epsilon"] == float("inf")
+    assert ecos_runner._load_state(tmp_path / "state.json", "h")[0]["epsilon"] == float("inf")
 
 
 def test_communication_follows_the_wire_dtypes():

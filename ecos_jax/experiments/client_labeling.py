@@ -27,16 +27,17 @@ import ml_collections
 import numpy as np
 
 from ecos_jax import train
-from ecos_jax.ecos import private_knn, runner
-from ecos_jax.ecos.runner import ClientTask, Selection
-from ecos_jax.ecos.selective_labeling import fit_for_steps
+from ecos_jax.ecos import private_knn
+from ecos_jax.experiments import ecos_runner
+from ecos_jax.experiments.ecos_runner import ClientTask, Selection
+from ecos_jax.experiments.selective_labeling import fit_for_steps
 
 
 class ClientLabeling:
     """Picks labelled by the client's private kNN; the cloud trains on those labels."""
 
     name = "ECOS automated client labelling"
-    methods = runner.METHODS
+    methods = ecos_runner.METHODS
     summary_metrics = ("label_accuracy",)
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
@@ -79,4 +80,4 @@ class ClientLabeling:
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     """Runs the whole experiment; writes results into `workdir` and returns the records."""
-    return runner.run(config, workdir, ClientLabeling())
+    return ecos_runner.run(config, workdir, ClientLabeling())

@@ -6,7 +6,7 @@ and scored on the client's held-out test split. With `semi.mode = "pseudo_label"
 then also learns from confident pseudo-labels on the unlabelled rest of the pool
 (`semi_supervised.py`). `run(config, workdir)` is the whole experiment;
 `experiments/selective_labeling.py` only parses flags and calls it. The loop, the ledger, resume
-and the results files are the shared ECOS runner's (`runner.py`).
+and the results files are the shared ECOS runner's (`ecos_runner.py`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import ml_collections
 import numpy as np
 
 from ecos_jax import models, train
-from ecos_jax.ecos import runner, semi_supervised
-from ecos_jax.ecos.runner import METHODS, POOL_METHODS, ClientTask, Selection  # noqa: F401  (re-exported)
+from ecos_jax.ecos import semi_supervised
+from ecos_jax.experiments import ecos_runner
+from ecos_jax.experiments.ecos_runner import METHODS, POOL_METHODS, ClientTask, Selection  # noqa: F401  (re-exported)
 
 
 def fit_for_steps(config: ml_collections.ConfigDict, x: np.ndarray, targets: np.ndarray, *, seed: int,
@@ -91,9 +92,9 @@ class SelectiveLabeling:
 
 def validate(config: ml_collections.ConfigDict, ds) -> dict:
     """Checks the config against the data before any work; returns {client domain: its split}."""
-    return runner.validate(config, ds, SelectiveLabeling())
+    return ecos_runner.validate(config, ds, SelectiveLabeling())
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     """Runs the whole experiment; writes results into `workdir` and returns the records."""
-    return runner.run(config, workdir, SelectiveLabeling())
+    return ecos_runner.run(config, workdir, SelectiveLabeling())

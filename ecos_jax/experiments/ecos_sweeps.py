@@ -1,6 +1,6 @@
 """The ECOS paper's sweeps over selective labelling: pool composition, ε, and bytes.
 
-A sweep is a set of selective-labelling runs (`runner.run` with `SelectiveLabeling`) that
+A sweep is a set of selective-labelling runs (`ecos_runner.run` with `SelectiveLabeling`) that
 differ from a base config by a few overrides; each *point* runs in its own sub-workdir
 `workdir/<sweep>/<point>/`, so an interrupted sweep resumes point by point (the runner's own
 state.json) and a finished point is never recomputed.
@@ -46,8 +46,9 @@ import ml_collections
 import numpy as np
 
 from ecos_jax import data as data_lib
-from ecos_jax.ecos import protocol, runner
-from ecos_jax.ecos.selective_labeling import SelectiveLabeling
+from ecos_jax.ecos import protocol
+from ecos_jax.experiments import ecos_runner
+from ecos_jax.experiments.selective_labeling import SelectiveLabeling
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.utils import io, results
 from ecos_jax.utils.overrides import override
@@ -101,10 +102,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not kinds or bad:
             raise ValueError(f"sweep.pool_kinds must be a non-empty subset of {data_lib.POOL_KINDS}, got {kinds}.")
         methods = tuple(s.pool_methods)
-        bad = [m for m in methods if m not in runner.POOL_METHODS or m == "oracle"]
+        bad = [m for m in methods if m not in ecos_runner.POOL_METHODS or m == "oracle"]
         if not methods or bad:
             raise ValueError(f"sweep.pool_methods must be a non-empty subset of "
-                             f"{tuple(m for m in runner.POOL_METHODS if m != 'oracle')}, got {methods} "
+                             f"{tuple(m for m in ecos_runner.POOL_METHODS if m != 'oracle')}, got {methods} "
                              "(the oracle reference is `sweep.oracle`: it cannot pick when data.pool='ood').")
     if "epsilon" in names:
         eps = tuple(s.epsilons)
@@ -221,7 +222,7 @@ def crossing(num_centroids: int, dim: int, bytes_per_image: int, n_client: int, 
 def communication(config: ml_collections.ConfigDict, datasets: dict[str, data_lib.ArrayDataset]) -> dict:
     """Bytes per dataset and client domain (every domain: no training is needed).
 
-    Matches `runner.communication` for float32 (centroids `[R, d]` down, counts `[R]` up,
+    Matches `ecos_runner.communication` for float32 (centroids `[R, d]` down, counts `[R]` up,
     uploading/downloading raw pixels as uint8), adds the lean encoding and the curve against
     the number of client samples.
     """
@@ -229,7 +230,7 @@ def communication(config: ml_collections.ConfigDict, datasets: dict[str, data_li
     out = {}
     for name, ds in datasets.items():
         shape = tuple(ds.images.shape[1:])
-        bpi = int(np.prod(shape))  # one uint8 per pixel value, as runner.communication counts
+        bpi = int(np.prod(shape))  # one uint8 per pixel value, as ecos_runner.communication counts
         d = feature_dim(config, shape)
         enc = {e: round_bytes(r, d, e) for e in ENCODINGS}
         rows, curves = [], {}
@@ -346,12 +347,12 @@ def client_lifetime(config: ml_collections.ConfigDict, pts: list[Point],
                     workdir: Path) -> dict[str, PrivacyLedger]:
     """{client domain: one ledger of everything that client released at every point}.
 
-    Built from each point's lifetime ledgers (`runner.load_client_ledgers`, i.e. its saved
+    Built from each point's lifetime ledgers (`ecos_runner.load_client_ledgers`, i.e. its saved
     state), so a resumed sweep counts each release once; each entry's meta names its point.
     """
     out: dict[str, PrivacyLedger] = {}
     for p in pts:
-        for domain, ledger in runner.load_client_ledgers(workdir / p.sweep / p.name).items():
+        for domain, ledger in ecos_runner.load_client_ledgers(workdir / p.sweep / p.name).items():
             total = out.setdefault(domain, PrivacyLedger(
                 config.ecos.delta, accountant=config.ecos.accountant, relation=protocol.RELATION,
                 reproducible_seed=config.ecos.noise_seed))
@@ -385,7 +386,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     app = TrackedSelectiveLabeling()
     pts = points(config)
     for p in pts:
-        runner.validate(p.config, ds, app)
+        ecos_runner.validate(p.config, ds, app)
     datasets = {config.data.name: ds}
     for name in config.sweep.comm_datasets:
         if name not in datasets:
@@ -393,7 +394,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     records: dict[str, list[dict]] = {"pool": [], "epsilon": []}
     for i, p in enumerate(pts):
         log.info("Sweep point %d/%d: %s/%s", i + 1, len(pts), p.sweep, p.name)
-        for r in runner.run(p.config, workdir / p.sweep / p.name, app):
+        for r in ecos_runner.run(p.config, workdir / p.sweep / p.name, app):
             meta = dict(p.meta)
             if "epsilon" in meta:
                 meta = {"epsilon_target": meta.pop("epsilon"), **meta}

@@ -20,7 +20,6 @@ which student and teacher predict the same class) and `n_train`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 from pathlib import Path
@@ -34,50 +33,14 @@ import numpy as np
 
 from ecos_jax import models, train
 from ecos_jax.data import sources
-from ecos_jax.ecos import runner
-from ecos_jax.ecos.runner import POOL_METHODS, ClientTask, Selection
-from ecos_jax.ecos.selective_labeling import fit_for_steps
+from ecos_jax.ecos.distillation import distillation_loss, pack_targets
+from ecos_jax.experiments import ecos_runner
+from ecos_jax.experiments.ecos_runner import POOL_METHODS, ClientTask, Selection
+from ecos_jax.experiments.selective_labeling import fit_for_steps
 from ecos_jax.utils import io
 
 log = logging.getLogger(__name__)
 PyTree = Any
-
-
-def distillation_loss(temperature: float, alpha: float = 0.0) -> train.LossFn:
-    """Per-example `(1 − α) · T² · KL(teacher_T ‖ student_T) + α · CE(student, label)`.
-
-    targets: `[B, K]` teacher logits when `alpha == 0` (then this is exactly
-    `train.kl_distillation(temperature)`); `[B, K + 1]` from `pack_targets` (teacher logits,
-    then the pool label as a float) when `alpha > 0`. Returns `[B]` nats.
-
-    Memoised: the loss is a static argument of the jitted train step, so the same function
-    object for the same settings is what lets every student reuse the compiled step.
-    """
-    return _distillation_loss(float(temperature), float(alpha))
-
-
-@functools.lru_cache(maxsize=32)
-def _distillation_loss(temperature: float, alpha: float) -> train.LossFn:
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
-    kl = train.kl_distillation(temperature)  # rejects temperature <= 0
-    if alpha == 0.0:
-        return kl
-
-    def loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
-        teacher_logits, labels = targets[..., :-1], targets[..., -1].astype(jnp.int32)
-        return (1.0 - alpha) * kl(logits, teacher_logits) + alpha * train.softmax_xent(logits, labels)
-
-    return loss
-
-
-def pack_targets(teacher_logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """`[N, K]` logits and `[N]` int labels -> `[N, K + 1]` float32 (labels exact below 2**24)."""
-    teacher_logits = np.asarray(teacher_logits, np.float32)
-    labels = np.asarray(labels)
-    if labels.shape != teacher_logits.shape[:1]:
-        raise ValueError(f"labels must have shape [{teacher_logits.shape[0]}], got {labels.shape}.")
-    return np.concatenate([teacher_logits, labels.astype(np.float32)[:, None]], axis=1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -187,4 +150,4 @@ class ModelCompression:
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     """Runs the whole experiment; writes results into `workdir` and returns the records."""
-    return runner.run(config, workdir, ModelCompression())
+    return ecos_runner.run(config, workdir, ModelCompression())
