@@ -4,7 +4,7 @@ r"""DP-SGD accuracy against ε: trains one model per target ε and writes table,
   python experiments/train_dp.py --config=configs/train_dp.py:quick --workdir=runs/train_dp_quick
   python experiments/train_dp.py --config.dp.target_epsilons=1,inf --config.noise_seed=0
 
-See configs/train_dp.py for every field and ecos_jax/privacy/epsilon_sweep.py for what the
+See configs/train_dp.py for every field and ecos_jax/experiments/train_dp.py for what the
 run computes.
 """
 
@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from ecos_jax.privacy import epsilon_sweep  # noqa: E402
+from ecos_jax.experiments import train_dp  # noqa: E402
 from ecos_jax.utils import cli  # noqa: E402
 
 _CONFIG = cli.define_config("train_dp.py")
@@ -26,7 +26,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/train_dp", "Where results and le
 def main(argv):
     del argv
     logging.getLogger("ecos_jax").setLevel(logging.INFO)
-    epsilon_sweep.run(_CONFIG.value, _WORKDIR.value)
+    train_dp.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 
 import train_dp as train_dp_config  # noqa: E402
 
-from ecos_jax.privacy import epsilon_sweep  # noqa: E402
+from ecos_jax.experiments import train_dp  # noqa: E402
 
 
 def _config(**dp):
@@ -36,13 +36,13 @@ def _config(**dp):
 )
 def test_bad_config_is_refused_before_training(dp, match):
     with pytest.raises(ValueError, match=match):
-        epsilon_sweep.validate(_config(**dp), n_train=5000)
+        train_dp.validate(_config(**dp), n_train=5000)
 
 
 def test_steps_and_epsilons_from_config():
     c = _config(epochs=2, batch_size=250)
-    assert epsilon_sweep.validate(c, n_train=5000) == 40
-    assert epsilon_sweep.target_epsilons("1, 8,inf") == [1.0, 8.0, math.inf]
+    assert train_dp.validate(c, n_train=5000) == 40
+    assert train_dp.target_epsilons("1, 8,inf") == [1.0, 8.0, math.inf]
     with pytest.raises(ValueError, match="variant"):
         train_dp_config.get_config("huge")
 
@@ -52,7 +52,7 @@ def test_end_to_end_tiny(tmp_path):
     c = _config(target_epsilons="8,inf", epochs=1, batch_size=512)
     c.progress = False
     c.noise_seed = 0
-    records = epsilon_sweep.run(c, tmp_path)
+    records = train_dp.run(c, tmp_path)
     assert [r["target_epsilon"] for r in records] == ["8", "inf"]
     # Truncated Poisson (M < N slots): only PLD accounts it, and σ was calibrated for it.
     assert records[0]["epsilon_rdp"] == "n/a" and records[1]["epsilon_pld"] == "inf"
