@@ -27,7 +27,7 @@ def _tiny(config, **overrides):
 @pytest.mark.slow  # trains 4 small models (2 with DP-SGD) and scores them: ~1-2 min
 def test_data_valuation_end_to_end(tmp_path):
     from configs.data_valuation import get_config
-    from ecos_jax.valuation import data_valuation
+    from ecos_jax.experiments import data_valuation
 
     c = _tiny(get_config("quick"), **{"data.n_train": 80, "data.n_test": 60,
                                       "scores.plis_samples": 20, "scores.plis_max_iters": 10,
@@ -71,7 +71,7 @@ def test_data_valuation_end_to_end(tmp_path):
 @pytest.mark.slow  # 1 scoring model + 10 non-private retrains: ~1 min
 def test_pruning_end_to_end(tmp_path):
     from configs.pruning import get_config
-    from ecos_jax.valuation import pruning
+    from ecos_jax.experiments import pruning
 
     c = _tiny(get_config("quick"), **{"data.n_train": 60, "data.n_test": 60})
     res = pruning.run(c, str(tmp_path))

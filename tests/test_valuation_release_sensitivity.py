@@ -14,9 +14,8 @@ import pytest
 
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
-from ecos_jax.valuation.data_valuation import release_vog
 from ecos_jax.valuation.normalize import per_class_minmax, per_class_zscore
-from ecos_jax.valuation.release import release_scores, release_site_summary
+from ecos_jax.valuation.release import release_scores, release_site_summary, release_vog
 from ecos_jax.valuation.vog import vog_scores
 
 N_PER_CLASS = 50

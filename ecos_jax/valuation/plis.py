@@ -32,6 +32,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ecos_jax.per_sample import _chunked
@@ -213,3 +214,14 @@ def plis_scores_dense(
     _check_plis(x, y, clip_norm, microbatch_size, max_iters=2)
     clip = None if clip_norm is None else float(clip_norm)
     return _plis_dense(apply_fn, params, x, y, clip, mode, microbatch_size)
+
+
+def plis_subset(y: np.ndarray, n: int | None) -> np.ndarray:
+    """Sorted indices of about n samples, the first n // C of each class (at least 2, so that
+    per-class normalisation is defined); every sample when n is None or >= N."""
+    y = np.asarray(y)
+    if n is None or n >= len(y):
+        return np.arange(len(y))
+    classes = np.unique(y)
+    per_class = max(2, n // len(classes))
+    return np.sort(np.concatenate([np.flatnonzero(y == k)[:per_class] for k in classes]))

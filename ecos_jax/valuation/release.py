@@ -57,7 +57,7 @@ from ecos_jax.privacy.mechanisms import (
     laplace_mechanism,
 )
 from ecos_jax.valuation.inputs import check_scores
-from ecos_jax.valuation.normalize import is_data_normalised
+from ecos_jax.valuation.normalize import is_data_normalised, per_class_minmax
 
 MECHANISMS = ("laplace", "gaussian")
 RELATION = "replace_one"  # the neighbouring relation every release here is accounted under
@@ -240,3 +240,37 @@ def release_site_summary(
     variance = min(max(noisy[1] / n - mean**2, 0.0), bound**2 / 4.0)
     return SiteSummary(mean=mean, variance=variance, n=n, bound=float(bound),
                        epsilon=float(epsilon), mechanism=mechanism)
+
+
+def release_vog(
+    key: jax.Array,
+    vog_raw: np.ndarray,
+    y: np.ndarray,
+    *,
+    bound: float,
+    epsilon: float,
+    ledger: PrivacyLedger,
+    name: str,
+) -> tuple[np.ndarray, np.ndarray, SiteSummary]:
+    """A run's DP releases of its raw VoG scores, all recorded in `ledger` (replace-one).
+
+    Args:
+      key: noise key of this run's releases.
+      vog_raw: `[N]` raw VoG scores (VoG units), never a per-class normalised vector.
+      y: `[N]` labels, used only to normalise the NOISY release (post-processing).
+      bound: public B in VoG units; scores are clipped to [0, B] inside the releases.
+      epsilon: ε of each of the two releases (per-sample, site summary).
+      ledger: `PrivacyLedger(relation="replace_one")`.
+      name: ledger entry prefix; entries `"{name}/per_sample"`, `"{name}_site/sum"`,
+        `"{name}_site/sum_of_squares"`.
+
+    Returns:
+      `(released [N] float64` noisy clipped raw VoG, `released_normalised [N]` its per-class
+      min-max, `summary)`.
+    """
+    k1, k2 = jax.random.split(key)
+    released = np.asarray(release_scores(k1, vog_raw, bound=bound, epsilon=epsilon,
+                                         ledger=ledger, name=name), np.float64)
+    summary = release_site_summary(k2, vog_raw, bound=bound, epsilon=epsilon, ledger=ledger,
+                                   name=f"{name}_site")
+    return released, np.asarray(per_class_minmax(released, y), np.float64), summary

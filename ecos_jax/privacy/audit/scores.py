@@ -1,6 +1,6 @@
 """Audit of the valuation-score releases, on the path the data-valuation experiment runs.
 
-The real path is `ecos_jax.valuation.data_valuation.release_vog`: raw scores clipped to a
+The real path is `ecos_jax.valuation.release.release_vog`: raw scores clipped to a
 public bound B, released per sample (`release_scores`, Laplace of scale B/ε) and as a site
 summary (`release_site_summary`: noisy clipped sum and sum of squares), into one replace-one
 ledger. The control is the path the experiment used to run: per-class min-max normalisation
@@ -29,9 +29,8 @@ import numpy as np
 from ecos_jax.privacy.audit.result import AuditResult, check_trials, finish
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
-from ecos_jax.valuation.data_valuation import release_vog
 from ecos_jax.valuation.normalize import per_class_minmax
-from ecos_jax.valuation.release import release_scores, release_site_summary
+from ecos_jax.valuation.release import release_scores, release_site_summary, release_vog
 
 MECHANISM = "vog_release"
 MEAN_FRACTION = 0.5  # release_site_summary's default split of ε between the two sums
@@ -146,7 +145,7 @@ def audit_scores(
         statistic="log-likelihood ratio of the per-sample vector and the summary's noisy sums",
         details={"bound": b, "l1_change": l1, "site_size": n,
                  "path": "per_class_minmax -> release_scores / release_site_summary (bound 1)"
-                 if control else "data_valuation.release_vog (raw, clipped to public B)"})
+                 if control else "release.release_vog (raw, clipped to public B)"})
 
 
 __all__ = ["MECHANISM", "audit_scores", "neighbouring_sites"]

@@ -48,16 +48,16 @@ from ecos_jax.data import load, train_test_split
 from ecos_jax.privacy import accounting
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
+from ecos_jax.reporting import plots
 from ecos_jax.utils.io import save_npz, write_json, write_text
 from ecos_jax.utils.results import markdown_table
 from ecos_jax.valuation import consistency as cm
-from ecos_jax.valuation import figures
 from ecos_jax.valuation.grad_norm import grad_norm_scores
 from ecos_jax.valuation.loss import loss_scores
 from ecos_jax.valuation.normalize import per_class_minmax
-from ecos_jax.valuation.plis import plis_scores
+from ecos_jax.valuation.plis import plis_scores, plis_subset
 from ecos_jax.valuation.private_training import train_at_epsilon
-from ecos_jax.valuation.release import SiteSummary, release_scores, release_site_summary
+from ecos_jax.valuation.release import release_vog
 from ecos_jax.valuation.vog import vog_scores, vog_stages
 
 log = logging.getLogger(__name__)
@@ -86,17 +86,6 @@ def prepare_data(c: ml_collections.ConfigDict):
     te = np.sort(rng.permutation(len(test_ds))[: c.data.n_test])
     return (train_ds.images[tr], train_ds.labels[tr], test_ds.images[te], test_ds.labels[te],
             ds.num_classes)
-
-
-def plis_subset(y: np.ndarray, n: int | None) -> np.ndarray:
-    """Sorted indices of about n samples, the first n // C of each class (at least 2, so that
-    per-class normalisation is defined); every sample when n is None or >= N."""
-    y = np.asarray(y)
-    if n is None or n >= len(y):
-        return np.arange(len(y))
-    classes = np.unique(y)
-    per_class = max(2, n // len(classes))
-    return np.sort(np.concatenate([np.flatnonzero(y == k)[:per_class] for k in classes]))
 
 
 def score_run(model, run, x, y, c: ml_collections.ConfigDict) -> tuple[dict[str, np.ndarray], dict]:
@@ -134,40 +123,6 @@ def score_run(model, run, x, y, c: ml_collections.ConfigDict) -> tuple[dict[str,
         if not np.all(np.isfinite(v)):
             raise FloatingPointError(f"score {name!r} has {int((~np.isfinite(v)).sum())} non-finite values.")
     return out, info
-
-
-def release_vog(
-    key: jax.Array,
-    vog_raw: np.ndarray,
-    y: np.ndarray,
-    *,
-    bound: float,
-    epsilon: float,
-    ledger: PrivacyLedger,
-    name: str,
-) -> tuple[np.ndarray, np.ndarray, SiteSummary]:
-    """A run's DP releases of its raw VoG scores, all recorded in `ledger` (replace-one).
-
-    Args:
-      key: noise key of this run's releases.
-      vog_raw: `[N]` raw VoG scores (VoG units), never a per-class normalised vector.
-      y: `[N]` labels, used only to normalise the NOISY release (post-processing).
-      bound: public B in VoG units; scores are clipped to [0, B] inside the releases.
-      epsilon: ε of each of the two releases (per-sample, site summary).
-      ledger: `PrivacyLedger(relation="replace_one")`.
-      name: ledger entry prefix; entries `"{name}/per_sample"`, `"{name}_site/sum"`,
-        `"{name}_site/sum_of_squares"`.
-
-    Returns:
-      `(released [N] float64` noisy clipped raw VoG, `released_normalised [N]` its per-class
-      min-max, `summary)`.
-    """
-    k1, k2 = jax.random.split(key)
-    released = np.asarray(release_scores(k1, vog_raw, bound=bound, epsilon=epsilon,
-                                         ledger=ledger, name=name), np.float64)
-    summary = release_site_summary(k2, vog_raw, bound=bound, epsilon=epsilon, ledger=ledger,
-                                   name=f"{name}_site")
-    return released, np.asarray(per_class_minmax(released, y), np.float64), summary
 
 
 def ledger_epsilon(ledger: PrivacyLedger) -> dict[str, Any]:
@@ -318,9 +273,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
                 v, imgs = scores[(arch, e)][m], _images(x, scores[(arch, e)], m)
                 k = min(g, len(v) // 2)
                 rows.append((f"ε={e}", imgs[cm.top_k_indices(v, k)], imgs[cm.top_k_indices(v, k, largest=False)]))
-            figures.image_grid(os.path.join(fig_dir, f"grid_{arch}_{m}.png"), rows,
+            plots.image_grid(os.path.join(fig_dir, f"grid_{arch}_{m}.png"), rows,
                                title=f"{arch}: {m} — highest (left) and lowest (right) scored samples")
-        figures.score_histograms(
+        plots.score_histograms(
             os.path.join(fig_dir, f"hist_{arch}.png"),
             {m: {f"ε={eps_label(e)}": scores[(arch, eps_label(e))][m if m in ("loss", "grad_norm") else f"{m}_raw"]
                  for e in epsilons} for m in METRICS},
