@@ -4,7 +4,7 @@ import json
 import pytest
 
 from configs.coopt import get_config
-from ecos_jax.coopt import experiment
+from ecos_jax.experiments import coopt as coopt_experiment
 
 
 @pytest.mark.slow
@@ -14,7 +14,7 @@ def test_quick_config_end_to_end(tmp_path):
     config.progress = False
     config.ablation.num_participants = (2,)
     config.ablation.alignments = ("procrustes", "off")
-    results = experiment.train_and_evaluate(config, str(tmp_path / "run"))
+    results = coopt_experiment.train_and_evaluate(config, str(tmp_path / "run"))
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(on_disk["methods"]) == set(config.methods)
     for stats in on_disk["methods"].values():
@@ -33,4 +33,4 @@ def test_unknown_config_variant_and_methods(tmp_path):
     config = get_config("quick")
     config.methods = ("simclr",)
     with pytest.raises(ValueError, match="must include 'coopt'"):
-        experiment.train_and_evaluate(config, str(tmp_path))
+        coopt_experiment.train_and_evaluate(config, str(tmp_path))

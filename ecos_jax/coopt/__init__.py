@@ -9,7 +9,7 @@ pipeline      build_optimised_dataset: the three steps above in one call
 ssl           SimCLR: Augment, nt_xent, simclr_objective
 training      train_epochs: the one epoch loop every method (and baseline) trains with
 probe         linear_probe on frozen features
-experiment    train_and_evaluate: the CoOpt-vs-baselines experiment (experiments/coopt.py)
+(the CoOpt-vs-baselines experiment is ecos_jax.experiments.coopt; it only calls these)
 """
 
 from ecos_jax.coopt.alignment import AlignmentTransform, disagreement, fit_alignment, linear_cka
