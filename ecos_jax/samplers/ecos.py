@@ -1,5 +1,5 @@
-"""ECOS sampling on the cloud (SPEC §3 step 3): allocate the budget over clusters from the
-client's noisy coverage counts, then choose points within each cluster.
+"""ECOS sampling on the cloud: allocate the budget over clusters from the client's noisy
+coverage counts, then choose points within each cluster.
 
 The protocol (messages, DP noise, byte counts) lives in `ecos_jax.ecos`; this module holds the
 pure pieces it calls.
@@ -18,6 +18,17 @@ Design choices (configurable):
     `chain(ecos_sampler(...), dedup_filter(...))`.
   * Output order interleaves clusters by rank fraction (j + ½)/k_r, so any prefix of the
     output is itself close to a proportional allocation (what `chain` truncates to).
+
+Bad input (each a ValueError before any work, or a documented fallback):
+  * a client with fewer samples than R: its coverage counts are still a histogram over the R
+    centroids (at most n of them non-zero); nothing is refused, and once noise is added the
+    allocation follows the noisy counts like any other (usually many are <= 0, see below).
+  * R larger than the pool: `kmeans` refuses it (a pool of N rows has at most N clusters);
+    centroids given from elsewhere may outnumber the pool or the candidates, and then the
+    clusters without members simply receive nothing.
+  * a budget larger than the pool (or than the candidates): ValueError naming both numbers.
+  * all noisy counts <= 0 (the noise swamped the counts): the uniform fallback above, over the
+    clusters that have points; the selection is then a diversity sample of the whole pool.
 
 Example:
   >>> counts = allocate(noisy_counts, np.bincount(assignments, minlength=R), budget=1000)
@@ -209,7 +220,7 @@ def select_within(key, features, assignments, centroids, counts, *, proximity: f
 def ecos_sample(key, features, budget: int, *, centroids, noisy_counts, assignments=None,
                 proximity: float = 0.5, candidates=None,
                 chunk_size: int | None = None) -> jax.Array:
-    """SPEC §3 step 3 end to end, given the client's noisy coverage counts.
+    """The cloud's selection end to end, given the client's noisy coverage counts.
 
     Args:
       key: PRNG key.

@@ -394,7 +394,8 @@ def kmeans(key, features, num_clusters: int, *, iters: int = 20, chunk_size: int
     if isinstance(num_clusters, bool) or not isinstance(num_clusters, numbers.Integral):
         raise ValueError(f"num_clusters must be an int, got {num_clusters!r}")
     if not 1 <= num_clusters <= pool.n:
-        raise ValueError(f"num_clusters must lie in [1, N={pool.n}], got {num_clusters}")
+        raise ValueError(f"num_clusters must lie in [1, N={pool.n}] (R centroids need at least "
+                         f"R pool rows), got {num_clusters}")
     if isinstance(iters, bool) or not isinstance(iters, numbers.Integral) or iters < 0:
         raise ValueError(f"iters must be a non-negative int, got {iters!r}")
     if validation.is_array(init):
