@@ -196,3 +196,19 @@ def test_full_audit_at_three_epsilons(name):
         real = audit.AUDITS[name](target, trials=2000)
         control = audit.AUDITS[name](target, trials=2000, control=True)
         _check(real, control)
+
+
+def test_quick_experiment_writes_the_table_and_the_plot(tmp_path):
+    import json
+
+    from configs.privacy_audit import get_config
+    from ecos_jax.privacy.audit import experiment
+
+    out = experiment.run(get_config("quick"), str(tmp_path))
+    assert {"results.json", "results.md", "privacy_audit.png"} <= {p.name for p in tmp_path.iterdir()}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["records"]) == 2 * len(audit.AUDITS)  # real + control, one ε
+    assert {r["mechanism"] for r in saved["records"]} == set(audit.AUDITS)
+    assert out["all_real_below_claim"] is True
+    md = (tmp_path / "results.md").read_text()
+    assert "| vog_release |" in md and "Every real release under its claim: yes" in md
