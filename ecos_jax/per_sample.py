@@ -10,7 +10,11 @@ zeroes such rows before clipping (`privacy.clipping`) and counts them.
     True
 
 Micro-batching runs `lax.map` over chunks of `microbatch_size` examples so the peak memory
-is that of one chunk's per-example gradients, whatever the batch size.
+is that of one chunk's per-example gradients, whatever the batch size (`map_microbatches`, the
+one helper for it, also used by the valuation scores).
+
+Not to be confused with `ecos_jax.privacy.layer_grads.per_example_layer_grads(model, ...)`,
+which takes a flax model and a batch loss and reads the gradients off layer inputs.
 """
 
 from __future__ import annotations
@@ -38,8 +42,18 @@ def example_loss(model: nn.Module) -> ExampleLoss:
     return loss
 
 
-def _chunked(fn: Callable, microbatch_size: int | None, *batched: jax.Array):
-    """Applies a batched `fn` over chunks of the leading axis with `lax.map` (bounded memory)."""
+def map_microbatches(fn: Callable, microbatch_size: int | None, *batched: jax.Array):
+    """`fn(*batched)`, computed over chunks of the leading axis with `lax.map` (bounded memory).
+
+    Args:
+      fn: a batched function `(*arrays [b, ...]) -> pytree of [b, ...]`, row-wise independent.
+      microbatch_size: rows per chunk; None (or >= B) calls `fn` once on the whole batch.
+      *batched: arrays sharing a leading axis `[B, ...]`.
+
+    Returns:
+      What `fn(*batched)` returns, leaves `[B, ...]`. The last chunk is zero-padded up to
+      `microbatch_size` and the padded rows are cut off again, so `fn` must not mix rows.
+    """
     n = batched[0].shape[0]
     if microbatch_size is None or microbatch_size >= n:
         return fn(*batched)
@@ -50,6 +64,10 @@ def _chunked(fn: Callable, microbatch_size: int | None, *batched: jax.Array):
     chunks = [a.reshape(-1, microbatch_size, *a.shape[1:]) for a in padded]
     out = jax.lax.map(lambda c: fn(*c), chunks)
     return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:])[:n], out)
+
+
+# The old private name; the valuation modules still import it until they switch.
+_chunked = map_microbatches
 
 
 @partial(jax.jit, static_argnames=("loss_fn", "microbatch_size"))
@@ -72,7 +90,7 @@ def per_example_grads(
       A pytree like `params` whose leaves have a leading `[B]` axis.
     """
     grad_fn = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0, 0))
-    return _chunked(lambda xs, ys: grad_fn(params, xs, ys), microbatch_size, x, y)
+    return map_microbatches(lambda xs, ys: grad_fn(params, xs, ys), microbatch_size, x, y)
 
 
 def global_norms(tree: PyTree) -> jax.Array:
@@ -91,4 +109,4 @@ def per_example_grad_norms(
 ) -> jax.Array:
     """‖g_i‖₂ for each example, `[B]`; only one chunk of gradients is alive at a time."""
     grad_fn = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0, 0))
-    return _chunked(lambda xs, ys: global_norms(grad_fn(params, xs, ys)), microbatch_size, x, y)
+    return map_microbatches(lambda xs, ys: global_norms(grad_fn(params, xs, ys)), microbatch_size, x, y)
