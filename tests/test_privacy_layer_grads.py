@@ -40,12 +40,12 @@ def _both_ways(model, full=True):
     def run(params, x, y):
         ref = per_sample.per_example_grads(per_sample.example_loss(model), params, x, y)
         out = {"ref": ref, "ref_norms": per_sample.global_norms(ref)}
-        out["grads"] = layer_grads.per_example_grads(model, params, x, y)
-        out["norms"] = layer_grads.per_example_grad_norms(model, params, x, y)
+        out["grads"] = layer_grads.per_example_layer_grads(model, params, x, y)
+        out["norms"] = layer_grads.per_example_layer_grad_norms(model, params, x, y)
         for mode in clipping.CLIPPINGS if full else ("flat",):
             out["want_" + mode] = clipping.clipped_sum(ref, 0.3, mask=MASK, clipping=mode)
             out["got_" + mode] = layer_grads.clipped_grad_sum(
-                model, params, x, y, l2_norm_clip=0.3, mask=MASK, per_layer=mode == "per_layer"
+                model, params, x, y, l2_norm_clip=0.3, mask=MASK, clipping=mode
             )
         if not full:
             return out
@@ -111,8 +111,8 @@ def test_strided_valid_and_gram_norm_branch():
     @jax.jit
     def run(params):
         ref = per_sample.per_example_grads(per_sample.example_loss(model), params, x, y)
-        return (ref, per_sample.global_norms(ref), layer_grads.per_example_grads(model, params, x, y),
-                layer_grads.per_example_grad_norms(model, params, x, y))
+        return (ref, per_sample.global_norms(ref), layer_grads.per_example_layer_grads(model, params, x, y),
+                layer_grads.per_example_layer_grad_norms(model, params, x, y))
 
     ref, ref_norms, grads, norms = run(params)
     _close(grads, ref)
@@ -124,7 +124,7 @@ def test_unsupported_layers_raise():
     x, y = np.zeros((B, 8, 8, 1), np.float32), np.zeros(B, np.int32)
     params = jax.eval_shape(model.init, jax.random.key(0), x[:1])  # shapes suffice: no compile
     with pytest.raises(ValueError, match="GroupNorm"):
-        jax.eval_shape(lambda p: layer_grads.per_example_grad_norms(model, p, x, y), params)
+        jax.eval_shape(lambda p: layer_grads.per_example_layer_grad_norms(model, p, x, y), params)
 
 
 def test_fast_pool_gradient_equals_select_and_scatter_with_ties():
@@ -161,6 +161,21 @@ def test_fast_pool_gradient_equals_select_and_scatter_with_ties():
         np.testing.assert_array_equal(y_fast, y_ref)
         np.testing.assert_array_equal(dx_fast, dx_ref)
     _close(got, want, rtol=1e-5)
+
+
+def test_fast_pool_rewrite_applies_on_cpu_only(monkeypatch):
+    """On CPU the pooling gradient is rewritten; on GPU/TPU the model's own one is kept."""
+    model, params, xs, y = _setup("cnn", size=12, channels=(4, 4), embed_dim=8, pooling="max")
+
+    def loss(p):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xs), y).sum()
+
+    assert jax.default_backend() == "cpu"
+    assert "select_and_scatter" not in str(jax.make_jaxpr(jax.grad(fast_max_pool_grads(loss)))(params))
+    for backend in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+        jaxpr = str(jax.make_jaxpr(jax.grad(fast_max_pool_grads(loss)))(params))
+        assert "select_and_scatter" in jaxpr and "reduce_window_max" in jaxpr
 
 
 def test_padding_and_nonfinite_rows_add_exact_zeros():

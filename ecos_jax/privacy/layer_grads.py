@@ -30,6 +30,12 @@ them (so the ResNet's GroupNorm needs `ecos_jax.per_sample`). Others raise Value
     >>> grads, aux = clipped_grad_sum(model, params, x, y, l2_norm_clip=1.0, mask=mask)
     >>> aux["norms"].shape == (x.shape[0],)
     True
+
+DP-SGD reaches this module through `clipped_grads.clipped_grad(model, method="layers")`, which
+carries the sum's sensitivity. The per-example helpers here take a flax *model* and a batch
+loss on logits, hence their names (`per_example_layer_grads`, `per_example_layer_grad_norms`),
+distinct from `ecos_jax.per_sample.per_example_grads(loss_fn, ...)`, which vmaps a
+per-example loss function.
 """
 
 from __future__ import annotations
@@ -298,7 +304,7 @@ def _assemble(params: PyTree, per_layer: dict) -> PyTree:
     return {"params": jax.tree.map(lambda p, g: g.astype(p.dtype), params["params"], tree)}
 
 
-def _clipped_chunk(model, loss, l2_norm_clip, per_layer, params, x, y, mask):
+def _clipped_chunk(model, loss, l2_norm_clip, clipping, params, x, y, mask):
     layers, factors, losses, logits = _tape(model, params, x, y, loss)
     sq, kernels = {}, {}
     for path, layer in layers.items():
@@ -311,7 +317,7 @@ def _clipped_chunk(model, loss, l2_norm_clip, per_layer, params, x, y, mask):
     finite = jnp.isfinite(norms)
     keep = finite & (mask != 0)
     m = mask.astype(jnp.float32)
-    if per_layer:
+    if clipping == "per_layer":
         # Each of the L layers gets C/sqrt(L), so the whole update still has sensitivity C.
         clip = l2_norm_clip / jnp.sqrt(len(layers))
         w = m[:, None] * jnp.minimum(1.0, clip / jnp.maximum(layer_norms, 1e-12))
@@ -357,7 +363,7 @@ def _scan_chunks(fn, microbatch_size: int | None, *batched):
     return total, jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:])[:n], aux)
 
 
-@partial(jax.jit, static_argnames=("model", "loss", "per_layer", "microbatch_size"))
+@partial(jax.jit, static_argnames=("model", "loss", "clipping", "microbatch_size"))
 def clipped_grad_sum(
     model: nn.Module,
     params: PyTree,
@@ -366,7 +372,7 @@ def clipped_grad_sum(
     *,
     l2_norm_clip: float | jax.Array,
     mask: jax.Array | None = None,
-    per_layer: bool = False,
+    clipping: str = "flat",
     loss: BatchLoss = softmax_xent,
     microbatch_size: int | None = None,
 ) -> tuple[PyTree, dict]:
@@ -380,7 +386,7 @@ def clipped_grad_sum(
         Per-layer: each of the L layers is scaled to norm ≤ C/√L (total still ≤ C).
       mask: `[B]` bool/0-1 inclusion mask (padding rows get 0; they add exact zeros whatever
         their values); None includes all.
-      per_layer: per-layer instead of flat clipping.
+      clipping: "flat" or "per_layer" (as in `ecos_jax.privacy.clipping`).
       loss: per-example loss `(logits [B, K], y [B]) -> [B]`.
       microbatch_size: examples per chunk (bounded memory), None for the whole batch.
 
@@ -389,9 +395,11 @@ def clipped_grad_sum(
       ‖∇ℓ_i‖₂), `losses` [B], `logits` [B, K] and `nonfinite` [B] bool (gradient with a NaN
       or inf: that row, like a padding row, adds exact zeros to the sum).
     """
+    if clipping not in ("flat", "per_layer"):
+        raise ValueError(f"clipping must be 'flat' or 'per_layer', got {clipping!r}.")
     if mask is None:
         mask = jnp.ones(x.shape[0], jnp.float32)
-    fn = partial(_clipped_chunk, model, loss, l2_norm_clip, per_layer, params)
+    fn = partial(_clipped_chunk, model, loss, l2_norm_clip, clipping, params)
     return _scan_chunks(fn, microbatch_size, x, y, mask)
 
 
@@ -417,7 +425,7 @@ def grad_sum(
 
 
 @partial(jax.jit, static_argnames=("model", "loss"))
-def per_example_grads(
+def per_example_layer_grads(
     model: nn.Module, params: PyTree, x: jax.Array, y: jax.Array, *,
     loss: BatchLoss = softmax_xent,
 ) -> PyTree:
@@ -436,7 +444,7 @@ def per_example_grads(
 
 
 @partial(jax.jit, static_argnames=("model", "loss"))
-def per_example_grad_norms(
+def per_example_layer_grad_norms(
     model: nn.Module, params: PyTree, x: jax.Array, y: jax.Array, *,
     loss: BatchLoss = softmax_xent,
 ) -> jax.Array:

@@ -9,7 +9,9 @@ element-wise selects over the window offsets, which XLA fuses well.
 `max_pool` has that custom VJP, with exactly `select_and_scatter`'s semantics: the whole
 cotangent goes to the *first* maximum of each window in row-major order (ties included).
 `fast_max_pool_grads(fn)` re-traces `fn` and swaps every eligible `reduce_window_max` for it,
-so models need no change:
+so models need no change. The rewrite is for XLA:CPU only: on GPU and TPU the backend's own
+pooling gradient is fast, so there `fast_max_pool_grads(fn)` calls `fn` untouched (decided
+each time it is traced, from `jax.default_backend()`):
 
     >>> loss = fast_max_pool_grads(lambda p, x, y: xent(model.apply(p, x), y))
     >>> jax.grad(loss)(params, x, y)      # same values as jax.grad of the original
@@ -118,13 +120,16 @@ def _eval_jaxpr(jaxpr, consts, *args):
 
 
 def fast_max_pool_grads(fn: Callable) -> Callable:
-    """`fn` with every non-overlapping max pooling replaced by `max_pool` (same values).
+    """`fn` with every non-overlapping max pooling replaced by `max_pool` (same values), on CPU.
 
     `fn` takes and returns pytrees of arrays; the rewrite happens each time the result is
-    traced (so once under `jit`). Pooling with overlap, padding or dilation is left as is.
+    traced (so once under `jit`). Pooling with overlap, padding or dilation is left as is. On
+    any backend other than CPU `fn` runs unchanged, with XLA's own pooling gradient.
     """
 
     def wrapped(*args):
+        if jax.default_backend() != "cpu":
+            return fn(*args)
         flat, tree = jax.tree.flatten(args)
         closed, out_shape = jax.make_jaxpr(
             lambda *f: fn(*jax.tree.unflatten(tree, f)), return_shape=True
