@@ -58,7 +58,7 @@ def test_noise_std_matches_sigma_c_and_divides_by_expected_batch():
     assert abs(z.mean()) < 5 * 3.0 / np.sqrt(z.size)
     assert int(state.count) == 2 and not np.allclose(out["b"], out2["b"])
     for bad, match in [(dict(noise_multiplier=-1.0), "noise_multiplier"),
-                       (dict(l2_sensitivity=0.0), "l2_sensitivity"),
+                       (dict(l2_sensitivity=0.0), "sensitivity"),
                        (dict(expected_batch_size=0.0), "expected_batch_size")]:
         kw = dict(noise_multiplier=1.0, l2_sensitivity=1.0, expected_batch_size=1.0) | bad
         with pytest.raises(ValueError, match=match):

@@ -1,4 +1,4 @@
-"""Private training and release (SPEC §1), one module per piece.
+"""Private training and release, one module per piece.
 
   accounting.py   ε at δ (RDP, PLD), DP-SGD events, σ calibration     epsilon, dpsgd_event,
                                                                      calibrate_gaussian_sigma,
@@ -7,12 +7,15 @@
   mechanisms.py   Gaussian / Laplace noise on arrays                  gaussian_mechanism,
                                                                      laplace_mechanism
   keys.py         DP noise keys from OS entropy unless seeded         noise_key
-  clipping.py     per-example clipping (flat, per-layer), optax       clip_and_sum, clipped_sum
-  noise.py        Gaussian noise on the sum / expected batch, optax   add_gaussian_noise
+  clipping.py     per-example clipping (flat, per-layer) of [B, ...]  clipped_sum, clip_and_sum
+  clipped_grads.py  the clipped-gradient sum as a function transform  clipped_grad, ClippedGrad
+                  (param-shaped, carrying its L2 sensitivity C)
+  noise.py        Gaussian noise (σ·sensitivity) / expected batch,    add_gaussian_noise
+                  an optax transform (MultiSteps, apply_if_finite)
   sampling.py     Poisson (padded, truncated) and shuffled batches    PoissonSampler, ShuffleSampler
   layer_grads.py  per-example grads/norms/clipped sums from layer     clipped_grad_sum,
-                  inputs and output gradients (ghost norms)          per_example_grads
-  pooling.py      max-pool with a fast gradient, jaxpr rewrite        fast_max_pool_grads
+                  inputs and output gradients (ghost norms)          per_example_layer_grads
+  pooling.py      max-pool with a fast gradient, jaxpr rewrite (CPU)  fast_max_pool_grads
   dpsgd.py        the DP-SGD step and training loop                   DPSGDConfig, make_dp_step,
                                                                      train
 """
@@ -23,6 +26,7 @@ from ecos_jax.privacy.accounting import (
     dpsgd_event,
     epsilon,
 )
+from ecos_jax.privacy.clipped_grads import ClippedGrad, clipped_grad
 from ecos_jax.privacy.clipping import clip_and_sum, clipped_sum
 from ecos_jax.privacy.dpsgd import DPSGDConfig, make_dp_step, train
 from ecos_jax.privacy.keys import noise_key
@@ -32,8 +36,9 @@ from ecos_jax.privacy.noise import add_gaussian_noise
 from ecos_jax.privacy.sampling import PoissonSampler, ShuffleSampler
 
 __all__ = [
-    "DPSGDConfig", "PoissonSampler", "PrivacyLedger", "ShuffleSampler", "add_gaussian_noise",
-    "calibrate_dpsgd_sigma", "calibrate_gaussian_sigma", "clip_and_sum", "clipped_sum",
+    "ClippedGrad", "DPSGDConfig", "PoissonSampler", "PrivacyLedger", "ShuffleSampler", "add_gaussian_noise",
+    "calibrate_dpsgd_sigma", "calibrate_gaussian_sigma", "clip_and_sum", "clipped_grad",
+    "clipped_sum",
     "dpsgd_event", "epsilon", "gaussian_mechanism", "laplace_mechanism", "make_dp_step",
     "noise_key", "train",
 ]

@@ -4,12 +4,13 @@ Flat clipping scales example i's whole gradient to norm ≤ C: ḡ_i = g_i · mi
 Per-layer clipping scales each of the L layers (parameter groups) to ≤ C/√L, so the example's
 whole clipped gradient still has norm ≤ C and the sum's L2 sensitivity is C either way.
 
-`clip_and_sum(C)` is the first link of a DP-SGD chain. It takes per-example gradients (leaves
-with a leading `[B]` axis, e.g. from `ecos_jax.per_sample.per_example_grads`) and an inclusion
-mask, and returns the masked sum of clipped gradients (no batch axis):
-
-    >>> tx = optax.chain(clip_and_sum(1.0), add_gaussian_noise(...), optax.adam(1e-3))
-    >>> updates, state = tx.update(per_example_grads, state, params, mask=mask)
+`clipped_sum(per_example, C, mask=...)` takes per-example gradients (leaves with a leading
+`[B]` axis, e.g. from `ecos_jax.per_sample.per_example_grads`) and an inclusion mask, and
+returns the masked sum of clipped gradients (no batch axis). DP-SGD reaches it through
+`clipped_grads.clipped_grad(..., method="vmap")`, whose output is param-shaped and so composes
+with every optax wrapper. `clip_and_sum(C)` is the older optax-style form: its *input* has the
+batch axis, so wrappers that keep param-shaped state (`optax.MultiSteps`, `apply_if_finite`)
+cannot hold it; prefer `clipped_grad`.
 
 Rows that do not count contribute exactly zero, whatever their values. Two kinds of rows do not
 count: padding (mask 0) and examples whose gradient is not finite (a NaN or inf coordinate, or

@@ -4,8 +4,10 @@ One jitted step `update_fn(state, x, y, mask) -> (state, metrics)`:
 
     G = Σ_i m_i · clip_C(∇ℓ_i) + N(0, σ²C²I),     update = optimiser(G / (q·N))
 
-with the per-example part from `layer_grads` (fast: from layer inputs and output gradients,
-default) or `ecos_jax.per_sample` (`vmap(grad)`, any model). `train` runs many such steps over
+built from composable pieces: `clipped_grads.clipped_grad` (the param-shaped clipped sum, L2
+sensitivity C; per-example work from layer inputs and output gradients, default, or from
+`vmap(grad)`, any model), then `noise.add_gaussian_noise` (an optax transform taking C from
+that function), then the optimiser. `train` runs many such steps over
 Poisson-sampled, fixed-shape padded batches in one compiled `lax.scan`, counts truncated
 batches, and records the DpEvent of the sampler that runs in a `PrivacyLedger`: truncated
 Poisson (PLD only) whenever the batch has fewer slots than N, in every run, whether or not a
@@ -17,6 +19,13 @@ with `jnp.where`, never multiplied by a 0 mask (0 · NaN = NaN). The rule for a 
 gradient is: zero it before clipping and count it (`metrics["nonfinite"]`,
 `DPTrainResult.nonfinite_examples`). A zero contribution has norm ≤ C, so the sum's L2
 sensitivity stays C under adding or removing one example and the accounting is unchanged.
+
+Large logical batches: `train` draws one Poisson batch of expected size `batch_size` per step
+and `microbatch_size` bounds the memory of its per-example work, so a step is one logical
+batch, noised once, and the event has `steps` steps at rate q = batch_size / N. A loop of its
+own can instead feed k micro-batches of one logical batch through `optax.MultiSteps` (see
+`noise`); it is accounted the same way: T applied updates, q = E[logical batch] / N, i.e.
+`DPSGDConfig(batch_size=<logical batch>).event(T)`.
 
 `train(..., checkpoint_dir=...)` checkpoints the whole run state with orbax and resumes a
 killed run to the same parameters (`dpsgd_checkpoint`; the checkpoint holds the secret noise
@@ -46,12 +55,10 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ecos_jax import per_sample
-from ecos_jax.privacy import accounting, clipping, dpsgd_checkpoint, layer_grads
+from ecos_jax.privacy import accounting, clipped_grads, clipping, dpsgd_checkpoint, layer_grads
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.privacy.noise import add_gaussian_noise
-from ecos_jax.privacy.pooling import fast_max_pool_grads
 from ecos_jax.privacy.sampling import PoissonSampler, ShuffleSampler, poisson_batch
 
 PyTree = Any
@@ -59,7 +66,7 @@ BatchLoss = Callable[[jax.Array, jax.Array], jax.Array]
 
 log = logging.getLogger(__name__)
 
-GRAD_METHODS = ("layers", "vmap")
+GRAD_METHODS = clipped_grads.METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,14 +202,6 @@ class DPTrainState(NamedTuple):
     step: jax.Array  # int32 []
 
 
-def _example_loss(model: nn.Module, loss: BatchLoss) -> Callable:
-    def example(params, x, y):
-        return loss(model.apply(params, x[None]), y[None])[0]
-
-    # Same values as the plain loss; its pooling gradient avoids XLA:CPU's select_and_scatter.
-    return fast_max_pool_grads(example)
-
-
 def make_dp_step(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
@@ -221,41 +220,27 @@ def make_dp_step(
     `metrics`: `loss`, `grad_norm`, `clipped_fraction` (means over the rows that contributed),
     `batch_size` (examples sampled) and `nonfinite` (sampled examples zeroed), all float32 [].
 
-    With grad_method="vmap", the chain is literally
-    `optax.chain(clip_and_sum(C), add_gaussian_noise(σ, C, q·N), optimizer)` over
-    `per_sample.per_example_grads`; with "layers", clip and sum are fused in
-    `layer_grads.clipped_grad_sum`, followed by the same noise and optimizer.
+    One path for both grad methods: `grad_fn = clipped_grad(model, method=config.grad_method,
+    ...)` gives the param-shaped clipped sum (sensitivity C), then
+    `optax.chain(add_gaussian_noise(σ, grad_fn, expected_batch_size=q·N), optimizer)`.
     """
-    c = float(config.l2_norm_clip)
-    noise_tx = add_gaussian_noise(
-        config.noise_multiplier, c, expected_batch_size=config.expected_batch_size, key=key
-    )
-    vmap = config.grad_method == "vmap"
-    if vmap:
-        tx = optax.chain(clipping.clip_and_sum(c, clipping=config.clipping), noise_tx, optimizer)
-        example_loss = _example_loss(model, loss)
-    else:
-        tx = optax.chain(noise_tx, optimizer)
+    grad_fn = clipped_grads.clipped_grad(
+        model, l2_norm_clip=config.l2_norm_clip, loss=loss, method=config.grad_method,
+        clipping=config.clipping, microbatch_size=config.microbatch_size)
+    c = grad_fn.l2_norm_clip
+    tx = optax.chain(
+        add_gaussian_noise(config.noise_multiplier, grad_fn,
+                           expected_batch_size=config.expected_batch_size, key=key),
+        optimizer)
 
     def init_fn(params: PyTree) -> DPTrainState:
         return DPTrainState(params, tx.init(params), jnp.zeros([], jnp.int32))
 
     def update_fn(state: DPTrainState, x: jax.Array, y: jax.Array, mask: jax.Array):
         mask = mask.astype(jnp.float32)
-        if vmap:
-            grads = per_sample.per_example_grads(
-                example_loss, state.params, x, y, microbatch_size=config.microbatch_size
-            )
-            norms = per_sample.global_norms(grads)
-            losses = loss(model.apply(state.params, x), y)
-        else:
-            grads, aux = layer_grads.clipped_grad_sum(
-                model, state.params, x, y, l2_norm_clip=c, mask=mask,
-                per_layer=config.clipping == "per_layer", loss=loss,
-                microbatch_size=config.microbatch_size,
-            )
-            norms, losses = aux["norms"], aux["losses"]
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, mask=mask)
+        grads, aux = grad_fn(state.params, x, y, mask)
+        norms, losses = aux["norms"], aux["losses"]
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # Metrics over the rows that contributed; padding and non-finite rows are selected
         # away (never multiplied by 0, which keeps a NaN).
