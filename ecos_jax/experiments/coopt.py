@@ -40,6 +40,7 @@ from ecos_jax.coopt.training import TrainRun, regression_objective, train_epochs
 from ecos_jax.data import ArrayDataset, load, train_test_split
 from ecos_jax.models import get_model
 from ecos_jax.train import cosine_regression, mse_regression, predict, softmax_xent
+from ecos_jax.utils.errors import ConfigError
 from ecos_jax.utils.io import save_figure, write_json, write_text
 from ecos_jax.utils.results import markdown_table
 
@@ -68,7 +69,7 @@ def _make_setting(config: ml_collections.ConfigDict, workdir: str) -> Setting:
     public = ds.select_domains(list(config.data.public_domains))
     overlap = set(pool_domains) & set(config.data.public_domains)
     if overlap:
-        raise ValueError(f"domains {sorted(overlap)} are both pool and public (prior / anchor) domains.")
+        raise ConfigError(f"domains {sorted(overlap)} are both pool and public (prior / anchor) domains.")
     pool = ds.select_domains(pool_domains)
     rng = np.random.default_rng(config.seed)
     if config.data.max_pool and len(pool) > config.data.max_pool:
@@ -79,7 +80,7 @@ def _make_setting(config: ml_collections.ConfigDict, workdir: str) -> Setting:
     elif config.anchors.source == "pool":  # a few unlabeled pool images all participants share
         anchors = train.images[rng.choice(len(train), min(config.anchors.num, len(train)), replace=False)]
     else:
-        raise ValueError(f"anchors.source must be 'public' or 'pool', got {config.anchors.source!r}.")
+        raise ConfigError(f"anchors.source must be 'public' or 'pool', got {config.anchors.source!r}.")
     shards = participants_lib.split_pool(
         num_examples=len(train), num_participants=config.participants.num, scheme=config.participants.scheme,
         seed=config.seed, domains=train.domains, labels=train.labels,
@@ -309,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Runs the whole CoOpt experiment and writes results.json, results.md, curves.png."""
     unknown = set(config.methods) - set(METHODS)
     if unknown or "coopt" not in config.methods:
-        raise ValueError(f"methods must include 'coopt' and be among {METHODS}; got {list(config.methods)}.")
+        raise ConfigError(f"methods must include 'coopt' and be among {METHODS}; got {list(config.methods)}.")
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
     setting = _make_setting(config, workdir)

@@ -64,6 +64,7 @@ from ecos_jax.privacy.ledger import LedgerEntry, PrivacyLedger, event_to_json
 from ecos_jax.samplers.kcenter import kcenter_greedy
 from ecos_jax.samplers.random import random_sample
 from ecos_jax.utils import io, results
+from ecos_jax.utils.errors import validates
 
 log = logging.getLogger(__name__)
 METHODS = ("ecos", "random", "kcenter", "local", "oracle")
@@ -137,6 +138,7 @@ def stable_tag(*parts: object) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode()) % (2**31)
 
 
+@validates
 def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset,
              app: Application | None = None) -> dict[str, data_lib.EcosSplit]:
     """Checks the config against the data before any work; returns {client domain: its split}."""

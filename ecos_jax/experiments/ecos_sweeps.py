@@ -51,6 +51,7 @@ from ecos_jax.experiments import ecos_runner
 from ecos_jax.experiments.selective_labeling import SelectiveLabeling
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.utils import io, results
+from ecos_jax.utils.errors import validates
 from ecos_jax.utils.overrides import override
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class TrackedSelectiveLabeling(SelectiveLabeling):
 # ---------------------------------------------------------------------------- configs
 
 
+@validates
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the `sweep` section; raises ValueError with the reason."""
     s = config.get("sweep")

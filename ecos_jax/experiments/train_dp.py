@@ -33,6 +33,7 @@ from ecos_jax import models, train
 from ecos_jax.privacy import accounting, dpsgd
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.utils import io, results
+from ecos_jax.utils.errors import validates
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def target_epsilons(spec: str) -> list[float]:
     return eps
 
 
+@validates
 def validate(config: ml_collections.ConfigDict, n_train: int) -> int:
     """Checks the config before any training; returns the number of steps T."""
     eps = target_epsilons(config.dp.target_epsilons)

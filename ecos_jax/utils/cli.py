@@ -1,4 +1,10 @@
-"""Entry-point helper for experiment drivers: bad input ends in one clear line, not a traceback."""
+"""Entry-point helper for experiment drivers: a bad configuration ends in one clear line.
+
+Only configuration errors are shortened: a misspelled `--config.<field>` or a bad config
+variant (raised by ml_collections while the flag is defined) and a `ConfigError` from an
+experiment's validation. Anything else raised during a run is a bug or a failure worth its
+traceback, and keeps it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,13 @@ from collections.abc import Callable
 
 from absl import app
 
-_INPUT_ERRORS = (ValueError, KeyError, AttributeError, TypeError, FileNotFoundError)
+from ecos_jax.utils.errors import ConfigError
+
+# What ml_collections raises while it loads the config file and applies `--config.*`
+# overrides: AttributeError/KeyError for a misspelled field (with a "did you mean" hint),
+# ValueError/TypeError for a bad variant or value, FileNotFoundError for a missing file.
+# Only caught around the flag's definition, where nothing but the config runs.
+_OVERRIDE_ERRORS = (ValueError, KeyError, AttributeError, TypeError, FileNotFoundError)
 _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))), "configs")
 
@@ -34,18 +46,17 @@ def define_config(config_file: str, name: str = "config"):
         return config_flags.DEFINE_config_file(
             name, os.path.join(_CONFIGS, config_file),
             "Experiment configuration (an ml_collections config file).", lock_config=True)
-    except _INPUT_ERRORS as e:
+    except _OVERRIDE_ERRORS as e:
         _fail(e)
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """`absl.app.run(main)`, turning configuration and input errors into `error: ...` and exit 2.
+    """`absl.app.run(main)`, turning a `ConfigError` into `error: ...` and exit 2.
 
-    Misspelled config fields (`--config.budgt=3`) surface from ml_collections as
-    AttributeError/KeyError with a "did you mean" hint; validation raises ValueError. Set
-    ECOS_JAX_TRACEBACK=1 to see the full traceback instead.
+    Validation raises ConfigError (a ValueError) before any work; every other exception
+    propagates with its traceback. Set ECOS_JAX_TRACEBACK=1 to see a ConfigError's traceback too.
     """
     try:
         app.run(main)
-    except _INPUT_ERRORS as e:
+    except ConfigError as e:
         _fail(e)
