@@ -13,7 +13,7 @@ from functools import partial
 import jax
 import optax
 
-from ecos_jax.per_sample import _chunked
+from ecos_jax.per_sample import map_microbatches
 from ecos_jax.valuation.inputs import ApplyFn, PyTree, check_examples, check_microbatch
 
 
@@ -23,7 +23,7 @@ def _loss_scores(apply_fn: ApplyFn, params: PyTree, x: jax.Array, y: jax.Array,
     def chunk(xs, ys):
         return optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, xs), ys)
 
-    return _chunked(chunk, microbatch_size, x, y)
+    return map_microbatches(chunk, microbatch_size, x, y)
 
 
 def loss_scores(

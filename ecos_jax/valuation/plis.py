@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ecos_jax.per_sample import _chunked
+from ecos_jax.per_sample import map_microbatches
 from ecos_jax.valuation.grad_norm import single_example_loss
 from ecos_jax.valuation.inputs import ApplyFn, PyTree, check_examples, check_microbatch
 
@@ -100,7 +100,7 @@ def _plis_scores(apply_fn, params, x, y, key, clip_norm, tol, max_iters, microba
         return _power_iteration(clipped_gradient_fn(apply_fn, params, yi, clip_norm), xi, v0,
                                 tol, max_iters)
 
-    return _chunked(jax.vmap(one), microbatch_size, x, y)
+    return map_microbatches(jax.vmap(one), microbatch_size, x, y)
 
 
 def _check_plis(x, y, clip_norm, microbatch_size, tol=1e-5, max_iters=1):
@@ -160,7 +160,7 @@ def _plis_attribution(apply_fn, params, x, y, clip_norm, microbatch_size):
         norm = jnp.sqrt(_tree_sq_norm(gbar))
         return jnp.abs(jt_g) / jnp.where(norm > 0, norm, 1.0)
 
-    return _chunked(jax.vmap(one), microbatch_size, x, y)
+    return map_microbatches(jax.vmap(one), microbatch_size, x, y)
 
 
 def plis_attribution(
@@ -191,7 +191,7 @@ def _plis_dense(apply_fn, params, x, y, clip_norm, mode, microbatch_size):
         # ‖J‖₂² = λ_max(JᵀJ); the D×D Gram is far cheaper to decompose than the P×D SVD.
         return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(j.T @ j)[-1], 0.0))
 
-    return _chunked(jax.vmap(one), microbatch_size, x, y)
+    return map_microbatches(jax.vmap(one), microbatch_size, x, y)
 
 
 def plis_scores_dense(

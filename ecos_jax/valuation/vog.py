@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecos_jax.per_sample import _chunked
+from ecos_jax.per_sample import map_microbatches
 from ecos_jax.valuation.inputs import ApplyFn, PyTree, check_examples, check_microbatch
 
 STAGE_NAMES = {1: ("all",), 2: ("early", "late"), 3: ("early", "middle", "late")}
@@ -69,7 +69,7 @@ def _vog_maps(apply_fn: ApplyFn, stacked: PyTree, x: jax.Array, y: jax.Array,
         (k, _, m2), _ = jax.lax.scan(welford, (jnp.zeros((), xs.dtype), zeros, zeros), stacked)
         return jnp.sqrt(m2 / k)  # population std: divide by K, not K - 1
 
-    return _chunked(chunk, microbatch_size, x, y)
+    return map_microbatches(chunk, microbatch_size, x, y)
 
 
 def _stack(checkpoints: Sequence[PyTree]) -> PyTree:
