@@ -3,7 +3,8 @@ r"""Privacy audit: claimed ε vs an empirical lower bound for every mechanism, w
   python experiments/privacy_audit.py --workdir=runs/privacy_audit
   python experiments/privacy_audit.py --config=configs/privacy_audit.py:quick --workdir=runs/privacy_audit_quick
 
-See configs/privacy_audit.py for every field and ecos_jax/privacy/audit/ for the audits.
+See configs/privacy_audit.py for every field, ecos_jax/experiments/privacy_audit.py for the run
+and ecos_jax/privacy/audit/ for the audits.
 """
 
 import logging
@@ -14,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from ecos_jax.privacy.audit import experiment  # noqa: E402
+from ecos_jax.experiments import privacy_audit  # noqa: E402
 from ecos_jax.utils import cli  # noqa: E402
 
 _CONFIG = cli.define_config("privacy_audit.py")
@@ -24,7 +25,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/privacy_audit", "Where results a
 def main(argv):
     del argv
     logging.getLogger("ecos_jax").setLevel(logging.INFO)
-    experiment.run(_CONFIG.value, _WORKDIR.value)
+    privacy_audit.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

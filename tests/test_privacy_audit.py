@@ -202,9 +202,9 @@ def test_quick_experiment_writes_the_table_and_the_plot(tmp_path):
     import json
 
     from configs.privacy_audit import get_config
-    from ecos_jax.privacy.audit import experiment
+    from ecos_jax.experiments import privacy_audit
 
-    out = experiment.run(get_config("quick"), str(tmp_path))
+    out = privacy_audit.run(get_config("quick"), str(tmp_path))
     assert {"results.json", "results.md", "privacy_audit.png"} <= {p.name for p in tmp_path.iterdir()}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved["records"]) == 2 * len(audit.AUDITS)  # real + control, one ε

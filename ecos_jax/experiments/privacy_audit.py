@@ -22,6 +22,7 @@ import ml_collections
 
 from ecos_jax.privacy import audit
 from ecos_jax.utils import io, results
+from ecos_jax.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,10 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     mechanisms = _parse(c.mechanisms, str)
     unknown = [m for m in mechanisms if m not in audit.AUDITS]
     if unknown:
-        raise ValueError(f"unknown mechanisms {unknown}; choose from {sorted(audit.AUDITS)}.")
+        raise ConfigError(f"unknown mechanisms {unknown}; choose from {sorted(audit.AUDITS)}.")
     epsilons = _parse(c.epsilons)
     if not epsilons or any(not e > 0 for e in epsilons):
-        raise ValueError(f"epsilons must be positive claims, got {c.epsilons!r}.")
+        raise ConfigError(f"epsilons must be positive claims, got {c.epsilons!r}.")
     os.makedirs(workdir, exist_ok=True)
     records, rows = [], []
     for name in mechanisms:
