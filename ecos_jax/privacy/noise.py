@@ -27,7 +27,9 @@ Because the updates are shaped like the parameters, optax's wrappers compose wit
   S/k of the k sums (sensitivity Δ/k) and returns (S + N(0, σ²Δ²)) / (q·N), exactly the
   update of one step on the whole logical batch. (With `use_grad_mean=False` the inner chain
   sees the sum S itself: keep `accumulation_steps=1`.) Accounting: one DP-SGD step of rate
-  q = E[logical batch] / N per applied update.
+  q = E[logical batch] / N per applied update. This needs the micro-batches to partition one
+  sampled batch: drawn separately, one example could land in several of them and move S by
+  up to k·C, which this accounting does not cover.
 - `optax.apply_if_finite`: wrap the optimiser, `chain(noise, apply_if_finite(opt, n))`, so the
   noise counter advances on every step, skipped or not. Wrapped around the noise as well, a
   skipped step leaves the counter where it was and the next step reuses that step's noise.
