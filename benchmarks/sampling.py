@@ -3,18 +3,24 @@
 Run (about 3-4 minutes on 2 CPU cores at the default size; JSON to --out):
   python benchmarks/sampling.py                       # 1,000,000 x 128, R = 100, budget 10,000
   python benchmarks/sampling.py --n 100000 --budget 2000 --kcenter_budget 1000   # quick
+  python benchmarks/sampling.py --init random --skip_kcenter \
+      --out benchmarks/results/sampling_random_init.json  # a start that empties clusters
 
 What is timed, in one process, on one synthetic clustered pool (float32, host numpy array or
 np.memmap with --memmap, streamed to the device --chunk_size rows at a time):
-  * ECOS end to end (SPEC §3): k-means++ seeding, Lloyd k-means (R centroids, --iters), the
+  * ECOS end to end: k-means seeding (--init: k-means++ on a subsample, or R random rows, a
+    start that leaves clusters empty and so exercises their re-seeding), Lloyd k-means (R
+    centroids, --iters), the
     client's coverage counts on its own features (+ Gaussian noise; the DP accounting of that
     noise is the protocol's job, see ecos_jax/ecos), allocation, within-cluster selection.
   * K-Center greedy (block-pruned, exact) for --kcenter_budget points.
-  * scikit-learn KMeans (lloyd, n_init=1, tol=0) from the *same* initial centroids, the same R
-    and max iterations, on the same array: the k-means speed reference. faiss if installed.
-    Reported as the whole fit (ours: Lloyd + final assignment; sklearn: fit) and as the
-    marginal cost of an extra iteration (each side's time minus its one-iteration fit), plus
-    our Lloyd without the Hamerly bounds (prune=False) as an ablation.
+  * scikit-learn KMeans (lloyd, n_init=1, tol=0) and faiss (if installed, `pip install
+    faiss-cpu` or the `bench` extra) from the *same* initial centroids, the same R and max
+    iterations, on the same array: the k-means speed references, each with the inertia it
+    reaches, so that a speed-up is only read at equal inertia. Reported as the whole fit
+    (ours: Lloyd + final assignment; sklearn: fit; faiss: train + a final nearest-centroid
+    search) and as the marginal cost of an extra iteration (each side's time minus its
+    one-iteration fit), plus our Lloyd without the Hamerly bounds (prune=False) as an ablation.
   * Exactness: on the first --check_n rows, the streamed ECOS path (k-means, assignments,
     picks) and K-Center are compared with the in-memory (device-resident) run, same key.
 Peak memory is the process's peak resident set (ru_maxrss) after each phase; it includes the
@@ -73,24 +79,28 @@ def client_features(centres, domain, size, d, seed):
 
 def warm_up_lloyd(pool, args, chunk_size) -> float:
     """Compiles the Lloyd chunk step for the chunk shape the full run will use (two chunks,
-    one iteration); returns the seconds spent, reported as compile time."""
+    one iteration, one centroid far from every row so that the empty-cluster re-seed pass is
+    compiled too); returns the seconds spent, reported as compile time."""
     p = Pool(pool, chunk_size=chunk_size, check=False)
     if not p.streamed:
         return 0.0
     t = time.perf_counter()
     head = np.asarray(pool[:2 * p.chunk_rows])
+    init = head[:args.clusters].copy()
+    init[-1] += 1e3
     km_module.kmeans(jax.random.key(0), head, args.clusters, iters=1, chunk_size=p.chunk_rows,
-                     init=head[:args.clusters])
+                     init=init)
     return time.perf_counter() - t
 
 
 def ecos_path(key, pool, client, args, chunk_size):
-    """SPEC §3 steps 1-3; returns (timings dict, kmeans result, picks)."""
+    """The ECOS path (compress, client response, allocate and select); returns (timings
+    dict, kmeans result, picks, initial centroids)."""
     t = {}
     k_init, k_noise, k_sel = jax.random.split(key, 3)
     t0 = time.perf_counter()
     p = Pool(pool, chunk_size=chunk_size)
-    init = km_module.init_centroids(k_init, p, args.clusters)
+    init = km_module.init_centroids(k_init, p, args.clusters, args.init)
     init.block_until_ready()
     t["kmeans_init_s"] = time.perf_counter() - t0
     t1, c1 = time.perf_counter(), time.process_time()
@@ -166,16 +176,37 @@ def time_sklearn(x, init, args):
     return out
 
 
-def time_faiss(x, args):
+def time_faiss(x, init, args):
+    """faiss's k-means from the same initial centroids on every row (no subsampling); its
+    inertia is taken from a final nearest-centroid search, as scikit-learn's fit does.
+
+    Timed with each OpenMP thread count in --faiss_threads (0 = faiss's default, one per
+    core) and reported at the fastest: on a loaded machine faiss's spinning OpenMP threads
+    were 5x slower with 2 threads than with 1 (20.4 vs 3.8 s at 200,000 rows, load 4-5)."""
     try:
         import faiss  # noqa: PLC0415
     except ImportError:
         return {"installed": False}
-    t = time.perf_counter()
-    f = faiss.Kmeans(x.shape[1], args.clusters, niter=args.iters, seed=args.seed,
-                     max_points_per_centroid=x.shape[0])
-    f.train(np.ascontiguousarray(x))
-    return {"installed": True, "total_s": time.perf_counter() - t}
+    x = np.ascontiguousarray(x)
+    default_threads = faiss.omp_get_max_threads()
+    runs = []
+    for threads in (int(v) for v in args.faiss_threads.split(",")):
+        faiss.omp_set_num_threads(threads or default_threads)
+        t = time.perf_counter()
+        f = faiss.Kmeans(x.shape[1], args.clusters, niter=args.iters, seed=args.seed,
+                         max_points_per_centroid=x.shape[0])
+        f.train(x, init_centroids=np.ascontiguousarray(init, np.float32))
+        train_s = time.perf_counter() - t
+        t = time.perf_counter()
+        dist, _ = f.index.search(x, 1)
+        assign_s = time.perf_counter() - t
+        runs.append({"threads": threads or default_threads, "train_s": train_s,
+                     "assign_s": assign_s, "total_s": train_s + assign_s,
+                     "inertia": float(dist.astype(np.float64).sum()),
+                     "loadavg_1min_after": os.getloadavg()[0]})
+    faiss.omp_set_num_threads(default_threads)
+    best = min(runs, key=lambda r: r["total_s"])
+    return {"installed": True, "version": faiss.__version__, **best, "runs": runs}
 
 
 def main(argv=None):
@@ -187,6 +218,10 @@ def main(argv=None):
     ap.add_argument("--budget", type=int, default=10_000)
     ap.add_argument("--kcenter_budget", type=int, default=10_000)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--faiss_threads", default="1,0",
+                    help="faiss OpenMP thread counts to time, comma-separated (0 = default)")
+    ap.add_argument("--init", choices=["kmeans++", "random"], default="kmeans++",
+                    help="k-means start shared by ours, scikit-learn and faiss")
     ap.add_argument("--chunk_size", type=int, default=65_536)
     ap.add_argument("--proximity", type=float, default=0.5)
     ap.add_argument("--sigma", type=float, default=5.0, help="noise std on the client counts")
@@ -253,7 +288,7 @@ def main(argv=None):
                      init=init)
     report["ecos"]["kmeans_one_iteration_s"] = time.perf_counter() - t
 
-    report["faiss"] = time_faiss(np.asarray(x), args)
+    report["faiss"] = time_faiss(np.asarray(x), init, args)
     sk = report["sklearn"]
     ours_per_it = timings["kmeans_lloyd_s"] / max(res.iterations, 1)
     sk_per_it = report["sklearn"]["same_init_s"] / max(report["sklearn"]["same_init_iterations"],
@@ -266,6 +301,20 @@ def main(argv=None):
         "ours_cpu_s": timings["kmeans_lloyd_cpu_s"], "sklearn_cpu_s": sk["same_init_cpu_s"],
         "ours_unpruned_lloyd_s": report["ecos"]["kmeans_lloyd_unpruned_s"],
         "speedup_unpruned": sk["same_init_s"] / report["ecos"]["kmeans_lloyd_unpruned_s"]}
+    # Whole fits from the same init, with the inertia each reached ("equal inertia" is read
+    # off the relative differences).
+    fa = report["faiss"]
+    report["kmeans_equal_inertia"] = {
+        "ours_s": timings["kmeans_lloyd_s"], "ours_inertia": res.inertia,
+        "sklearn_s": sk["same_init_s"], "sklearn_inertia": sk["same_init_inertia"],
+        "ours_vs_sklearn_inertia_rel": res.inertia / sk["same_init_inertia"] - 1.0,
+        "speedup_vs_sklearn": sk["same_init_s"] / timings["kmeans_lloyd_s"]}
+    if fa["installed"]:
+        report["kmeans_equal_inertia"].update(
+            faiss_s=fa["total_s"], faiss_inertia=fa["inertia"],
+            ours_vs_faiss_inertia_rel=res.inertia / fa["inertia"] - 1.0,
+            speedup_vs_faiss=fa["total_s"] / timings["kmeans_lloyd_s"],
+            speedup_vs_faiss_train_only=fa["train_s"] / timings["kmeans_lloyd_s"])
     # Marginal cost of iterations 2..iters (total minus a one-iteration fit), both sides.
     extra = max(res.iterations - 1, 1)
     ours_marginal = (timings["kmeans_lloyd_s"] - report["ecos"]["kmeans_one_iteration_s"]) / extra
@@ -281,7 +330,7 @@ def main(argv=None):
             ("ECOS k-means++ init", f"{timings['kmeans_init_s']:.2f} s", ""),
             ("ECOS k-means Lloyd", f"{timings['kmeans_lloyd_s']:.2f} s",
              f"{res.iterations} it, {ours_per_it:.3f} s/it, {100 * res.scored:.0f}% of "
-             f"distances computed"),
+             f"distances computed, inertia {res.inertia:.6g}"),
             ("ECOS client response", f"{timings['client_response_s']:.2f} s", ""),
             ("ECOS allocate+select", f"{timings['allocate_select_s']:.2f} s",
              f"{picks.size} picks"),
@@ -294,15 +343,25 @@ def main(argv=None):
                      f"{args.kcenter_budget} picks, peak RSS "
                      f"{report['kcenter']['peak_rss_gib']:.2f} GiB"))
     rows.append(("sklearn KMeans (same init)", f"{sk['same_init_s']:.2f} s",
-                 f"{sk['same_init_iterations']} it, {sk_per_it:.3f} s/it"))
+                 f"{sk['same_init_iterations']} it, {sk_per_it:.3f} s/it, inertia "
+                 f"{sk['same_init_inertia']:.6g}"))
     if "kmeanspp_total_s" in sk:
         rows.append(("sklearn KMeans (own k-means++)", f"{sk['kmeanspp_total_s']:.2f} s",
                      f"{sk['kmeanspp_iterations']} it"))
-    rows.append(("faiss KMeans", f"{report['faiss']['total_s']:.2f} s"
-                 if report["faiss"]["installed"] else "not installed", ""))
-    rows.append(("k-means speed-up vs sklearn", f"{sk_per_it / ours_per_it:.2f}x",
-                 f"whole fit, same init and iterations; CPU s "
+    rows.append(("faiss KMeans (same init)", f"{fa['total_s']:.2f} s"
+                 if fa["installed"] else "not installed",
+                 f"{fa['threads']} thread(s), train {fa['train_s']:.2f} s + search, "
+                 f"inertia {fa['inertia']:.6g}"
+                 if fa["installed"] else ""))
+    eq = report["kmeans_equal_inertia"]
+    rows.append(("k-means speed-up vs sklearn", f"{eq['speedup_vs_sklearn']:.2f}x",
+                 f"whole fit, same init and iterations, inertia "
+                 f"{100 * eq['ours_vs_sklearn_inertia_rel']:+.3f}%; CPU s "
                  f"{timings['kmeans_lloyd_cpu_s']:.1f} vs {sk['same_init_cpu_s']:.1f}"))
+    if fa["installed"]:
+        rows.append(("k-means speed-up vs faiss", f"{eq['speedup_vs_faiss']:.2f}x",
+                     f"whole fit (train only: {eq['speedup_vs_faiss_train_only']:.2f}x), "
+                     f"inertia {100 * eq['ours_vs_faiss_inertia_rel']:+.3f}%"))
     spd = report["kmeans_speedup_vs_sklearn"]
     rows.append(("  without bounds (prune=False)", f"{spd['speedup_unpruned']:.2f}x",
                  f"Lloyd {spd['ours_unpruned_lloyd_s']:.2f} s"))
