@@ -39,10 +39,10 @@ from ecos_jax.coopt.targets import data_mesh, participant_targets
 from ecos_jax.coopt.training import TrainRun, regression_objective, train_epochs
 from ecos_jax.data import ArrayDataset, load, train_test_split
 from ecos_jax.models import get_model
+from ecos_jax.reporting.tables import markdown_table
 from ecos_jax.train import cosine_regression, mse_regression, predict, softmax_xent
 from ecos_jax.utils.errors import ConfigError
 from ecos_jax.utils.io import save_figure, write_json, write_text
-from ecos_jax.utils.results import markdown_table
 
 log = logging.getLogger(__name__)
 

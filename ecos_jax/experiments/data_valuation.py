@@ -49,8 +49,8 @@ from ecos_jax.privacy import accounting
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting import plots
+from ecos_jax.reporting.tables import markdown_table
 from ecos_jax.utils.io import save_npz, write_json, write_text
-from ecos_jax.utils.results import markdown_table
 from ecos_jax.valuation import consistency as cm
 from ecos_jax.valuation.grad_norm import grad_norm_scores
 from ecos_jax.valuation.loss import loss_scores

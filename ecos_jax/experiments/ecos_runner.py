@@ -61,9 +61,10 @@ from ecos_jax import data as data_lib
 from ecos_jax import features as features_lib
 from ecos_jax.ecos import protocol
 from ecos_jax.privacy.ledger import LedgerEntry, PrivacyLedger, event_to_json
+from ecos_jax.reporting import tables
 from ecos_jax.samplers.kcenter import kcenter_greedy
 from ecos_jax.samplers.random import random_sample
-from ecos_jax.utils import io, results
+from ecos_jax.utils import io
 from ecos_jax.utils.errors import validates
 
 log = logging.getLogger(__name__)
@@ -432,7 +433,7 @@ def _lifetime_md(lifetime: dict) -> list[str]:
             f"ε: everything that client released in this run, each release once, composed "
             f"({any_v['accountant'].upper()}, δ = {any_v['delta']:g}, {any_v['relation']} "
             f"neighbours); this is the client's total.\n",
-            results.markdown_table(["client domain", "releases", "of which", "largest record ε",
+            tables.markdown_table(["client domain", "releases", "of which", "largest record ε",
                                     "client lifetime ε"], rows)]
 
 
@@ -446,8 +447,8 @@ def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, com
     budget, mean ± std over domains and seeds, under the main table. `client_ledgers`: {client
     domain: lifetime ledger}, reported beside the record ε (see the module docstring).
     """
-    stats = results.aggregate(records, ("method", "budget", "domain"), "accuracy")
-    avg = results.aggregate(
+    stats = tables.aggregate(records, ("method", "budget", "domain"), "accuracy")
+    avg = tables.aggregate(
         [{"method": m, "budget": b, "seed": s,
           "accuracy": np.mean([r["accuracy"] for r in records if (r["method"], r["budget"], r["seed"]) == (m, b, s)])}
          for (m, b, s) in {(r["method"], r["budget"], r["seed"]) for r in records}],
@@ -465,9 +466,9 @@ def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, com
             if (m, b) not in avg:
                 continue
             e = eps[(m, b)]
-            cells = [results.pm(*stats[(m, b, d)][:2]) if (m, b, d) in stats else "" for d in domains]
-            rows.append([b or "-", m, f"{e:.2f}" if e > 0 else "-", *cells, results.pm(*avg[(m, b)][:2])])
-    md.append(results.markdown_table(header, rows))
+            cells = [tables.pm(*stats[(m, b, d)][:2]) if (m, b, d) in stats else "" for d in domains]
+            rows.append([b or "-", m, f"{e:.2f}" if e > 0 else "-", *cells, tables.pm(*avg[(m, b)][:2])])
+    md.append(tables.markdown_table(header, rows))
     lifetime = client_lifetime(client_ledgers, records) if client_ledgers else {}
     if lifetime:
         md += _lifetime_md(lifetime)
@@ -476,15 +477,15 @@ def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, com
         have = [r for r in records if isinstance(r.get(metric), (int, float))]
         if not have:
             continue
-        ms = results.aggregate(have, ("method", "budget"), metric)
+        ms = tables.aggregate(have, ("method", "budget"), metric)
         md.append(f"\n## {metric} (mean ± std over domains and seeds)\n")
-        md.append(results.markdown_table(
+        md.append(tables.markdown_table(
             ["budget", "method", metric],
             [[b or "-", m, f"{ms[(m, b)][0]:.4g} ± {ms[(m, b)][1]:.2g}"]
              for b in [*budgets, 0] for m in config.methods if (m, b) in ms]))
     if comm:
         md.append("\n## Communication (bytes)\n")
-        md.append(results.markdown_table(
+        md.append(tables.markdown_table(
             ["client domain", "ECOS down (centroids)", "ECOS up (noisy counts)", "upload client data",
              "download pool", "upload / ECOS total"],
             [[d, c["ecos_down_bytes"], c["ecos_up_bytes"], c["upload_client_data_bytes"], c["download_pool_bytes"],

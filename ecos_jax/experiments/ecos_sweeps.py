@@ -50,7 +50,8 @@ from ecos_jax.ecos import protocol
 from ecos_jax.experiments import ecos_runner
 from ecos_jax.experiments.selective_labeling import SelectiveLabeling
 from ecos_jax.privacy.ledger import PrivacyLedger
-from ecos_jax.utils import io, results
+from ecos_jax.reporting import tables
+from ecos_jax.utils import io
 from ecos_jax.utils.errors import validates
 from ecos_jax.utils.overrides import override
 
@@ -265,7 +266,7 @@ def _stat(records: list[dict], value: str) -> dict:
     vals = [float(r[value]) for r in records if value in r]
     if not vals:
         return {"mean": None, "std": None, "n": 0}
-    (m, s, n), = results.aggregate([{"v": v} for v in vals], (), "v").values()
+    (m, s, n), = tables.aggregate([{"v": v} for v in vals], (), "v").values()
     return {"mean": m, "std": s, "n": n}
 
 
@@ -371,7 +372,7 @@ def _lifetime_md(lifetime: dict, config) -> list[str]:
             "Each point's results.md gives its record ε (what one selection rests on) and each "
             "client's lifetime ε over that point. Over the sweep the same client answered at every "
             "point, so everything it released composes to:\n",
-            results.markdown_table(["client domain", "releases", "points", "client lifetime ε"], rows)]
+            tables.markdown_table(["client domain", "releases", "points", "client lifetime ε"], rows)]
 
 
 # ---------------------------------------------------------------------------- the run
@@ -444,7 +445,7 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: Path, out: dict) -
 
 
 def _pm(s: dict, scale: float = 100.0) -> str:
-    return "" if s["mean"] is None else results.pm(s["mean"], s["std"], scale=scale)
+    return "" if s["mean"] is None else tables.pm(s["mean"], s["std"], scale=scale)
 
 
 def _pool_md(p: dict) -> list[str]:
@@ -466,10 +467,10 @@ def _pool_md(p: dict) -> list[str]:
                 gaps.append([POOL_LABELS[kind], f"ECOS − {METHOD_STYLE[m][0]}",
                              *[_pm(g) if g and g["n"] else "" for g in got]])
     md = ["## Pool composition: accuracy against budget\n",
-          results.markdown_table(["pool", "method", *[f"budget {b}" for b in budgets]], table),
+          tables.markdown_table(["pool", "method", *[f"budget {b}" for b in budgets]], table),
           "\nAccuracy gap in points, paired by client domain and seed (the pooled std above is mostly "
           "the spread in difficulty between client domains; per-domain tables: pool/<pool>/results.md):\n",
-          results.markdown_table(["pool", "gap", *[f"budget {b}" for b in budgets]], gaps),
+          tables.markdown_table(["pool", "gap", *[f"budget {b}" for b in budgets]], gaps),
           "\nShare of picks from the client's own domain (%):\n"]
     table = []
     for kind in kinds:
@@ -479,7 +480,7 @@ def _pool_md(p: dict) -> list[str]:
             if any((kind, m, b) in cell for b in budgets):
                 table.append([POOL_LABELS[kind], m, *[_pm(cell[(kind, m, b)]["in_domain"]) if (kind, m, b) in cell
                                                       else "" for b in budgets]])
-    md.append(results.markdown_table(["pool", "method", *[f"budget {b}" for b in budgets]], table))
+    md.append(tables.markdown_table(["pool", "method", *[f"budget {b}" for b in budgets]], table))
     ood = {k: v for k, v in p["pick_domains"].items() if k.startswith("ood/")}
     if ood:
         b = max(int(k.split("/")[2]) for k in ood)
@@ -489,7 +490,7 @@ def _pool_md(p: dict) -> list[str]:
             table.append([dom, *[", ".join(f"{k} {100 * v:.0f}" for k, v in list(ood[f'ood/{m}/{b}'][dom].items())[:3])
                                  if f"ood/{m}/{b}" in ood and dom in ood[f"ood/{m}/{b}"] else ""
                                  for m in ("ecos", "random", "kcenter")]])
-        md.append(results.markdown_table(["client domain", "ECOS", "Random", "K-Center"], table))
+        md.append(tables.markdown_table(["client domain", "ECOS", "Random", "K-Center"], table))
     return md
 
 
@@ -500,7 +501,7 @@ def _epsilon_md(e: dict, config) -> list[str]:
             for r in e["ecos"]]
     rows.append(["Random (reference)", "-", _pm(e["random"]["accuracy"]), "", _pm(e["random"]["in_domain"])])
     return [f"\n## ECOS against ε (budget {budget}, pool {config.sweep.epsilon_pool}, δ = {config.ecos.delta})\n",
-            results.markdown_table(["ε target", "ε (ledger)", "accuracy", "ECOS − Random (paired)",
+            tables.markdown_table(["ε target", "ε (ledger)", "accuracy", "ECOS − Random (paired)",
                                     "in-domain picks (%)"], rows),
             "\nPer-domain tables: epsilon/<point>/results.md.\n"]
 
@@ -513,7 +514,7 @@ def _communication_md(comm: dict, config) -> list[str]:
                   f"images {'×'.join(map(str, c['image_shape']))} uint8)\n")
         md.append(f"One ECOS round: float32 {f32['down']} B down + {f32['up']} B up = {f32['total']} B; "
                   f"lean (float16 centroids, int16 rounded counts) {lean['down']} + {lean['up']} = {lean['total']} B.\n")
-        md.append(results.markdown_table(
+        md.append(tables.markdown_table(
             ["client domain", "client n", "upload client data", "download pool", "ECOS float32", "ECOS lean",
              "upload / ECOS float32", "upload / ECOS lean", "upload / ECOS up only (float32)",
              "download / ECOS float32"],
@@ -523,7 +524,7 @@ def _communication_md(comm: dict, config) -> list[str]:
               f"{r['upload_client_data_bytes'] / r['ecos_float32']['up']:.0f}x",
               f"{r['download_over_ecos_float32']:.0f}x"] for r in c["domains"]]))
         md.append(f"\nWhere ECOS is {FOLD:.0f}× below uploading the client data (one round, both directions):\n")
-        md.append(results.markdown_table(
+        md.append(tables.markdown_table(
             ["encoding", "ECOS bytes", f"client samples needed (R = {c['num_centroids']}, d = {c['dim']})",
              f"largest R at d = {c['dim']}, n = {config.data.n_client_train}",
              f"largest d at R = {c['num_centroids']}, n = {config.data.n_client_train}"],
@@ -537,7 +538,7 @@ def _communication_md(comm: dict, config) -> list[str]:
                 ratio[n] = (cv["upload_bytes"][i], cv["upload_over_ecos_float32"][i], cv["upload_over_ecos_lean"][i])
         whole = ", ".join(f"{d} {cv['domain_size']}" for d, cv in c["vs_client_size"].items())
         md.append(f"\nUpload / ECOS against the client's size (the largest n of each domain is all of it: {whole}):\n")
-        md.append(results.markdown_table(["client samples n", "upload bytes", "upload / ECOS float32",
+        md.append(tables.markdown_table(["client samples n", "upload bytes", "upload / ECOS float32",
                                           "upload / ECOS lean"],
                                          [[n, ratio[n][0], f"{ratio[n][1]:.0f}x", f"{ratio[n][2]:.0f}x"] for n in ns]))
     return md

@@ -21,7 +21,8 @@ import time
 import ml_collections
 
 from ecos_jax.privacy import audit
-from ecos_jax.utils import io, results
+from ecos_jax.reporting import tables
+from ecos_jax.utils import io
 from ecos_jax.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
           f"threshold strategy '{c.strategy}'. 'claimed ε' is the smallest ε the release's own "
           "ledger reports; 'resolution' is the largest bound these trial counts can give. A "
           "correct release has bound ≤ claim; each control (deliberately broken) must exceed "
-          "every accountant's claim.\n\n" + results.markdown_table(header, rows)
+          "every accountant's claim.\n\n" + tables.markdown_table(header, rows)
           + f"\nEvery real release under its claim: {'yes' if real_ok else 'NO'}. "
           f"Every control caught: {'yes' if controls_ok else 'NO' if c.controls else 'not run'}.\n")
     out = {"config": c.to_dict(), "records": records, "all_real_below_claim": real_ok,

@@ -29,8 +29,8 @@ from ecos_jax import models
 from ecos_jax import train as trainer
 from ecos_jax.experiments.data_valuation import eps_label, prepare_data, score_run
 from ecos_jax.privacy.ledger import PrivacyLedger
+from ecos_jax.reporting.tables import markdown_table
 from ecos_jax.utils.io import write_json, write_text
-from ecos_jax.utils.results import markdown_table
 from ecos_jax.valuation.private_training import train_at_epsilon
 from ecos_jax.valuation.pruning import DIRECTIONS, removal_indices
 

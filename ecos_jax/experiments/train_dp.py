@@ -32,7 +32,8 @@ from ecos_jax import data as data_lib
 from ecos_jax import models, train
 from ecos_jax.privacy import accounting, dpsgd
 from ecos_jax.privacy.ledger import PrivacyLedger
-from ecos_jax.utils import io, results
+from ecos_jax.reporting import tables
+from ecos_jax.utils import io
 from ecos_jax.utils.errors import validates
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_te
         f"# DP-SGD accuracy vs ε ({config.data.name}, {config.model.name}, {n_train} train / "
         f"{n_test} test, δ = {config.dp.delta}, q = {r0['sampling_rate']:.4f}, "
         f"T = {r0['steps']}, C = {config.dp.l2_norm_clip}, {config.dp.sampling} sampling)\n\n"
-        + results.markdown_table(header, rows)
+        + tables.markdown_table(header, rows)
     )
     if any(r["epsilon_rdp"] == "n/a" for r in records):
         text += ("\nRDP n/a: batches have M slots and over-full ones are cut to M (truncated "
