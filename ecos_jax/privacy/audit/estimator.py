@@ -21,7 +21,7 @@ threshold is chosen in one of two ways (`strategy`):
 
   "split"       pick the threshold (best bound at level α) on a random half of each score set,
                 then bound ε at that one threshold on the other half (default; the halves are
-                independent, so the level is exactly 1 − α);
+                independent, so the confidence is at least 1 − α);
   "bonferroni"  take the best of K thresholds on all the data, each bounded at level α/K,
                 with K = every distinct score plus +inf. The thresholds are the observed scores
                 (the usual practice, and CanaryScoreAuditor's), so the union bound is over
