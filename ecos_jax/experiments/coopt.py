@@ -39,10 +39,11 @@ from ecos_jax.coopt.targets import data_mesh, participant_targets
 from ecos_jax.coopt.training import TrainRun, regression_objective, train_epochs
 from ecos_jax.data import ArrayDataset, load, train_test_split
 from ecos_jax.models import get_model
+from ecos_jax.reporting import plots
 from ecos_jax.reporting.tables import markdown_table
 from ecos_jax.train import cosine_regression, mse_regression, predict, softmax_xent
 from ecos_jax.utils.errors import ConfigError
-from ecos_jax.utils.io import save_figure, write_json, write_text
+from ecos_jax.utils.io import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -235,30 +236,6 @@ def _ablation(setting: Setting, config) -> list[dict[str, Any]]:
     return records
 
 
-def _plot(curves: dict[str, list[list[dict]]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for method, runs in curves.items():
-        epochs = [e["epoch"] for e in runs[0]]
-        acc = np.mean([[e["probe_accuracy"] for e in r] for r in runs], axis=0) * 100
-        sec = np.mean([[e["seconds"] for e in r] for r in runs], axis=0)
-        style = "--" if method == "supervised" else "-"
-        axes[0].plot(epochs, acc, style, marker="o", ms=3, label=method)
-        axes[1].plot(sec, acc, style, marker="o", ms=3, label=method)
-    axes[0].set_xlabel("epoch")
-    axes[1].set_xlabel("training seconds (compile excluded)")
-    for ax in axes:
-        ax.set_ylabel("linear-probe accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(f"CoOpt vs baselines: linear probe on held-out pool images (mean of {len(runs)} seed(s))")
-    save_figure(fig, path)
-
-
 def _fmt(v, scale=100.0, digits=1):
     return "n/a" if v is None else f"{v * scale:.{digits}f}"
 
@@ -376,5 +353,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     }
     write_json(os.path.join(workdir, "results.json"), results)
     write_text(os.path.join(workdir, "results.md"), _markdown(results))
-    _plot(curves, os.path.join(workdir, "curves.png"))
+    plots.probe_curves(curves, os.path.join(workdir, "curves.png"))
     return results

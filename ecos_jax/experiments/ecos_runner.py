@@ -61,7 +61,7 @@ from ecos_jax import data as data_lib
 from ecos_jax import features as features_lib
 from ecos_jax.ecos import protocol
 from ecos_jax.privacy.ledger import LedgerEntry, PrivacyLedger, event_to_json
-from ecos_jax.reporting import tables
+from ecos_jax.reporting import plots, tables
 from ecos_jax.samplers.kcenter import kcenter_greedy
 from ecos_jax.samplers.random import random_sample
 from ecos_jax.utils import io
@@ -499,29 +499,6 @@ def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, com
     io.write_text(workdir / "results.md", text)
     if ledgers:
         io.write_json(workdir / "ledgers.json", ledgers)
-    plot_accuracy_vs_budget(avg, workdir / "accuracy_vs_budget.png", budgets)
+    plots.accuracy_vs_budget(avg, workdir / "accuracy_vs_budget.png", budgets)
     print(text)
     return text
-
-
-def plot_accuracy_vs_budget(avg: dict, path: Path, budgets: list[int]) -> None:
-    """One line per method (mean ± std over seeds of the domain average); 'local' as a level."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for m in sorted({m for m, _ in avg}):
-        if m == "local":
-            mean, _, _ = avg[("local", 0)]
-            ax.axhline(100 * mean, ls="--", c="gray", label=f"local ({100 * mean:.1f})")
-            continue
-        pts = [(b, *avg[(m, b)][:2]) for b in budgets if (m, b) in avg]
-        bs, ms, ss = map(np.array, zip(*pts))
-        ax.errorbar(bs, 100 * ms, yerr=100 * ss, marker="o", capsize=3, label=m)
-    ax.set_xlabel("budget (pool samples)")
-    ax.set_ylabel("client test accuracy (%)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    io.save_figure(fig, path)

@@ -50,7 +50,7 @@ from ecos_jax.ecos import protocol
 from ecos_jax.experiments import ecos_runner
 from ecos_jax.experiments.selective_labeling import SelectiveLabeling
 from ecos_jax.privacy.ledger import PrivacyLedger
-from ecos_jax.reporting import tables
+from ecos_jax.reporting import plots, tables
 from ecos_jax.utils import io
 from ecos_jax.utils.errors import validates
 from ecos_jax.utils.overrides import override
@@ -427,14 +427,14 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: Path, out: dict) -
           f"over client domains and seeds pooled)\n"]
     if "pool" in out:
         md += _pool_md(out["pool"])
-        plot_pool(out["pool"], workdir / "pool_accuracy_vs_budget.png")
+        plots.sweep_pool(out["pool"], workdir / "pool_accuracy_vs_budget.png", POOL_LABELS)
     if "epsilon" in out:
         md += _epsilon_md(out["epsilon"], config)
-        plot_epsilon(out["epsilon"], workdir / "epsilon.png")
+        plots.sweep_epsilon(out["epsilon"], workdir / "epsilon.png")
     if "communication" in out:
         md += _communication_md(out["communication"], config)
         for name, c in out["communication"].items():
-            plot_communication(c, workdir / f"communication_{name.replace('/', '_')}.png", name)
+            plots.sweep_communication(c, workdir / f"communication_{name.replace('/', '_')}.png", name, FOLD)
     if out.get("client_lifetime"):
         md += _lifetime_md(out["client_lifetime"], config)
     text = "\n".join(md)
@@ -464,7 +464,7 @@ def _pool_md(p: dict) -> list[str]:
         for m in ("random", "kcenter", "oracle"):
             got = [cell[(kind, "ecos", b)]["ecos_minus"].get(m) if (kind, "ecos", b) in cell else None for b in budgets]
             if any(g and g["n"] for g in got):
-                gaps.append([POOL_LABELS[kind], f"ECOS − {METHOD_STYLE[m][0]}",
+                gaps.append([POOL_LABELS[kind], f"ECOS − {plots.METHOD_STYLE[m][0]}",
                              *[_pm(g) if g and g["n"] else "" for g in got]])
     md = ["## Pool composition: accuracy against budget\n",
           tables.markdown_table(["pool", "method", *[f"budget {b}" for b in budgets]], table),
@@ -542,123 +542,3 @@ def _communication_md(comm: dict, config) -> list[str]:
                                           "upload / ECOS lean"],
                                          [[n, ratio[n][0], f"{ratio[n][1]:.0f}x", f"{ratio[n][2]:.0f}x"] for n in ns]))
     return md
-
-
-# ---------------------------------------------------------------------------- plots
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-METHOD_STYLE = {"ecos": ("ECOS", "C0", "o"), "random": ("Random", "C1", "s"), "kcenter": ("K-Center", "C2", "^"),
-                "oracle": ("oracle (in-domain)", "gray", "x")}
-
-
-def plot_pool(p: dict, path: Path) -> None:
-    """One panel per pool composition: accuracy against budget; the oracle dashed in each."""
-    plt = _plt()
-    rows = p["rows"]
-    kinds = [k for k in POOL_LABELS if any(r["pool"] == k for r in rows)]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), sharey=True, squeeze=False)
-    oracle = sorted((r["budget"], r["accuracy"]) for r in rows if r["method"] == "oracle")
-    for ax, kind in zip(axes[0], kinds):
-        for i, m in enumerate(("ecos", "random", "kcenter")):
-            pts = sorted((r["budget"], r["accuracy"]) for r in rows if r["pool"] == kind and r["method"] == m)
-            if pts:
-                label, c, mk = METHOD_STYLE[m]
-                dodge = 1 + 0.03 * (i - 1)  # keep overlapping error bars apart (log x)
-                ax.errorbar([b * dodge for b, _ in pts], [100 * s["mean"] for _, s in pts],
-                            yerr=[100 * s["std"] for _, s in pts], marker=mk, c=c, capsize=3, label=label)
-        if oracle:
-            ax.plot([b for b, _ in oracle], [100 * s["mean"] for _, s in oracle], ls="--", marker="x", c="gray",
-                    label="oracle (in-domain, ID+OoD pool)")
-        ax.set_title(f"pool: {POOL_LABELS[kind]}")
-        ax.set_xscale("log")
-        budgets = sorted({r["budget"] for r in rows})
-        ax.set_xticks(budgets, [str(b) for b in budgets])
-        ax.minorticks_off()
-        ax.set_xlabel("budget (labelled pool samples, log scale)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("client test accuracy (%)")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
-    io.save_figure(fig, path)
-
-
-def plot_epsilon(e: dict, path: Path) -> None:
-    """Accuracy and in-domain share of ECOS's picks against ε (log x); Random as a band."""
-    plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.5, 3.6))
-    dp = [r for r in e["ecos"] if not r["exact_counts"]]
-    exact = [r for r in e["ecos"] if r["exact_counts"]]
-    for ax, key, ylabel in ((a1, "accuracy", "client test accuracy (%)"),
-                            (a2, "in_domain", "ECOS picks from the client's domain (%)")):
-        if dp:
-            ax.errorbar([r["epsilon"] for r in dp], [100 * r[key]["mean"] for r in dp],
-                        yerr=[100 * r[key]["std"] for r in dp], marker="o", c="C0", capsize=3, label="ECOS (DP)")
-        for r in exact:
-            ax.errorbar([r["epsilon"]], [100 * r[key]["mean"]], yerr=[100 * r[key]["std"]], marker="*", ms=11,
-                        c="C3", capsize=3, ls="none", label=f"ECOS, exact counts (ε = ∞, run at {r['epsilon']:g})")
-        ref = e["random"][key]
-        if ref["mean"] is not None:
-            m, s = 100 * ref["mean"], 100 * ref["std"]
-            ax.axhline(m, c="C1", ls="--", label="Random")
-            ax.axhspan(m - s, m + s, color="C1", alpha=0.15)
-        ax.set_xscale("log")
-        ticks = [r["epsilon"] for r in e["ecos"]]
-        ax.set_xticks(ticks, [("∞" if r["exact_counts"] else f"{r['epsilon']:g}") for r in e["ecos"]], fontsize=8)
-        ax.minorticks_off()
-        ax.set_xlabel("ε of the client's response (δ fixed, log scale)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, which="both")
-    a1.legend(fontsize=8, loc="lower right")
-    budget = e["ecos"][0]["budget"] if e["ecos"] else ""
-    fig.suptitle(f"ECOS against ε (budget {budget})", fontsize=10)
-    io.save_figure(fig, path)
-
-
-def plot_communication(c: dict, path: Path, name: str) -> None:
-    """Left: bytes per client domain (log y). Right: bytes against client samples (log-log)."""
-    plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.3, 1]})
-    doms = [r["domain"] for r in c["domains"]]
-    x = np.arange(len(doms))
-    bars = [("upload client data", [r["upload_client_data_bytes"] for r in c["domains"]], "C3"),
-            ("download pool", [r["download_pool_bytes"] for r in c["domains"]], "C7"),
-            ("ECOS float32", [r["ecos_float32"]["total"] for r in c["domains"]], "C0"),
-            ("ECOS lean (f16 / int16)", [r["ecos_lean"]["total"] for r in c["domains"]], "C9")]
-    w = 0.8 / len(bars)
-    for i, (label, vals, col) in enumerate(bars):
-        a1.bar(x + (i - (len(bars) - 1) / 2) * w, vals, w, label=label, color=col)
-    a1.set_yscale("log")
-    a1.set_ylim(top=30 * max(max(v) for _, v, _ in bars))  # room for the legend above the bars
-    a1.set_xticks(x, doms, rotation=30, ha="right", fontsize=8)
-    a1.set_ylabel("bytes")
-    a1.set_title(f"{name}: one round vs moving data (client n = {c['domains'][0]['n_client']})", fontsize=9)
-    a1.legend(fontsize=7, ncol=2, loc="upper center")
-    a1.grid(alpha=0.3, axis="y")
-    # The curve depends on the client size only; the largest domain spans every size.
-    cv = max(c["vs_client_size"].values(), key=lambda v: v["domain_size"])
-    ns = np.array(cv["n"])
-    a2.plot(ns, cv["upload_bytes"], marker="o", c="C3", label="upload client data")
-    a2.plot(ns, np.array(cv["upload_bytes"]) / FOLD, ls=":", c="C3", label=f"upload / {FOLD:.0f}")
-    for e, col in (("float32", "C0"), ("lean", "C9")):
-        tot = c["ecos"][e]["total"]
-        a2.axhline(tot, c=col, label=f"ECOS {e} ({tot} B)")
-        n100 = c["crossing"][e]["min_client_samples"]
-        a2.axvline(n100, c=col, ls="--", lw=0.8)
-        a2.annotate(f"{FOLD:.0f}× at n = {n100}", (n100, tot), textcoords="offset points", xytext=(4, 6),
-                    fontsize=7, color=col)
-    a2.set_xscale("log")
-    a2.set_yscale("log")
-    a2.set_xlabel("client samples (log scale)")
-    a2.set_ylabel("bytes")
-    a2.set_title(f"against client size (R = {c['num_centroids']}, d = {c['dim']})", fontsize=9)
-    a2.legend(fontsize=7)
-    a2.grid(alpha=0.3, which="both")
-    io.save_figure(fig, path)

@@ -21,7 +21,7 @@ import time
 import ml_collections
 
 from ecos_jax.privacy import audit
-from ecos_jax.reporting import tables
+from ecos_jax.reporting import plots, tables
 from ecos_jax.utils import io
 from ecos_jax.utils.errors import ConfigError
 
@@ -54,32 +54,6 @@ def _row(r: audit.AuditResult, control: audit.AuditResult | None) -> list:
         return row + ["", "", ""]
     return row + [control.control, eps(control.bound.epsilon),
                   "caught" if control.passed else "**missed**"]
-
-
-def _plot(records: list[dict], path: str) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    names = sorted({r["mechanism"] for r in records})
-    colors = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    top = max(max(r["claimed_epsilon"], r["epsilon_lower_bound"]) for r in records) * 1.1
-    ax.plot([0, top], [0, top], color="grey", lw=1, ls="--", label="bound = claim")
-    for name in names:
-        for is_control, marker in ((False, "o"), (True, "x")):
-            rs = [r for r in records if r["mechanism"] == name and (r["control"] is not None) == is_control]
-            if rs:
-                ax.plot([r["claimed_epsilon"] for r in rs], [r["epsilon_lower_bound"] for r in rs],
-                        marker=marker, ls="-" if not is_control else ":", color=colors[name],
-                        label=f"{name}{' (control)' if is_control else ''}")
-    ax.set(xlabel="claimed ε (the release's ledger, tightest accountant)",
-           ylabel="empirical ε lower bound", xlim=(0, top), ylim=(0, top),
-           title="Privacy audit: real releases stay under the diagonal")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
-    io.save_figure(fig, path)  # closes the figure
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -125,7 +99,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
     io.write_json(os.path.join(workdir, "results.json"), out)
     io.write_text(os.path.join(workdir, "results.md"), md)
-    _plot(records, os.path.join(workdir, "privacy_audit.png"))
+    plots.audit_bounds(records, os.path.join(workdir, "privacy_audit.png"))
     log.info("wrote %s (%.0f s)", workdir, out["seconds"])
     return out
 

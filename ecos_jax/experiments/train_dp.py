@@ -32,7 +32,7 @@ from ecos_jax import data as data_lib
 from ecos_jax import models, train
 from ecos_jax.privacy import accounting, dpsgd
 from ecos_jax.privacy.ledger import PrivacyLedger
-from ecos_jax.reporting import tables
+from ecos_jax.reporting import plots, tables
 from ecos_jax.utils import io
 from ecos_jax.utils.errors import validates
 
@@ -188,7 +188,7 @@ def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_te
     io.write_json(workdir / "results.json",
                   {"config": _finite_json(config.to_dict()), "records": records})
     io.write_text(workdir / "results.md", text)
-    _plot(records, workdir / "accuracy_vs_epsilon.png")
+    plots.accuracy_vs_epsilon(records, workdir / "accuracy_vs_epsilon.png")
     print(text)
     return text
 
@@ -202,31 +202,6 @@ def _finite_json(value):
     if isinstance(value, float) and math.isinf(value):
         return _label(value)
     return value
-
-
-def _plot(records: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    # PLD: it accounts every DP-SGD sampler (RDP cannot analyse truncated Poisson).
-    finite = [(float(r["epsilon_pld"]), 100 * r["test_accuracy"]) for r in records
-              if r["epsilon_pld"] != "inf"]
-    if finite:
-        xs, ys = zip(*sorted(finite))
-        ax.plot(xs, ys, marker="o", label="DP-SGD (ε at δ, PLD)")
-        ax.set_xscale("log")
-    for r in records:
-        if r["epsilon_pld"] == "inf":
-            ax.axhline(100 * r["test_accuracy"], ls="--", c="gray",
-                       label=f"non-private ({100 * r['test_accuracy']:.1f}%)")
-    ax.set_xlabel("ε")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    io.save_figure(fig, path)
 
 
 __all__ = ["make_optimizer", "run", "validate", "write_outputs"]

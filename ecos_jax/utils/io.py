@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 
-def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -50,12 +50,12 @@ def _to_jsonable(obj: Any) -> Any:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Writes `obj` as indented JSON, atomically (numpy / jax values converted)."""
-    _atomic_write_bytes(path, (json.dumps(_to_jsonable(obj), indent=2, allow_nan=False) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(_to_jsonable(obj), indent=2, allow_nan=False) + "\n").encode())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Writes `text` atomically."""
-    _atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode())
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
@@ -64,19 +64,7 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    _atomic_write_bytes(path, buf.getvalue())
-
-
-def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
-    """Saves a matplotlib figure as PNG atomically and closes it."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def content_hash(kind: str, images: np.ndarray, labels: np.ndarray | None, settings: dict) -> str:
