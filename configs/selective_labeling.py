@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ecos.proximity = 0.5                  # share of each cluster's picks closest to its centroid
     # None: DP noise keyed from OS entropy. An int: reproducible research only (every ledger
     # says so); each client's seed is derived from it, its domain and the config hash
-    # (runner.client_noise_seed), and every release still draws fresh noise.
+    # (ecos_runner.client_noise_seed), and every release still draws fresh noise.
     c.ecos.noise_seed = config_dict.placeholder(int)
     c.ecos.centroid_dtype = "float32"       # wire encoding down: "float32" | "float16"
     c.ecos.count_dtype = "float32"          # wire encoding up: "float32" | "int16" (rounded after noise)

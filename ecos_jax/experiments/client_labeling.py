@@ -1,8 +1,8 @@
-"""ECOS automated client labelling (SPEC §3, third application) against its baselines.
+"""ECOS automated client labelling (the ECOS paper's third application) against its baselines.
 
 The cloud picks pool samples by each method but has no labels it may use: it sends the picks
 (public data) to the client, which labels them with its own labelled data by private kNN
-(`private_knn.py`: Gaussian noisy argmax over the k nearest client samples' votes in the
+(`ecos_jax.ecos.private_knn`: Gaussian noisy argmax over the k nearest client samples' votes in the
 public feature space, PATE/GNMax-style). The cloud trains on those labels and is scored on the
 client's held-out test split.
 

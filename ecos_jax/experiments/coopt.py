@@ -1,4 +1,4 @@
-"""The CoOpt experiment (SPEC §4): CoOpt against SSL, distillation, no-alignment and labels.
+"""The CoOpt experiment: CoOpt against SSL, distillation, no-alignment and labels.
 
 `train_and_evaluate(config, workdir)` runs, on the same pool, target architecture, epochs,
 batch size and optimiser:

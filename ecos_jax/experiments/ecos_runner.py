@@ -1,4 +1,4 @@
-"""The loop every ECOS application shares (SPEC §3, "Applications").
+"""The loop every ECOS application shares.
 
 For every client domain, every seed and every budget, each method picks pool samples; an
 *application* turns the picks into a trained model and scores it on the client's held-out

@@ -1,4 +1,4 @@
-"""ECOS adaptive model compression (SPEC §3, second application) against its baselines.
+"""ECOS adaptive model compression (the ECOS paper's second application) against its baselines.
 
 A large teacher (`compression.teacher_model`, default 'wide_cnn') is trained on the cloud's
 whole labelled pool, once per client domain, and cached to disk by content hash. For every

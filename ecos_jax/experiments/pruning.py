@@ -1,4 +1,4 @@
-"""The pruning / importance experiment (SPEC §2; the seed paper's Table 1 analogue).
+"""The pruning / importance experiment (the seed paper's Table 1 analogue).
 
 For each ε (∞ = non-private): train E₁ epochs (private or not), score every training sample
 with loss, grad-norm, VoG and PLIS (as in `data_valuation.score_run`, PLIS on all samples

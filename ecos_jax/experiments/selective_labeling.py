@@ -1,10 +1,10 @@
-"""ECOS selective labelling (SPEC §3, first application) against its baselines.
+"""ECOS selective labelling (the ECOS paper's first application) against its baselines.
 
 For every client domain, every seed and every budget, each method picks pool samples, the
 picks are labelled with the pool's labels (the labelling oracle), a model is trained on them
 and scored on the client's held-out test split. With `semi.mode = "pseudo_label"` the model
 then also learns from confident pseudo-labels on the unlabelled rest of the pool
-(`semi_supervised.py`). `run(config, workdir)` is the whole experiment;
+(`ecos_jax.ecos.semi_supervised`). `run(config, workdir)` is the whole experiment;
 `experiments/selective_labeling.py` only parses flags and calls it. The loop, the ledger, resume
 and the results files are the shared ECOS runner's (`ecos_runner.py`).
 """
