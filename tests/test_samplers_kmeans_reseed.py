@@ -30,23 +30,40 @@ def test_duplicated_start_keeps_every_centroid_alive_and_matches_sklearn():
     ours = kmeans(jax.random.key(0), x, 20, iters=15, init=init)
     ref = sklearn_inertia(x, init, 15)
     assert np.bincount(np.asarray(ours.assignments), minlength=20).min() > 0
+    assert ours.reseeded >= 5  # the five far centroids, at least once each
     assert abs(ours.inertia - ref) <= 1e-3 * ref
     # Without the re-seed the far centroids never win a row and never move.
     dead = kmeans(jax.random.key(0), x, 20, iters=15, init=init, reseed=False)
     assert np.bincount(np.asarray(dead.assignments), minlength=20).min() == 0
-    assert dead.inertia > 1.01 * ref
+    assert dead.inertia > 1.01 * ref and dead.reseeded == 0
 
 
-def test_reseed_pruned_equals_unpruned():
-    """A re-seeded centroid jumps far; the bounds must follow it so pruning changes nothing."""
+@pytest.mark.parametrize("rule", [True, "split"])
+def test_reseed_pruned_equals_unpruned_and_in_memory(rule):
+    """A re-seeded centroid jumps far; the bounds must follow it so pruning changes nothing,
+    and the rule reads per-row values only, so chunking and threads change nothing either."""
     x = gaussian_blobs(5000, 16, 20, seed=0)
     init = np.concatenate([x[:15], x[:5] + 100.0])
-    kw = dict(iters=12, init=init, chunk_size=2048)
-    pruned = kmeans(jax.random.key(0), x, 20, prune=True, **kw)
-    full = kmeans(jax.random.key(0), x, 20, prune=False, **kw)
-    assert np.array_equal(np.asarray(pruned.centroids), np.asarray(full.centroids))
-    assert np.array_equal(np.asarray(pruned.assignments), np.asarray(full.assignments))
-    assert pruned.inertia == full.inertia and pruned.iterations == full.iterations
+    kw = dict(iters=12, init=init, reseed=rule)
+    pruned = kmeans(jax.random.key(0), x, 20, prune=True, chunk_size=2048, workers=1, **kw)
+    for other in (kmeans(jax.random.key(0), x, 20, prune=False, chunk_size=2048, **kw),
+                  kmeans(jax.random.key(0), jax.numpy.asarray(x), 20, workers=2, **kw)):
+        assert np.array_equal(np.asarray(pruned.centroids), np.asarray(other.centroids))
+        assert np.array_equal(np.asarray(pruned.assignments), np.asarray(other.assignments))
+        assert pruned.inertia == other.inertia and pruned.iterations == other.iterations
+    assert pruned.reseeded >= 5
+    assert np.bincount(np.asarray(pruned.assignments), minlength=20).min() > 0
+
+
+def test_split_rule_is_not_worse_than_sklearn():
+    x = gaussian_blobs(5000, 16, 20, seed=0)
+    rng = np.random.default_rng(1)
+    distinct = x[rng.choice(x.shape[0], 15, replace=False)]
+    init = np.concatenate([distinct, distinct[:5] + 100.0])
+    split = kmeans(jax.random.key(0), x, 20, iters=15, init=init, reseed="split")
+    assert split.inertia <= (1 + 1e-3) * sklearn_inertia(x, init, 15)
+    with pytest.raises(ValueError, match="reseed"):
+        kmeans(jax.random.key(0), x, 20, iters=1, init=init, reseed="largest")
 
 
 def test_top_rows_breaks_ties_by_row():
