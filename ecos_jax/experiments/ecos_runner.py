@@ -448,10 +448,12 @@ def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, com
     domain: lifetime ledger}, reported beside the record ε (see the module docstring).
     """
     stats = tables.aggregate(records, ("method", "budget", "domain"), "accuracy")
+    # sorted: a set of tuples with strings iterates in PYTHONHASHSEED order, which made the
+    # order of results.json "average" (and of the seeds each mean sums) differ between runs.
     avg = tables.aggregate(
         [{"method": m, "budget": b, "seed": s,
           "accuracy": np.mean([r["accuracy"] for r in records if (r["method"], r["budget"], r["seed"]) == (m, b, s)])}
-         for (m, b, s) in {(r["method"], r["budget"], r["seed"]) for r in records}],
+         for (m, b, s) in sorted({(r["method"], r["budget"], r["seed"]) for r in records})],
         ("method", "budget"), "accuracy")
     eps: dict[tuple, float] = {}  # ε is the same for every seed; inf (exact release) is allowed
     for r in records:
