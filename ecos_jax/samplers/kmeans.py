@@ -139,7 +139,9 @@ def _lloyd_chunk(carry, chunk, row0, n, centroids, mesh):
 # so a pruned run gives the unpruned centroids. Float32 rounding is covered by a slack: the
 # bounds are widened by _BOUND_SLACK * (||x||^2 + max_r ||c_r||^2) in squared distance, far
 # above the rounding error of the scores (about d * 2^-24 of that), and by a relative 1e-6 at
-# every update.
+# every update. A re-seeded centroid needs no special case: its shift is the whole jump to its
+# new place, so max_r shift_r drops every lower bound (to 0, typically) and the next pass
+# rescores every row; no row can have it as its own cluster, since the cluster was empty.
 _BOUND_SLACK = 1e-4
 
 
