@@ -14,19 +14,21 @@ Run (from the repository root):
 
 Writes results.json, results.md and privacy_audit.png into the workdir.
 
-Runtime on the 2-core CPU shared with other jobs (load 3-4): default 6m17s wall (0.9 GB
-peak RSS), `quick` 48 s (load 6; 23 s of CPU). Measured (default: 4000 trials per input, 95%, δ = 1e-5, 'split'):
+Runtime on the 2-core CPU shared with other jobs: default 11m24s wall at load 8-9, 6m17s at
+load 3-4 (0.9 GB peak RSS); `quick` 48 s at load 6 (23 s of CPU). Measured on commit a583cc3
+(default: 4000 trials per input, 95% confidence, δ = 1e-5, 'split'):
 
   mechanism           claimed ε (PLD)  lower bound         control: bound
-  ecos_coverage       1 / 2 / 4        0.28 / 0.06 / 1.82  4 samples added:   1.97 / 3.17 / 5.52
-  private_knn_labels  1 / 2 / 4        0.15 / 0.08 / 1.13  8 points added:    2.90 / 5.31 / 5.88
-  vog_release         1 / 2 / 4        0.66 / 1.61 / 2.99  old min-max path:  6.27 / 6.29 / 6.29
-  dpsgd (q = 0.1)     1 / 2 / 4        0.14 / 0.40 / 0.89  σ / 4:             3.02 / 4.81 / 5.63
+  ecos_coverage       1 / 2 / 4        0.09 / 0.86 / 0.00  4 samples added:   1.79 / 3.42 / 5.16
+  private_knn_labels  1 / 2 / 4        0.03 / 0.29 / 1.01  8 points added:    3.09 / 5.34 / 5.62
+  vog_release         1 / 2 / 4        0.57 / 1.48 / 3.12  old min-max path:  5.61 / 6.29 / 6.29
+  dpsgd (q = 0.1)     1 / 2 / 4        0.05 / 0.49 / 0.99  σ / 4:             3.38 / 4.93 / 5.68
 
 Every bound is under its claim and every control above it. The largest bound 2000 evaluation
-trials per side can give at 95% is 6.29. Noise comes from OS entropy, so the bounds move by a
-few tenths between runs; the Gaussian mechanisms (coverage, GNMax, DP-SGD) sit far below their
-claims because at δ = 1e-5 their last nats of ε live in tails that 4000 trials rarely reach.
+trials per side can give at 95% is 6.29. Noise comes from OS entropy, so the bounds move by
+tenths between runs (a threshold chosen on one half can miss on the other). The Gaussian
+mechanisms (coverage, GNMax, DP-SGD) sit far below their claims because at δ = 1e-5 their last
+nats of ε live in tails that 4000 trials rarely reach.
 """
 
 import ml_collections
