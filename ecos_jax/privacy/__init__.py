@@ -18,6 +18,12 @@
   pooling.py      max-pool with a fast gradient, jaxpr rewrite (CPU)  fast_max_pool_grads
   dpsgd.py        the DP-SGD step and training loop                   DPSGDConfig, make_dp_step,
                                                                      train
+  dpsgd_checkpoint.py  orbax checkpoints of a DP-SGD run, resumable   (used by train)
+  audit/          empirical ε lower bounds by attack, one audit per   epsilon_lower_bound,
+                  release with a broken control it must catch        audit_coverage, audit_knn,
+                                                                     audit_scores, audit_dpsgd
+
+Neighbouring relations, sensitivities and events of every release: docs/privacy.md.
 """
 
 from ecos_jax.privacy.accounting import (
