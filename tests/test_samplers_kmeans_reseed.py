@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
-from ecos_jax.samplers.kmeans import _top_rows, kmeans
+from ecos_jax.samplers.kmeans import kmeans, top_rows
 
 
 def gaussian_blobs(n, d, num_centres, seed):
@@ -68,9 +68,9 @@ def test_split_rule_is_not_worse_than_sklearn():
 
 def test_top_rows_breaks_ties_by_row():
     d2 = np.array([1.0, 5.0, 3.0, 5.0, 5.0, 0.0], np.float32)
-    assert _top_rows(d2, 2).tolist() == [1, 3]
-    assert _top_rows(d2, 4).tolist() == [1, 3, 4, 2]
-    assert _top_rows(d2, 10).tolist() == [1, 3, 4, 2, 0, 5]
+    assert top_rows(d2, 2).tolist() == [1, 3]
+    assert top_rows(d2, 4).tolist() == [1, 3, 4, 2]
+    assert top_rows(d2, 10).tolist() == [1, 3, 4, 2, 0, 5]
 
 
 @pytest.mark.slow  # ~30 s on 2 cores: scikit-learn's fit of 50,000 x 128 and ours

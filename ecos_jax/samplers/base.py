@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecos_jax.samplers import validation
-from ecos_jax.samplers.dedup import _check_threshold, remove_near_duplicates
+from ecos_jax.samplers.dedup import check_threshold, remove_near_duplicates
 from ecos_jax.samplers.ecos import ecos_sample
 from ecos_jax.samplers.kcenter import kcenter_greedy
 from ecos_jax.samplers.pool import Pool
@@ -82,7 +82,7 @@ def ecos_sampler(*, proximity: float = 0.5, chunk_size: int | None = None) -> Sa
 
 def dedup_filter(*, threshold: float, metric: str = "cosine") -> Sampler:
     """Filter: drop candidates within `threshold` of an earlier kept one (see dedup.py)."""
-    _check_threshold(threshold, metric)
+    check_threshold(threshold, metric)
 
     def select(key, features, budget, candidates, **_):
         if candidates is None:

@@ -75,7 +75,8 @@ def _bucket_tiles(t: int) -> int:
     return 1 << max(0, t - 1).bit_length()
 
 
-def _check_threshold(threshold, metric) -> float:
+def check_threshold(threshold, metric) -> float:
+    """Validates a near-duplicate threshold for `metric` ('cosine' or 'l2'); returns it."""
     if metric not in ("cosine", "l2"):
         raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) \
@@ -96,7 +97,7 @@ def remove_near_duplicates(features, indices, *, threshold: float,
     Returns:
       [M'] int32 surviving indices, in their original order (M' <= M).
     """
-    threshold = _check_threshold(threshold, metric)
+    threshold = check_threshold(threshold, metric)
     pool = Pool(features)
     idx = validation.check_indices(indices, pool.n)
     if idx.size == 0:

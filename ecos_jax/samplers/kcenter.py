@@ -25,14 +25,14 @@ from ecos_jax.samplers import validation
 from ecos_jax.samplers.pool import Pool, map_blocks
 
 
-def _block_sqdist(x, rows, c):
+def block_sqdist(x, rows, c):
     """x: [B, d], c: [d] -> [B] squared distances."""
     del rows
     return jnp.sum((x - c) ** 2, axis=1)
 
 
 def _sqdist_all(x, c, mesh):
-    return map_blocks(_block_sqdist, x, jnp.int32(0), (c,), mesh).reshape(-1)
+    return map_blocks(block_sqdist, x, jnp.int32(0), (c,), mesh).reshape(-1)
 
 
 @partial(jax.jit, static_argnames=("budget", "mesh"))

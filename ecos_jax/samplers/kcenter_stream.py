@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecos_jax.samplers.kcenter import _block_sqdist, first_pick_min_d
+from ecos_jax.samplers.kcenter import block_sqdist, first_pick_min_d
 from ecos_jax.samplers.kmeans import kmeans
 from ecos_jax.samplers.pool import BLOCK_ROWS, Pool, aligned_empty
 
@@ -116,7 +116,7 @@ def _summary(rows_min_d, rows_ids):
 
 def _lowered(x, old, ids, c, is_chosen):
     """One block: min(old, ||x − c||²) with the chosen row (bool mask) set to −1."""
-    d = jax.lax.optimization_barrier(_block_sqdist(x, None, c))
+    d = jax.lax.optimization_barrier(block_sqdist(x, None, c))
     return jnp.where(is_chosen, -1.0, jnp.minimum(old, d))
 
 

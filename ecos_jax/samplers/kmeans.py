@@ -232,7 +232,7 @@ def _far_chunk(chunk, row0, n, centroids, mesh):
     return d2.reshape(-1), a.reshape(-1)
 
 
-def _top_rows(d2: np.ndarray, k: int) -> np.ndarray:
+def top_rows(d2: np.ndarray, k: int) -> np.ndarray:
     """Positions of the k largest entries of d2 [M], ties to the lower position, largest
     first. O(M) plus a sort of k entries."""
     k = min(k, d2.size)
@@ -255,7 +255,7 @@ def farthest_rows(pool: Pool, centroids: jax.Array, k: int) -> tuple[np.ndarray,
     for start, (d2, a) in pool.map_chunks(
             lambda start, chunk: _far_chunk(chunk, jnp.int32(start), n, centroids, pool.mesh)):
         d2, a = np.asarray(d2), np.asarray(a)
-        pos = _top_rows(d2, k)
+        pos = top_rows(d2, k)
         rows.append(start + pos)
         dist.append(d2[pos])
         cluster.append(a[pos])
