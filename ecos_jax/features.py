@@ -1,4 +1,4 @@
-"""The public feature extractor f shared by cloud and client (SPEC §3, "Setup").
+"""The public feature extractor f shared by cloud and client (docs/algorithms.md#features).
 
 f is fit on the cloud's public pool only — never on client data — then cached to disk and
 reused; the client receives f (it is public) and computes f(x) on its own data.

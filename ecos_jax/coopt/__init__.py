@@ -1,4 +1,4 @@
-"""CoOpt: collaborative unlabeled data optimisation (SPEC §4).
+"""CoOpt: collaborative unlabeled data optimisation (docs/algorithms.md#coopt).
 
 participants  split_pool: IID / by domain / by class (Dirichlet) shards of an unlabeled pool
 priors        PriorSpec, REGISTRY, load_prior: task-agnostic priors, trained once, cached

@@ -1,4 +1,6 @@
-"""Aligning heterogeneous prior targets into one common distribution (SPEC §4.3).
+"""Aligning heterogeneous prior targets into one common distribution.
+
+A design choice of ours (docs/algorithms.md#alignment).
 
 Priors disagree in offset, scale, dimension and basis. Participant p's transform is
 

@@ -1,4 +1,6 @@
-"""The optimised dataset {(x, A_p ψ_p(x))} (SPEC §4.4): built once, saved, reloaded, reused.
+"""The optimised dataset {(x, A_p ψ_p(x))}: built once, saved, reloaded, reused.
+
+See docs/algorithms.md#optimised-data.
 
 Any target architecture trains on it with a regression loss, without the priors and without
 recomputing targets. It is saved as one `.npz` (written atomically, so a crash never leaves

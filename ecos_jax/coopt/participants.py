@@ -1,4 +1,4 @@
-"""Splitting an unlabeled pool among CoOpt participants (SPEC §4.1).
+"""Splitting an unlabeled pool among CoOpt participants (docs/algorithms.md#participants).
 
 A split is a list of index arrays, one per participant, that partition `range(N)`:
   * "iid":    a uniform random partition into near-equal shards,

@@ -1,4 +1,6 @@
-"""The CoOpt pipeline (SPEC §4): participants' targets -> alignment -> optimised dataset.
+"""The CoOpt pipeline: participants' targets -> alignment -> optimised dataset.
+
+The algorithm is docs/algorithms.md#coopt.
 
     >>> result = build_optimised_dataset(
     ...     images=pool.images, ids=pool.ids, shards=split_pool(...), priors=[p0, p1, p2],
@@ -66,7 +68,10 @@ def build_optimised_dataset(
     mesh: Mesh | None = None,
     batch_size: int = 512,
 ) -> CoOptResult:
-    """Runs SPEC §4.2-4.4 on a pool split among participants.
+    """Targets, alignment and the optimised dataset of CoOpt on a pool split among participants.
+
+    The three steps: docs/algorithms.md#priors, docs/algorithms.md#alignment and
+    docs/algorithms.md#optimised-data.
 
     Args:
       images: the pool `[N, H, W, C]`; ids: `[N]` stable ids. No labels are used.

@@ -1,4 +1,6 @@
-"""Task-agnostic prior models ψ_p (SPEC §4.2): a registry of specs, trained once and cached.
+"""Task-agnostic prior models ψ_p: a registry of specs, trained once and cached.
+
+What a prior is for: docs/algorithms.md#priors.
 
 A prior never sees the labels of the CoOpt pool. Each `PriorSpec` says how it is made:
   * "supervised": cross-entropy on labelled images of `domains`, which must be disjoint

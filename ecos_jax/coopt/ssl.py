@@ -1,10 +1,11 @@
 """SimCLR (Chen et al., 2020) in JAX: jitted image augmentations and the NT-Xent loss.
 
-The self-supervised baseline of SPEC §4.5: two augmented views of each image go through the
-same backbone + MLP projector (`HeadNet(hidden>0)`), and NT-Xent pulls the two views
-together against the other 2B-2 views of the batch. Augmentations are per-image and random
-(`vmap` over keys): an affine warp (rotation, scale, shift), brightness / contrast jitter,
-Gaussian noise and an optional inversion, which suit greyscale digits.
+The self-supervised baseline of CoOpt (docs/algorithms.md#coopt-baselines): two augmented
+views of each image go through the same backbone + MLP projector (`HeadNet(hidden>0)`), and
+NT-Xent pulls the two views together against the other 2B-2 views of the batch.
+Augmentations are per-image and random (`vmap` over keys): an affine warp (rotation, scale,
+shift), brightness / contrast jitter, Gaussian noise and an optional inversion, which suit
+greyscale digits.
 
     >>> obj = simclr_objective(HeadNet(get_model("cnn", 10), out_dim=64, hidden=128),
     ...                        temperature=0.2, augment=Augment())

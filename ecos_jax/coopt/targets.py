@@ -1,4 +1,6 @@
-"""Prior targets t = ψ_p(x) (SPEC §4.2): embedded once, in batches, sharded over devices, cached.
+"""Prior targets t = ψ_p(x): embedded once, in batches, sharded over devices, cached.
+
+What the targets are for: docs/algorithms.md#priors.
 
 `embed` runs a prior over `[N, H, W, C]` images in fixed-shape batches (one compilation);
 each batch is laid out over a 1-d device mesh along its batch axis (`NamedSharding` with

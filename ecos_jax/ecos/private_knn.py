@@ -1,4 +1,6 @@
-"""Private kNN labelling: the client labels the cloud's picks with its own data (SPEC §3).
+"""Private kNN labelling: the client labels the cloud's picks with its own data.
+
+The algorithm in short: docs/algorithms.md#private-knn; the full argument is below.
 
 ECOS "automated client labelling": the cloud sends Q pool samples it picked (public data) to
 the client; the client labels each one by a noisy vote of its k nearest labelled private

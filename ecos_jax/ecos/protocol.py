@@ -1,4 +1,4 @@
-"""The ECOS protocol (SPEC §3) as two parties that exchange only messages.
+"""The ECOS protocol (docs/algorithms.md#ecos) as two parties that exchange only messages.
 
     cloud.compress(key)            -> Centroids     (R × d floats, cloud → client)
     client.respond(msg, ledger)    -> NoisyCoverage (R noisy scalars, client → cloud)
@@ -235,12 +235,15 @@ class Cloud:
                              f"got {self.num_centroids}.")
 
     def compress(self, key: jax.Array) -> Centroids:
-        """SPEC §3 step 1: k-means of the pool's features into R centroids."""
+        """Step 1 (docs/algorithms.md#kmeans): k-means of the pool's features into R centroids."""
         self._clusters = km.kmeans(key, self.features, self.num_centroids, iters=self.kmeans_iters)
         return Centroids(np.asarray(self._clusters.centroids, np.float32).astype(self.centroid_dtype))
 
     def sample(self, key: jax.Array, response: NoisyCoverage, budget: int) -> np.ndarray:
-        """SPEC §3 step 3: allocate `budget` over clusters by the noisy counts, pick within each."""
+        """Step 3: allocate `budget` over clusters by the noisy counts, pick within each.
+
+        See docs/algorithms.md#allocation.
+        """
         if self._clusters is None:
             raise RuntimeError("Cloud.sample called before Cloud.compress.")
         if response.counts.shape != (self.num_centroids,):

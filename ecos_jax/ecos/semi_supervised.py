@@ -1,8 +1,8 @@
 """Semi-supervised selective labelling: the labelled picks plus the unlabelled rest of the pool.
 
-ECOS's first application optionally uses the pool's unlabelled remainder (SPEC §3). We use
-confidence-thresholded pseudo-labelling (Lee 2013), the simplest member of the FixMatch
-family and one that needs no augmentation pipeline:
+ECOS's first application optionally uses the pool's unlabelled remainder
+(docs/algorithms.md#baselines). We use confidence-thresholded pseudo-labelling (Lee 2013),
+the simplest member of the FixMatch family and one that needs no augmentation pipeline:
 
   1. train f on the labelled picks L (as plain selective labelling does);
   2. predict on U, a sample of the pool's unlabelled rest; keep x ∈ U with

@@ -1,7 +1,8 @@
 """Privacy accounting with `dp_accounting`: ε at δ, DP-SGD events, and noise calibration.
 
-SPEC §1.5. Every function here is a thin, validated layer over `dp_accounting`, so that a number
-this project reports can be re-derived by calling `dp_accounting` directly:
+The events are described in docs/algorithms.md#accounting. Every function here is a thin,
+validated layer over `dp_accounting`, so that a number this project reports can be re-derived
+by calling `dp_accounting` directly:
 
     >>> ev = dpsgd_event(q=256 / 60000, sigma=1.1, steps=14062)
     >>> round(epsilon(ev, 1e-5, "rdp"), 2), round(epsilon(ev, 1e-5, "pld"), 2)

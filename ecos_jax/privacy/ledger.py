@@ -1,4 +1,6 @@
-"""A privacy ledger: every private release of a run, composed into one ε at δ (SPEC §1.6).
+"""A privacy ledger: every private release of a run, composed into one ε at δ.
+
+See docs/algorithms.md#ledger and docs/privacy.md.
 
 Each party that lets a private quantity go (a DP-SGD model, the ECOS client's noisy counts,
 released scores, private labels) records it here as a `dp_accounting.DpEvent` together with a

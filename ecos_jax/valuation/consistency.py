@@ -1,5 +1,7 @@
-"""Consistency of two data selections (SPEC §2): do two runs (DP vs non-DP, two ε, two
-architectures) value the same samples?
+"""Consistency of two data selections: do two runs value the same samples?
+
+The two runs differ in privacy (DP vs non-DP, two ε) or in architecture; the measures are
+written out in docs/algorithms.md#consistency.
 
 On score vectors a, b: `[N]` (the same N samples scored twice)
   * `pearson(a, b)`, `spearman(a, b)`     correlation of values / of ranks (ties averaged), [−1, 1]

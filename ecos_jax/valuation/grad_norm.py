@@ -1,4 +1,6 @@
-"""Per-sample gradient-norm score (SPEC §2): ‖g_i‖₂ with g_i = ∇_θ ℓ(θ; x_i, y_i), un-clipped.
+"""Per-sample gradient-norm score: ‖g_i‖₂ with g_i = ∇_θ ℓ(θ; x_i, y_i), un-clipped.
+
+See docs/algorithms.md#grad-norm.
 
 The norm DP-SGD would clip: samples with large gradients are the ones that move the model
 most (and that clipping hides). One forward and one backward pass per sample, micro-batched

@@ -1,4 +1,6 @@
-"""Per-sample loss score (SPEC §2): ℓ(θ; x_i, y_i), the softmax cross-entropy at one checkpoint.
+"""Per-sample loss score: ℓ(θ; x_i, y_i), the softmax cross-entropy at one checkpoint.
+
+See docs/algorithms.md#loss.
 
 The cheapest valuation score: one forward pass per sample. High loss marks hard, atypical or
 mislabelled samples.

@@ -1,5 +1,5 @@
 """Per-sample privacy loss / input sensitivity (PLIS) score (Mueller et al., arXiv 2211.10173;
-SPEC §2).
+docs/algorithms.md#plis).
 
 For one sample, let ḡ(x) = clip_C(∇_θ ℓ(θ; x, y)) be its clipped parameter gradient, a map from
 the input (D numbers) to the parameters (P numbers), and J = ∂ḡ/∂x its P×D Jacobian. The score

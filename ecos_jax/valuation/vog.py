@@ -1,4 +1,5 @@
-"""Variance of Gradients (VoG) score (Agarwal, D'souza & Hooker, CVPR 2022; SPEC §2).
+"""Variance of Gradients (VoG) score (Agarwal, D'souza & Hooker, CVPR 2022;
+docs/algorithms.md#vog).
 
 For checkpoints t = 1..K of one training run, the saliency map of sample (x, y) is
 
