@@ -286,7 +286,7 @@ def _calibrate_cached(epsilon: float, delta: float, num_queries: int, rate: floa
     # multiplier σ/√2 equal one of σ/√(2Q); sampling at q needs roughly q√Q of it), keeps every
     # evaluation near the target.
     scale = _SQRT2 * max(1.0, rate * math.sqrt(num_queries))
-    unit = accounting._calibrate(
+    unit = accounting.calibrate(
         lambda s: labeling_event(s * scale, num_queries, rate), epsilon, delta, accountant)
     return float(unit * scale)
 

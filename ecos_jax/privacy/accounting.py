@@ -383,9 +383,6 @@ def _calibrate_pld(make_event, target: float, delta: float) -> float:
     return float(math.exp(hi))
 
 
-_calibrate = calibrate  # the old private name, kept for callers being migrated
-
-
 def calibrate_gaussian_sigma(
     target_epsilon: float, delta: float, *, accountant: str = "rdp"
 ) -> float:
