@@ -266,3 +266,32 @@ def test_bad_budget_raises(budget, match):
                  lambda: samplers.chain(samplers.random_sampler())(jax.random.key(0), x, budget)):
         with pytest.raises(ValueError, match=match):
             call()
+
+
+def test_stage_arguments_are_declared_and_checked():
+    x, res = pool_with_clusters()
+    a = np.asarray(res.assignments)
+    noisy = np.array([3.0, 1.0, 1.0, 1.0])
+    ecos = samplers.ecos_sampler()
+    assert ecos.arguments == {"centroids", "noisy_counts", "assignments"}
+    assert ecos.required == {"centroids", "noisy_counts"}
+    assert samplers.random_sampler().arguments == frozenset()
+    sampler = samplers.chain(ecos, samplers.dedup_filter(threshold=1e-4, metric="l2"))
+    assert sampler.arguments == ecos.arguments
+    key = jax.random.key(0)
+    # A misspelled stage argument is refused by name, with the closest one it takes.
+    with pytest.raises(TypeError, match=r"'centroid' \(did you mean 'centroids'\?\)"):
+        sampler(key, x, 20, centroid=res.centroids, noisy_counts=noisy)
+    with pytest.raises(TypeError, match=r"'assignment' \(did you mean 'assignments'\?\)"):
+        ecos(key, x, 20, centroids=res.centroids, noisy_counts=noisy, assignment=a)
+    with pytest.raises(TypeError, match="unknown stage argument.*'noisy_counts'.*takes none"):
+        samplers.random_sampler()(key, x, 20, noisy_counts=noisy)
+    with pytest.raises(TypeError, match=r"needs stage argument\(s\) \['noisy_counts'\]"):
+        sampler(key, x, 20, centroids=res.centroids)
+    # Each stage receives only what it declares: the chain equals its ECOS stage followed by
+    # the filter on the stage's own key, fold_in(key, 0).
+    idx = np.asarray(sampler(key, x, 20, centroids=res.centroids, noisy_counts=noisy, assignments=a))
+    first = np.asarray(ecos(jax.random.fold_in(key, 0), x, 30, centroids=res.centroids,
+                            noisy_counts=noisy, assignments=a))
+    kept = np.asarray(samplers.remove_near_duplicates(x, first, threshold=1e-4, metric="l2"))
+    assert idx.tolist() == kept[:20].tolist()

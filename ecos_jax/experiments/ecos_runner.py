@@ -20,6 +20,8 @@ An application is an object with
 Methods: 'ecos' (the protocol; its ε comes from the ledger), 'random', 'kcenter' (greedy
 coreset over the whole pool, ignoring the client), 'oracle' (uniform picks from the pool's
 part of the client's own domain) and 'local' (no picks: the client's own training data).
+Every pool method selects through one sampler (`SAMPLERS`: method name -> constructor from the
+config, `ecos_jax.samplers`), called with the stage arguments it declares.
 
 Privacy, two numbers (every ECOS release is add/remove-one, see `protocol.RELATION`):
   record ε: what one selection and its training rest on. Each record's own ledger holds the
@@ -49,6 +51,7 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,14 +65,24 @@ from ecos_jax import features as features_lib
 from ecos_jax.ecos import protocol
 from ecos_jax.privacy.ledger import LedgerEntry, PrivacyLedger, event_to_json
 from ecos_jax.reporting import plots, tables
-from ecos_jax.samplers.kcenter import kcenter_greedy
-from ecos_jax.samplers.random import random_sample
+from ecos_jax.samplers import Sampler, ecos_sampler, kcenter_sampler, random_sampler
+from ecos_jax.samplers.kmeans import KMeansResult, kmeans
 from ecos_jax.utils import io
 from ecos_jax.utils.errors import validates
 
 log = logging.getLogger(__name__)
+# The sampler each pool method selects with, built from the config: one constructor per method
+# name. 'oracle' is the random sampler over the pool's part of the client's domain (its
+# candidates); 'local' picks nothing. A chain (e.g. with `dedup_filter`) fits here too: `pick`
+# hands every sampler the stage arguments it declares from what the round made public.
+SAMPLERS: dict[str, Callable[[ml_collections.ConfigDict], Sampler]] = {
+    "ecos": lambda config: ecos_sampler(proximity=config.ecos.proximity),
+    "random": lambda config: random_sampler(),
+    "kcenter": lambda config: kcenter_sampler(),
+    "oracle": lambda config: random_sampler(),
+}
+POOL_METHODS = tuple(SAMPLERS)
 METHODS = ("ecos", "random", "kcenter", "local", "oracle")
-POOL_METHODS = ("ecos", "random", "kcenter", "oracle")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -163,6 +176,9 @@ def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset,
     if "oracle" in config.methods and config.data.pool == "ood":
         raise ValueError("method 'oracle' picks from the pool's part of the client's domain, which "
                          "data.pool='ood' leaves out; drop 'oracle' from methods or use another pool.")
+    for field, allowed in (("centroid_dtype", protocol.CENTROID_DTYPES), ("count_dtype", protocol.COUNT_DTYPES)):
+        if config.ecos[field] not in allowed:
+            raise ValueError(f"ecos.{field} must be one of {allowed}, got {config.ecos[field]!r}.")
     if not config.budgets or any(b < 1 for b in config.budgets):
         raise ValueError(f"budgets must be positive integers, got {tuple(config.budgets)}.")
     domains = list(config.data.client_domains) or list(ds.domain_names)
@@ -173,6 +189,9 @@ def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset,
         split = data_lib.ecos_split(ds, domain, n_client_train=config.data.n_client_train,
                                     n_client_test=config.data.n_client_test, pool=config.data.pool,
                                     seed=config.data.split_seed)
+        if not 1 <= config.ecos.num_centroids <= len(split.pool):
+            raise ValueError(f"ecos.num_centroids must be in [1, pool size {len(split.pool)}] when "
+                             f"{domain!r} is the client, got {config.ecos.num_centroids}.")
         too_big = [b for b in config.budgets if b > len(split.pool)]
         if too_big:
             raise ValueError(f"budget(s) {too_big} larger than the pool ({len(split.pool)} samples) "
@@ -243,24 +262,53 @@ def client_task(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset, do
         oracle_indices=np.flatnonzero(np.isin(pool.ids, split.oracle_pool.ids)))
 
 
-def pick(method: str, task: ClientTask, budget: int, key: jax.Array,
-         cloud: protocol.Cloud | None = None, response: protocol.NoisyCoverage | None = None) -> np.ndarray:
-    """Indices into the pool chosen by `method` (unique, `[budget]`, fewer for a small oracle)."""
-    n = len(task.split.pool)
-    if method == "ecos":
-        idx = cloud.sample(key, response, budget)
-    elif method == "random":
-        idx = np.asarray(random_sample(key, n, budget))
-    elif method == "kcenter":
-        idx = np.asarray(kcenter_greedy(key, task.pool_features, budget))
-    elif method == "oracle":  # uniform from the pool's in-domain part
-        take = min(budget, len(task.oracle_indices))
-        idx = task.oracle_indices[np.asarray(random_sample(key, len(task.oracle_indices), take))]
-    else:
+@dataclasses.dataclass(frozen=True, eq=False)
+class EcosRound:
+    """The cloud's side of one ECOS round: its clusters of the pool and the client's response.
+
+    clusters: k-means of `task.pool_features` (`[R, d]` centroids, `[N_pool]` assignments);
+    response: the client's released noisy coverage counts `[R]`.
+    """
+
+    clusters: KMeansResult
+    response: protocol.NoisyCoverage
+
+    def stage_arguments(self) -> dict[str, Any]:
+        """What an ECOS sampling stage reads (`ecos_sampler`'s stage arguments)."""
+        return {"centroids": self.clusters.centroids, "assignments": self.clusters.assignments,
+                "noisy_counts": np.asarray(self.response.counts, np.float32)}
+
+
+def compress(config: ml_collections.ConfigDict, task: ClientTask, key: jax.Array
+             ) -> tuple[KMeansResult, protocol.Centroids]:
+    """ECOS step 1 on the cloud: k-means of the pool's public features into `ecos.num_centroids`
+    clusters; returns them and the message sent down (centroids in `ecos.centroid_dtype`)."""
+    clusters = kmeans(key, np.asarray(task.pool_features, np.float32), config.ecos.num_centroids,
+                      iters=config.ecos.kmeans_iters)
+    message = np.asarray(clusters.centroids, np.float32).astype(config.ecos.centroid_dtype)
+    return clusters, protocol.Centroids(message)
+
+
+def pick(config: ml_collections.ConfigDict, method: str, task: ClientTask, budget: int, key: jax.Array,
+         ecos_round: EcosRound | None = None) -> np.ndarray:
+    """Indices into the pool chosen by `method`'s sampler (unique, `[budget]`, fewer for a small oracle).
+
+    The sampler (`SAMPLERS[method](config)`) gets the stage arguments it declares from
+    `ecos_round` (none without one); one it needs but the round cannot give raises TypeError.
+    """
+    if method not in SAMPLERS:
         raise ValueError(f"{method!r} does not pick from the pool.")
+    sampler = SAMPLERS[method](config)
+    candidates = None
+    if method == "oracle":  # uniform from the pool's in-domain part
+        candidates = task.oracle_indices
+        budget = min(budget, len(candidates))
+    offered = ecos_round.stage_arguments() if ecos_round is not None else {}
+    arguments = {k: v for k, v in offered.items() if k in sampler.arguments}
+    idx = np.asarray(sampler(key, task.pool_features, budget, candidates=candidates, **arguments))
     if len(np.unique(idx)) != len(idx):
         raise AssertionError(f"{method} picked an index twice.")
-    return np.asarray(idx)
+    return idx
 
 
 def client_noise_seed(config: ml_collections.ConfigDict, domain: str) -> int | None:
@@ -332,12 +380,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, app: Appl
             todo = [(m, b) for s, m, b in todo_domain if s == seed]
             if not todo:
                 continue
-            cloud = response = response_entry = None
+            ecos_round = response_entry = None
             if any(m == "ecos" for m, _ in todo):
-                cloud = protocol.Cloud(task.pool_features, num_centroids=config.ecos.num_centroids,
-                                       kmeans_iters=config.ecos.kmeans_iters, proximity=config.ecos.proximity,
-                                       centroid_dtype=config.ecos.centroid_dtype)
-                centroids = cloud.compress(jax.random.fold_in(key, 1))
+                clusters, centroids = compress(config, task, jax.random.fold_in(key, 1))
                 # One response per client and seed serves every budget: the release does not
                 # depend on the budget, so the client pays ε once. A resumed run reuses the
                 # saved response (post-processing of a release) instead of answering again.
@@ -351,14 +396,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, app: Appl
                                        "sigma": float(up.sigma), "entry": len(client_ledger) - 1}
                     save_state()  # the response has left the client: never answer it twice
                 sent = responses[rkey]
-                response = protocol.NoisyCoverage(
+                ecos_round = EcosRound(clusters, protocol.NoisyCoverage(
                     counts=protocol.encode_counts(np.asarray(sent["counts"]), config.ecos.count_dtype),
-                    sigma=float(sent["sigma"]))
+                    sigma=float(sent["sigma"])))
                 response_entry = client_ledger.entries[sent["entry"]]
             for method, budget in todo:
                 t0 = time.perf_counter()
                 mkey = jax.random.fold_in(key, stable_tag(method, budget))
-                idx = None if method == "local" else pick(method, task, budget, mkey, cloud, response)
+                idx = None if method == "local" else pick(config, method, task, budget, mkey, ecos_round)
                 first_new = len(client_ledger)
                 sel = Selection(method=method, budget=int(budget), seed=int(seed), indices=idx,
                                 key=jax.random.fold_in(mkey, 1), client_ledger=client_ledger)
