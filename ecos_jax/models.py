@@ -1,4 +1,5 @@
-"""Flax models used across ecos_jax: a small CNN, a wider CNN, a small ResNet and an MLP.
+"""Flax models used across ecos_jax: a small CNN, a wider CNN, a small ResNet, an MLP, Tramèr &
+Boneh's DP CNN and a linear classifier.
 
 Every model maps images `x: [B, H, W, C] float32` to logits `[B, num_classes]`, and with
 `features=True` to its penultimate embedding `[B, d]` (the cloud's public feature space, the
@@ -54,6 +55,47 @@ class CNN(nn.Module):
             x = pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         x = self.activation(nn.Dense(self.embed_dim)(x))
+        if features:
+            return x
+        return nn.Dense(self.num_classes)(x)
+
+
+class TramerCNN(nn.Module):
+    """The end-to-end DP CNN of Tramèr & Boneh (ICLR 2021) for 28 × 28 greyscale images.
+
+    conv 16 (8 × 8, stride 2, pad 2) → tanh → max-pool 2 × 2 stride 1 → conv 32 (4 × 4,
+    stride 2) → tanh → max-pool 2 × 2 stride 1 → dense 32 → tanh → dense `num_classes`
+    (26,010 parameters for 10 classes). tanh rather than ReLU: bounded activations keep the
+    clipped gradients informative under DP-SGD (Papernot et al., AAAI 2021). The overlapping
+    (stride-1) pooling is kept as published; its gradient is XLA's select-and-scatter.
+    """
+
+    num_classes: int = 10
+    channels: Sequence[int] = (16, 32)
+    hidden: int = 32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, features: bool = False) -> jax.Array:
+        x = jnp.tanh(nn.Conv(self.channels[0], (8, 8), strides=2, padding=((2, 2), (2, 2)))(x))
+        x = nn.max_pool(x, (2, 2), strides=(1, 1))
+        x = jnp.tanh(nn.Conv(self.channels[1], (4, 4), strides=2, padding="VALID")(x))
+        x = nn.max_pool(x, (2, 2), strides=(1, 1))
+        x = x.reshape(x.shape[0], -1)
+        x = jnp.tanh(nn.Dense(self.hidden)(x))
+        if features:
+            return x
+        return nn.Dense(self.num_classes)(x)
+
+
+class Linear(nn.Module):
+    """A linear classifier on flattened inputs (logistic regression; e.g. on ScatterNet
+    features). `features=True` returns the flattened input."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, features: bool = False) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
         if features:
             return x
         return nn.Dense(self.num_classes)(x)
@@ -121,11 +163,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "wide_cnn": _wide_cnn,
     "resnet": lambda num_classes, **kw: ResNet(num_classes=num_classes, **kw),
     "mlp": lambda num_classes, **kw: MLP(num_classes=num_classes, **kw),
+    "tramer_cnn": lambda num_classes, **kw: TramerCNN(num_classes=num_classes, **kw),
+    "linear": lambda num_classes, **kw: Linear(num_classes=num_classes, **kw),
 }
 
 
 def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Builds a model by name: one of `MODELS` ('cnn', 'wide_cnn', 'resnet', 'mlp')."""
+    """Builds a model by name: one of `MODELS` ('cnn', 'wide_cnn', 'resnet', 'mlp',
+    'tramer_cnn', 'linear')."""
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}; choose one of {sorted(MODELS)}.")
     if num_classes < 1:
