@@ -1,9 +1,11 @@
 """The ECOS paper's sweeps over selective labelling: pool composition, ε, and bytes.
 
 A sweep is a set of selective-labelling runs (`ecos_runner.run` with `SelectiveLabeling`) that
-differ from a base config by a few overrides; each *point* runs in its own sub-workdir
-`workdir/<sweep>/<point>/`, so an interrupted sweep resumes point by point (the runner's own
-state.json) and a finished point is never recomputed.
+differ from a base config by a few overrides: axes of the sweep runner (`ecos_jax.sweep`), each
+*point* in its own sub-workdir `workdir/<sweep>/<point>/`. The runner skips finished points
+(`sweep_state.json`), a point interrupted mid-run resumes inside the ECOS runner's own
+state.json, and points can run over a local pool or on a Ray cluster (`run(..., workers=,
+backend=)`). The communication curve needs no training and is computed here.
 
   pool           data.pool ∈ sweep.pool_kinds ("ood", "id+ood", "id"): accuracy against budget
                  for sweep.pool_methods; the in-domain oracle once, with the "id+ood" pool, as
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -51,24 +54,28 @@ from ecos_jax.experiments import ecos_runner
 from ecos_jax.experiments.selective_labeling import SelectiveLabeling
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting import plots, tables
+from ecos_jax.sweep import runner as sweep_runner
+from ecos_jax.sweep import spec as sweep_spec
+from ecos_jax.sweep import targets as sweep_targets
 from ecos_jax.utils import io
 from ecos_jax.utils.errors import validates
-from ecos_jax.utils.overrides import override
 
 log = logging.getLogger(__name__)
 SWEEPS = ("pool", "epsilon", "communication")
 POOL_LABELS = {"ood": "OoD only", "id+ood": "ID + OoD", "id": "ID only"}
 ENCODINGS = {"float32": ("float32", "float32"), "lean": ("float16", "int16")}  # (centroids, counts)
 FOLD = 100.0  # the "at least 100x below uploading" mark
+POINT_FUNCTION = "ecos_jax.experiments.ecos_sweeps:run_point"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Point:
-    """One selective-labelling run of a sweep: `config` is a full, locked runner config."""
+    """One selective-labelling run of a sweep (in `<workdir>/<sweep>/<name>/`): `config` is a
+    full, locked runner config (None where only the name and meta are needed)."""
 
     sweep: str
     name: str
-    config: ml_collections.ConfigDict
+    config: ml_collections.ConfigDict | None
     meta: dict
 
 
@@ -142,41 +149,65 @@ def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def _override(base: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
-    c = override(base, fields)
-    c.lock()
-    return c
-
-
 def epsilon_name(eps: float) -> str:
     return f"eps_{eps:g}"
 
 
-def points(config: ml_collections.ConfigDict) -> list[Point]:
-    """Every selective-labelling run the requested sweeps need, in run order."""
+def _named(sweep: str, names: list[str], pts: list[sweep_spec.Point], metas: list[dict]) -> list[tuple]:
+    """The grid's points under the names this sweep has always used (`<sweep>/<name>`), so a
+    run started before the sweep runner resumes in the same directories."""
+    return [(sweep, n, dataclasses.replace(p, name=f"{sweep}/{n}"), m) for n, p, m in zip(names, pts, metas)]
+
+
+def plan(config: ml_collections.ConfigDict) -> list[tuple[str, str, sweep_spec.Point, dict]]:
+    """(sweep, point name, runner point, meta) of every run the requested sweeps need, in run order.
+
+    The pool sweep zips two axes, data.pool and methods (the oracle joins the 'id+ood' pool
+    only); the ε sweep is the axis ecos.epsilon (plus the exact-counts stand-in) at fixed pool,
+    budget and methods=("ecos",), and the Random reference one point at the same fixed fields.
+    """
     validate(config)
-    s, base = config.sweep, base_config(config)
+    s = config.sweep
     out = []
     if "pool" in s.names:
-        for kind in s.pool_kinds:
-            methods = tuple(s.pool_methods) + (("oracle",) if s.oracle and kind == "id+ood" else ())
-            out.append(Point("pool", kind, _override(base, **{"data.pool": kind, "methods": methods}),
-                             {"pool": kind}))
+        kinds = list(s.pool_kinds)
+        methods = [tuple(s.pool_methods) + (("oracle",) if s.oracle and k == "id+ood" else ()) for k in kinds]
+        out += _named("pool", kinds, sweep_spec.grid([{"data.pool": kinds, "methods": methods}]),
+                      [{"pool": k} for k in kinds])
         if s.oracle and "id+ood" not in s.pool_kinds:
-            out.append(Point("pool", "oracle", _override(base, **{"data.pool": "id+ood", "methods": ("oracle",)}),
-                             {"pool": "id+ood"}))
+            out += _named("pool", ["oracle"], sweep_spec.grid([], {"data.pool": "id+ood", "methods": ("oracle",)}),
+                          [{"pool": "id+ood"}])
     if "epsilon" in s.names:
         common = {"data.pool": s.epsilon_pool, "budgets": (int(s.epsilon_budget),)}
         eps = [(float(e), False) for e in s.epsilons]
         if s.exact_counts:
             eps.append((float(s.exact_counts_epsilon), True))
-        for e, exact in eps:
-            out.append(Point("epsilon", "exact_counts" if exact else epsilon_name(e),
-                             _override(base, **common, methods=("ecos",), **{"ecos.epsilon": e}),
-                             {"epsilon": e, "exact_counts": exact}))
-        out.append(Point("epsilon", "random", _override(base, **common, methods=("random",)),
-                         {"reference": "random"}))
+        out += _named("epsilon", ["exact_counts" if x else epsilon_name(e) for e, x in eps],
+                      sweep_spec.grid([{"ecos.epsilon": [e for e, _ in eps]}], {**common, "methods": ("ecos",)}),
+                      [{"epsilon": e, "exact_counts": x} for e, x in eps])
+        out += _named("epsilon", ["random"], sweep_spec.grid([], {**common, "methods": ("random",)}),
+                      [{"reference": "random"}])
     return out
+
+
+def target(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset | None = None
+           ) -> sweep_targets.FunctionTarget:
+    """The sweep runner's target: `run_point` on the base config; with `ds`, every point's
+    config is validated against the data (budgets within its pool, ...) before any point runs."""
+    app = TrackedSelectiveLabeling()
+    check = None if ds is None else (lambda c: ecos_runner.validate(c, ds, app))
+    return sweep_targets.FunctionTarget(POINT_FUNCTION, base_config(config), check=check)
+
+
+def points(config: ml_collections.ConfigDict) -> list[Point]:
+    """Every selective-labelling run the requested sweeps need, in run order (configs locked)."""
+    t = target(config)
+    return [Point(sweep, name, t.point_config(p), meta) for sweep, name, p, meta in plan(config)]
+
+
+def run_point(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+    """One point: selective labelling that also records the pool domains of every pick."""
+    ecos_runner.run(config, workdir, TrackedSelectiveLabeling())
 
 
 # ------------------------------------------------------------------------ communication
@@ -378,26 +409,41 @@ def _lifetime_md(lifetime: dict, config) -> list[str]:
 # ---------------------------------------------------------------------------- the run
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, backend: str = "local",
+        workers: int = 1, address: str | None = None, cpus_per_point: float = 1.0,
+        gpus_per_point: float = 0.0) -> dict:
     """Runs every requested sweep into `workdir`; writes sweeps.json, sweeps.md and PNGs.
 
-    Every point's config is validated against the data before any training.
+    The points go through the sweep runner (`ecos_jax.sweep`): every point's config is
+    validated against the data before any training, finished points are skipped
+    (`sweep_state.json`), and they run here one at a time (as before the runner), over a local
+    pool (`workers`) or as Ray tasks (`backend="ray"`, `address`, per-point CPUs/GPUs). A point
+    that fails is recorded with its log (`<point>/sweep.log`) while the others run; the sweep
+    then raises, writing no summary from partial results.
     """
     validate(config)
     workdir = Path(workdir)
     ds = data_lib.load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
-    app = TrackedSelectiveLabeling()
-    pts = points(config)
-    for p in pts:
-        ecos_runner.validate(p.config, ds, app)
+    planned = plan(config)
+    pts = [Point(sweep, name, None, meta) for sweep, name, _, meta in planned]
+    tgt = target(config, ds)
     datasets = {config.data.name: ds}
     for name in config.sweep.comm_datasets:
         if name not in datasets:
             datasets[name] = data_lib.load(name, data_dir=config.data.data_dir, image_size=config.data.image_size)
+    # Checks every point's config (against the data) before any point runs.
+    state = sweep_runner.run(tgt, [p for *_, p, _ in planned], workdir, backend=backend, workers=workers,
+                             address=address, cpus_per_point=cpus_per_point, gpus_per_point=gpus_per_point,
+                             on_outcome=lambda o: log.info("Sweep point %s: %s in %.0f s", o["name"], o["status"],
+                                                           o["seconds"]))
+    bad = sweep_runner.failed(state, [p.name for *_, p, _ in planned])
+    if bad:
+        raise RuntimeError("Sweep points failed (the others finished; rerun to retry these): "
+                           + "; ".join(f"{n}: {e} (log {workdir / n / sweep_targets.LOG_NAME})" for n, e in bad.items()))
     records: dict[str, list[dict]] = {"pool": [], "epsilon": []}
-    for i, p in enumerate(pts):
-        log.info("Sweep point %d/%d: %s/%s", i + 1, len(pts), p.sweep, p.name)
-        for r in ecos_runner.run(p.config, workdir / p.sweep / p.name, app):
+    for p in pts:
+        results = json.loads((workdir / p.sweep / p.name / sweep_targets.RESULTS_NAME).read_text())
+        for r in results["records"]:
             meta = dict(p.meta)
             if "epsilon" in meta:
                 meta = {"epsilon_target": meta.pop("epsilon"), **meta}
