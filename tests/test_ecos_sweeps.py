@@ -195,3 +195,34 @@ def test_command_line_rejects_unknown_sweep(tmp_path):
     assert proc.returncode == 2
     assert "Unknown sweep" in proc.stderr and "bogus" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_failing_point_does_not_stop_the_others_and_reruns_alone(tmp_path, monkeypatch):
+    """The sweep runner under the ECOS sweep: a point that raises is recorded, the rest finish,
+    no summary is written from partial results, and the rerun runs only that point."""
+    c = _config("quick", **{"sweep.names": ("pool", "epsilon"), "sweep.pool_kinds": ("ood", "id"),
+                            "sweep.epsilons": (0.5,), "budgets": (20,), "sweep.epsilon_budget": 20})
+    ran = []
+
+    def fake_point(config, workdir):  # records shaped like the runner's, no training
+        name = os.path.relpath(workdir, tmp_path)
+        ran.append(name)
+        if name == "pool/id" and os.environ.get("FAIL_POINT"):
+            raise RuntimeError("out of memory")
+        recs = [{"method": m, "budget": b, "domain": "mnist_invert", "seed": 0, "accuracy": 0.5, "epsilon": 0.5,
+                 "n_picked": b, "seconds": 0.0, "in_domain_fraction": 0.5} for m in config.methods
+                for b in config.budgets]
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / name / "results.json").write_text(json.dumps({"records": recs}))
+
+    monkeypatch.setattr(ecos_sweeps, "run_point", fake_point)
+    monkeypatch.setenv("FAIL_POINT", "1")
+    with pytest.raises(RuntimeError, match=r"pool/id: RuntimeError: out of memory \(log .*pool/id/sweep.log\)"):
+        ecos_sweeps.run(c, tmp_path)
+    assert ran == ["pool/ood", "pool/id", "pool/oracle", "epsilon/eps_0.5", "epsilon/random"]
+    assert "out of memory" in (tmp_path / "pool" / "id" / "sweep.log").read_text()
+    assert not (tmp_path / "sweeps.json").exists()
+    monkeypatch.delenv("FAIL_POINT")
+    out = ecos_sweeps.run(c, tmp_path)
+    assert ran[5:] == ["pool/id"]
+    assert {r["pool"] for r in out["pool"]["rows"]} == {"ood", "id", "id+ood"}

@@ -235,3 +235,39 @@ def test_ray_backend_gives_the_local_table(fake, tmp_path):
 
     assert table(tmp_path / "local", local) == table(tmp_path / "ray", remote)
     assert all(s["status"] == "done" for s in remote["points"].values())
+
+
+FUNCTION = '''
+import json, os
+def point(config, workdir):
+    if config.a == 3:
+        raise ValueError("a = 3 is refused")
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump({"value": config.a * 10 + config.b, "pid": os.getpid()}, f)
+'''
+
+
+def test_function_target_inline_and_over_a_process_pool(tmp_path, monkeypatch):
+    import ml_collections
+
+    from ecos_jax.sweep.targets import FunctionTarget
+
+    (tmp_path / "fake_point.py").write_text(FUNCTION)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers start with the parent's sys.path
+    base = ml_collections.ConfigDict({"a": 1, "b": 0.5})
+    target = FunctionTarget("fake_point:point", base)
+    pts = grid([{"a": [1, 2, 3]}])
+    inline = runner.run(target, pts, tmp_path / "inline")
+    pooled = runner.run(target, pts, tmp_path / "pool", workers=2)
+    for state in (inline, pooled):
+        assert {n: s["status"] for n, s in state["points"].items()} == {"a=1": "done", "a=2": "done", "a=3": "failed"}
+        assert state["points"]["a=3"]["error"] == "ValueError: a = 3 is refused"
+    for name in ("a=1", "a=2"):
+        a, b = (json.loads((tmp_path / d / name / "results.json").read_text()) for d in ("inline", "pool"))
+        assert a["value"] == b["value"] and a["pid"] == os.getpid() != b["pid"]  # the pool ran elsewhere
+    with pytest.raises(ConfigError, match="Unknown config field 'c'"):
+        runner.run(target, grid([{"c": [1]}]), tmp_path / "bad")
+    with pytest.raises(ConfigError, match="sweep point a=x"):
+        runner.run(target, grid([{"a": ["x"]}]), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
