@@ -20,7 +20,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from ecos_jax.reporting import tables
-from ecos_jax.reporting.plots import plt, save_figure
 
 
 def mean_of(v) -> float | None:
@@ -95,6 +94,8 @@ def plot(rows: Sequence[dict], metric: str, x_axis: str, line_axis: str | None, 
          title: str = "") -> None:
     """`metric` against axis `x_axis`, one line per value of `line_axis` (or one line), one panel
     per headline group (e.g. method, budget); error bars where the metric has a std."""
+    # matplotlib only when a plot is asked for: it is most of the merge's time otherwise.
+    from ecos_jax.reporting.plots import plt, save_figure  # noqa: PLC0415
     rows = [r for r in rows if r["status"] == "done" and metric in r["metrics"] and x_axis in r["axes"]]
     if not rows:
         raise ValueError(f"No finished point reports {metric!r} with axis {x_axis!r}.")
