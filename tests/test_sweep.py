@@ -271,3 +271,26 @@ def test_function_target_inline_and_over_a_process_pool(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="sweep point a=x"):
         runner.run(target, grid([{"a": ["x"]}]), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_client_releases_compose_over_the_whole_sweep(fake, tmp_path):
+    import dp_accounting
+
+    from ecos_jax.privacy import accounting
+    from ecos_jax.privacy.ledger import PrivacyLedger
+
+    pts = grid([{"a": ["1", "2", "3"]}])
+    state = runner.run(DriverTarget(str(fake / "experiments" / "fake.py")), pts, tmp_path / "s")
+    sigmas = {"a=1": 2.0, "a=2": 3.0, "a=3": 4.0}
+    for name, sigma in sigmas.items():  # what an ECOS point keeps: one ledger per client
+        ledger = PrivacyLedger(1e-5, accountant="rdp")
+        ledger.record("coverage", dp_accounting.GaussianDpEvent(sigma), sensitivity="L2 1")
+        (tmp_path / "s" / name / "client_ledgers.json").write_text(json.dumps({"digits": ledger.to_dict()}))
+    state["points"]["a=3"]["status"] = "failed"  # a failed point's releases are not counted
+    out = merge.write(tmp_path / "s", pts, state, "fake")
+    want = accounting.epsilon(dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(2.0),
+                                                             dp_accounting.GaussianDpEvent(3.0)]), 1e-5, "rdp")
+    assert out["client_lifetime"]["digits"] == {"epsilon": pytest.approx(want, rel=1e-9), "releases": 2}
+    assert "Client privacy over the whole sweep (RDP, δ = 1e-05)" in out["markdown"]
+    saved = PrivacyLedger.from_dict(json.loads((tmp_path / "s" / "sweep_client_ledgers.json").read_text())["digits"])
+    assert [e.meta["point"] for e in saved.entries] == ["a=1", "a=2"]

@@ -5,6 +5,14 @@ Writes into the sweep's workdir:
   sweep.md            the table (one row per point and headline group; failed points with their error)
   sweep.json          the same rows as JSON (and, with `average_over`, the folded rows)
   sweep_<metric>.png  `plot=(metric, x_axis, line_axis)`: the metric against one axis
+  sweep_client_ledgers.json   where points keep client ledgers (the ECOS applications): each
+                      client's releases over every finished point, composed
+
+Privacy: a point's ε (its records', its clients' lifetime) covers that point only. When every
+point asks the same client (an ECOS sweep), the client released at every point, so its total
+over the sweep is the composition of all of them: `client_lifetime` composes each point's
+`client_ledgers.json` into one ledger per client (every release once, each entry naming its
+point), at the first ledger's δ and accountant, and the table reports it beside the points.
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting import sweeps as report
+from ecos_jax.reporting import tables
 from ecos_jax.sweep import adapters
 from ecos_jax.sweep.spec import Point, cli_value
 from ecos_jax.sweep.targets import RESULTS_NAME
@@ -37,6 +47,38 @@ def rows(workdir: str | Path, points: Sequence[Point], state: dict, experiment: 
     return out
 
 
+CLIENT_LEDGERS = "client_ledgers.json"
+
+
+def client_lifetime(workdir: str | Path, points: Sequence[Point], state: dict) -> dict[str, PrivacyLedger]:
+    """{client: one ledger of its releases at every finished point} from each point's
+    client_ledgers.json ({} where no point keeps one). Raises ValueError if two points'
+    ledgers hold under different neighbouring relations (they cannot be composed as one)."""
+    out: dict[str, PrivacyLedger] = {}
+    for p in points:
+        path = Path(workdir) / p.name / CLIENT_LEDGERS
+        if (state["points"].get(p.name) or {}).get("status") != "done" or not path.exists():
+            continue
+        for client, data in json.loads(path.read_text()).items():
+            ledger = PrivacyLedger.from_dict(data)
+            total = out.setdefault(client, PrivacyLedger(ledger.delta, accountant=ledger.accountant,
+                                                         relation=ledger.relation,
+                                                         reproducible_seed=ledger.reproducible_seed))
+            for e in ledger.entries:
+                total.record(e.name, e.event, sensitivity=e.sensitivity, relation=e.relation,
+                             **{**e.meta, "point": p.name})
+    return out
+
+
+def _lifetime_md(ledgers: dict[str, PrivacyLedger]) -> str:
+    first = next(iter(ledgers.values()))
+    rows = [[c, len(v), len({e.meta["point"] for e in v.entries}), f"{v.epsilon():.4g}"] for c, v in ledgers.items()]
+    return (f"\n## Client privacy over the whole sweep ({first.accountant.upper()}, δ = {first.delta:g})\n\n"
+            "Each point's ε above covers that point alone. The same client answered at every point, "
+            "so everything it released over the sweep composes to:\n\n"
+            + tables.markdown_table(["client", "releases", "points", "client lifetime ε over the sweep"], rows))
+
+
 def write(workdir: str | Path, points: Sequence[Point], state: dict, experiment: str, *,
           average_over: str | None = None, plot: tuple[str, str, str | None] | None = None,
           title: str | None = None) -> dict:
@@ -54,6 +96,11 @@ def write(workdir: str | Path, points: Sequence[Point], state: dict, experiment:
         md += "\n" + report.markdown(avg, kept, f"Mean ± std over {average_over}")
         out["averaged"] = {"over": average_over, "rows": avg}
         plotted = avg
+    ledgers = client_lifetime(workdir, points, state)
+    if ledgers:
+        io.write_json(workdir / "sweep_client_ledgers.json", {c: v.to_dict() for c, v in ledgers.items()})
+        out["client_lifetime"] = {c: {"epsilon": float(v.epsilon()), "releases": len(v)} for c, v in ledgers.items()}
+        md += _lifetime_md(ledgers)
     if plot:
         metric, x_axis, line_axis = plot
         path = workdir / f"sweep_{metric}.png"
