@@ -205,6 +205,8 @@ def test_seeds_averaged_and_plotted(fake, tmp_path):
     assert avg[("2", "1.5")] == {"mean": pytest.approx(21.502), "std": pytest.approx(np.std([21.5, 21.504])), "n": 2}
     assert len(avg) == 4 and "Mean ± std over seed" in out["markdown"]
     assert (tmp_path / "s" / "sweep_value.png").stat().st_size > 1000
+    only = merge.write(tmp_path / "s", pts, state, "fake", where={"b": "1.5"})
+    assert [(r["axes"]["a"], r["axes"]["seed"]) for r in only["rows"]] == [("1", "0"), ("1", "4"), ("2", "0"), ("2", "4")]
 
 
 def test_ecos_adapter_reads_the_runner_results():

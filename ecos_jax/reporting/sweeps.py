@@ -40,7 +40,8 @@ def fmt(v) -> str:
     if isinstance(v, dict):
         if v.get("mean") is None:
             return ""
-        return f"{v['mean']:.4g} ± {v['std']:.2g}" + (f" (n={v['n']})" if v.get("n") not in (None, 1) else "")
+        std = v["std"] if abs(v["std"]) > 1e-9 * max(1.0, abs(v["mean"])) else 0.0  # float noise of equal values
+        return f"{v['mean']:.4g} ± {std:.2g}" + (f" (n={v['n']})" if v.get("n") not in (None, 1) else "")
     if isinstance(v, float) and math.isinf(v):
         return "∞"
     return f"{v:.4g}" if isinstance(v, float) else str(v)

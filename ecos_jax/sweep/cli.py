@@ -6,6 +6,7 @@ r"""`python -m ecos_jax.sweep`: any driver, any config fields, every point a run
   python -m ecos_jax.sweep experiments/train_dp.py --axis seed=0,1,2 --axis model.name=cnn,mlp \
       --average-over seed --workers 2
   python -m ecos_jax.sweep --sweep=my_sweep.py:small --workdir=runs/s   # axes from a file
+  python -m ecos_jax.sweep ... --where method=ecos      # only ECOS's rows in the table and plot
   python -m ecos_jax.sweep ... --backend=ray --address=auto --cpus-per-point=4 --gpus-per-point=1
 
 Axes multiply (product) unless --zip, which pairs them value by value. `--set f=v` fixes a field
@@ -52,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-point", type=float, default=0.0, help="ray: GPUs each point's task needs")
     p.add_argument("--average-over", default=None, metavar="FIELD", help="fold this axis into mean ± std")
     p.add_argument("--plot", default=None, metavar="METRIC:X_AXIS[:LINE_AXIS]", help="plot a metric")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only rows with this headline group or axis value in the table and plot, e.g. method=ecos")
     p.add_argument("--dry-run", action="store_true", help="check and list the points, run nothing")
     return p
 
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         target, points, average_over, plot = build(args)
+        where = {k: v[0] for k, v in (parse_assignment(w, many=False) for w in args.where)}
         if args.dry_run:
             runner.check_points(target, points)
             for p in points:
@@ -141,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         from ecos_jax.sweep import merge  # noqa: PLC0415  (matplotlib: only once there is a table to draw)
 
-        out = merge.write(args.workdir, points, state, target.experiment, average_over=average_over, plot=plot)
+        out = merge.write(args.workdir, points, state, target.experiment, average_over=average_over, plot=plot,
+                          where=where)
         print(out["markdown"])
         print(f"[sweep] points {t1 - t0:.1f} s, merge {time.perf_counter() - t1:.2f} s; "
               f"{os.path.join(args.workdir, 'sweep.md')}", flush=True)

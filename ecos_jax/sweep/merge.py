@@ -79,16 +79,28 @@ def _lifetime_md(ledgers: dict[str, PrivacyLedger]) -> str:
             + tables.markdown_table(["client", "releases", "points", "client lifetime ε over the sweep"], rows))
 
 
+def select(rs: list[dict], where: dict[str, str]) -> list[dict]:
+    """The rows whose headline group or axes have every `where` value (compared as text);
+    a point that did not finish is always kept, so its error stays in view."""
+    def keep(r):
+        have = {**{k: str(v) for k, v in r["group"].items()}, **r["axes"]}
+        return r["status"] != "done" or all(have.get(k) == v for k, v in where.items())
+    return [r for r in rs if keep(r)]
+
+
 def write(workdir: str | Path, points: Sequence[Point], state: dict, experiment: str, *,
           average_over: str | None = None, plot: tuple[str, str, str | None] | None = None,
-          title: str | None = None) -> dict:
-    """Writes sweep.md, sweep.json (and the plot); returns {"rows", "averaged"?, "markdown"}."""
+          title: str | None = None, where: dict[str, str] | None = None) -> dict:
+    """Writes sweep.md, sweep.json (and the plot); returns {"rows", "averaged"?, "markdown"}.
+
+    where: {group key or axis: value}: only those rows in the table and plot (e.g. method=ecos).
+    """
     workdir = Path(workdir)
     axes = list(dict.fromkeys(f for p in points for f in p.axes))
-    rs = rows(workdir, points, state, experiment)
+    rs = select(rows(workdir, points, state, experiment), where or {})
     title = title or f"Sweep of {experiment} ({len(points)} points)"
     md = report.markdown(rs, axes, title)
-    out: dict = {"experiment": experiment, "axes": axes, "rows": rs}
+    out: dict = {"experiment": experiment, "axes": axes, "where": where or {}, "rows": rs}
     plotted = rs
     if average_over:
         avg = report.average_over(rs, average_over)
