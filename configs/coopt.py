@@ -31,22 +31,21 @@ standardise-and-project) adds +4.0 / +3.9 / +4.2 at P = 2 / 4 / 8 heterogeneous 
 
 import ml_collections
 
+from configs import base
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+    c = base.common(ml_collections.ConfigDict(), num_seeds=3)   # training seeds of every method
     c.name = "default"
-    c.seed = 0                      # data split, anchors and participants
-    c.seeds = (0, 1, 2)             # training seeds of every method
     c.methods = ("coopt", "coopt_no_align", "distill_single", "simclr", "supervised")
-    c.progress = True
     c.cache_dir = ""                # priors and targets; "" = ~/.cache/ecos_jax/coopt
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "digits_mnist_c"
-    c.data.pool_domains = ("mnist", "mnist_rotate", "mnist_invert", "mnist_noise", "mnist_blur")
-    c.data.public_domains = ("digits", "mnist_texture")  # priors train here; anchors come from here
-    c.data.test_fraction = 0.2
-    c.data.max_pool = 0             # 0 = the whole pool
+    c.data = base.data(             # split_seed: data split, anchors and participants
+        pool_domains=("mnist", "mnist_rotate", "mnist_invert", "mnist_noise", "mnist_blur"),
+        public_domains=("digits", "mnist_texture"),  # priors train here; anchors come from here
+        test_fraction=0.2,
+        max_pool=0,                 # 0 = the whole pool
+    )
 
     c.participants = ml_collections.ConfigDict()
     c.participants.num = 4
@@ -68,18 +67,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.alignment.stats_on = "anchors"
     c.alignment.normalise = True
 
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "mlp"
-    c.model.kwargs = ml_collections.ConfigDict({"hidden": (256, 64)})
-
-    c.train = ml_collections.ConfigDict()
-    c.train.epochs = 30
-    c.train.batch_size = 128
-    c.train.learning_rate = 1e-3
-    c.train.optimizer = "adam"
-    c.train.loss = "cosine"         # "cosine" | "mse"
-    c.train.eval_every = 2
-    c.train.augment = True          # regression and supervised methods use SimCLR's augmentations too
+    c.train = base.train(
+        model="mlp",
+        model_kwargs=ml_collections.ConfigDict({"hidden": (256, 64)}),
+        batch_size=128,
+        learning_rate=1e-3,
+        epochs=30,
+        optimizer="adam",
+        loss="cosine",              # "cosine" | "mse"
+        eval_every=2,
+        augment=True,               # regression and supervised methods use SimCLR's augmentations too
+    )
 
     c.ssl = ml_collections.ConfigDict()
     c.ssl.temperature = 0.2
@@ -100,9 +98,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.probe.learning_rate = 0.05
 
     c.reuse = ml_collections.ConfigDict()   # a different architecture trained on the reloaded data
-    c.reuse.model = ml_collections.ConfigDict()
-    c.reuse.model.name = "cnn"
-    c.reuse.model.kwargs = ml_collections.ConfigDict({"channels": (8, 16), "embed_dim": 64})
+    c.reuse.model = "cnn"
+    c.reuse.model_kwargs = ml_collections.ConfigDict({"channels": (8, 16), "embed_dim": 64})
     c.reuse.epochs = 3
 
     c.ablation = ml_collections.ConfigDict()
@@ -118,7 +115,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if arg == "quick":
         c.name = "quick"
-        c.seeds = (0,)
+        c.num_seeds = 1
         c.data.max_pool = 800
         c.priors.names = ("mlp_digits_1ep", "mlp_wide_texture_1ep", "mlp_random")
         c.baselines.distill_prior = "mlp_digits_1ep"
@@ -127,7 +124,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.epochs = 4
         c.train.augment = False     # augmentation in every objective triples compile time on a CPU
         c.probe.steps = 100
-        c.reuse.model = ml_collections.ConfigDict({"name": "mlp", "kwargs": {"hidden": (128, 128, 64)}})
+        c.reuse.model = "mlp"
+        c.reuse.model_kwargs = ml_collections.ConfigDict({"hidden": (128, 128, 64)})
         c.reuse.epochs = 2
         c.ablation.epochs = 2
         c.ablation.num_participants = (1, 2)

@@ -5,6 +5,7 @@ Run (from the repository root):
   python experiments/data_valuation.py --workdir=runs/data_valuation
   python experiments/data_valuation.py --config=configs/data_valuation.py:quick --workdir=runs/dv_quick
   python experiments/data_valuation.py --config.epsilons='(1.0,8.0,inf)' --config.data.n_train=2000
+  python experiments/data_valuation.py --config.train.models='("mlp",)'
 
 Expected runtime on a shared 2-core CPU: default ~15 min (2 architectures × 4 ε, 1000 training
 samples, K = 6 checkpoints, PLIS on 300 samples); `quick` ~2-3 min. Output in the workdir:
@@ -14,41 +15,40 @@ README ("Results": data valuation).
 """
 
 import ml_collections
-from ml_collections import config_dict
+
+from configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0                              # parameter init / non-private shuffling
-    c.archs = ("cnn", "mlp")
+    c = base.common(ml_collections.ConfigDict())   # seed: parameter init / non-private shuffling
     c.epsilons = (1.0, 3.0, 8.0, float("inf"))   # inf = non-private (Adam, no clipping)
-    c.progress = True
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "digits_mnist_c"
-    c.data.n_train = 1000                   # scored training subset
-    c.data.n_test = 1000
-    c.data.test_fraction = 0.2
-    c.data.split_seed = 0
+    c.data = base.data(
+        n_train=1000,                       # scored training subset
+        n_test=1000,
+        test_fraction=0.2,
+    )
 
-    c.train = ml_collections.ConfigDict()
-    c.train.epochs = 6
-    c.train.checkpoints_every = 1           # VoG's K = epochs / checkpoints_every
-    c.train.batch_size = 128                # expected Poisson batch for DP-SGD
-    c.train.learning_rate = 1e-3            # Adam, non-private
-    c.train.dp_learning_rate = 1.0          # SGD on the noisy mean clipped gradient
-    c.train.l2_norm_clip = 1.0
+    c.train = base.train(
+        model=None,
+        models=("cnn", "mlp"),              # every score is computed for each model
+        batch_size=128,                     # expected Poisson batch for DP-SGD
+        learning_rate=1e-3,                 # Adam, non-private
+        epochs=6,
+        checkpoints_every=1,                # VoG's K = epochs / checkpoints_every
+        dp_learning_rate=1.0,               # SGD on the noisy mean clipped gradient
+        l2_norm_clip=1.0,
+    )
 
-    c.privacy = ml_collections.ConfigDict()
-    c.privacy.delta = 1e-5
-    c.privacy.accountant = "rdp"
-    c.privacy.noise_seed = config_dict.placeholder(int)   # None: DP noise from OS entropy
     # The VoG releases: raw VoG clipped to [0, B] with B public (never computed from the private
     # scores), Laplace noise, per-class min-max only after the noise. B = 0.03 VoG units covers
     # every raw VoG we saw on this embedded public data in the quick variant (0.002-0.031 over
     # CNN / MLP at eps 1, 8, inf); a deployment would fix B from public data.
-    c.privacy.release_bound = 0.03
-    c.privacy.release_epsilon = 1.0         # per release (per-sample; site summary), replace-one
+    c.privacy = base.privacy(
+        delta=1e-5, accountant="rdp",
+        release_bound=0.03,
+        release_epsilon=1.0,                # per release (per-sample; site summary), replace-one
+    )
 
     c.scores = ml_collections.ConfigDict()
     c.scores.microbatch_size = 128

@@ -1,6 +1,6 @@
 r"""ECOS adaptive model compression on the embedded digits + MNIST-C domains.
 
-Every domain in turn plays the client. The cloud trains a teacher (`compression.teacher_model`)
+Every domain in turn plays the client. The cloud trains a teacher (`teacher.model`)
 on its whole labelled pool, then distils it into a small student (`train.model`) using only
 the teacher's logits on the `budget` pool samples each method picks (ECOS, Random, K-Center and
 the in-domain oracle); the student is scored on the client's held-out test split. Data,
@@ -48,7 +48,7 @@ usual distillation default).
 import ml_collections
 from ml_collections import config_dict
 
-from configs import selective_labeling
+from configs import base, selective_labeling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -57,16 +57,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         del c["semi"]  # the student learns from the teacher's logits on the picks only
         c.methods = ("ecos", "random", "kcenter", "oracle")  # no 'local': client data never reach the cloud
 
+        # The large model, trained on the whole labelled pool (the student is `train`).
+        c.teacher = base.train(model="wide_cnn", batch_size=128, learning_rate=1e-3, epochs=10,
+                               cache_dir=config_dict.placeholder(str))  # default: <data cache>/teachers
         c.compression = ml_collections.ConfigDict()
-        c.compression.teacher_model = "wide_cnn"   # the large model, trained on the whole labelled pool
-        c.compression.teacher_epochs = 10
-        c.compression.teacher_batch_size = 128
-        c.compression.teacher_learning_rate = 1e-3
         c.compression.temperature = 4.0            # softmax temperature of the KL (loss scaled by T²)
         c.compression.alpha = 0.0                  # weight of hard-label CE on the picks' pool labels
-        c.compression.cache_dir = config_dict.placeholder(str)  # default: <data cache>/teachers
 
         if arg == "quick":
-            c.compression.teacher_epochs = 3
+            c.teacher.epochs = 3
     c.lock()
     return c

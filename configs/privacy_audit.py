@@ -10,7 +10,7 @@ Run (from the repository root):
 
   python experiments/privacy_audit.py --workdir=runs/privacy_audit
   python experiments/privacy_audit.py --config=configs/privacy_audit.py:quick --workdir=runs/privacy_audit_quick
-  python experiments/privacy_audit.py --config.trials=5000 --config.epsilons=0.5,1,2
+  python experiments/privacy_audit.py --config.trials=5000 --config.epsilons='(0.5,1,2)'
 
 Writes results.json, results.md and privacy_audit.png into the workdir.
 
@@ -33,13 +33,16 @@ nats of ε live in tails that 4000 trials rarely reach.
 
 import ml_collections
 
+from configs import base
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.mechanisms = "ecos_coverage,private_knn_labels,vog_release,dpsgd"
-    c.epsilons = "1,2,4"      # claimed ε per audited release (the score release: ε/2 twice)
+    c.epsilons = (1.0, 2.0, 4.0)   # claimed ε per audited release (the score release: ε/2 twice)
     c.trials = 4000           # runs per neighbouring input (half choose the threshold)
-    c.delta = 1e-5
+    # δ of every claim and bound; no noise_seed: an audit's noise must be fresh every trial
+    c.privacy = ml_collections.ConfigDict({"delta": base.DELTA})
     c.confidence = 0.95
     c.strategy = "split"      # "split" | "bonferroni" (see audit.estimator)
     c.controls = True         # also audit each mechanism's broken control
@@ -56,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dataset_size=100, batch_size=10, steps=10, control_factor=4.0))  # control: σ / 4
 
     if arg == "quick":
-        c.epsilons = "2"
+        c.epsilons = (2.0,)
         c.trials = 200
         c.mechanism.ecos_coverage.control_factor = 8
         c.mechanism.dpsgd.control_factor = 8.0

@@ -16,36 +16,29 @@ in the workdir; the measured table is in the README ("Results": pruning).
 import ml_collections
 from ml_collections import config_dict
 
+from configs import base
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.arch = "cnn"
+    c = base.common(ml_collections.ConfigDict(), progress=False)
     c.epsilons = (3.0, float("inf"))
     c.score_epochs = 4                      # E1: the model whose scores decide the removal
     c.retrain_epochs = 4                    # E2
     c.fractions = (0.1, 0.3)
     c.metrics = ("loss", "grad_norm", "vog", "plis")
-    c.progress = False
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "digits_mnist_c"
-    c.data.n_train = 1000
-    c.data.n_test = 1000
-    c.data.test_fraction = 0.2
-    c.data.split_seed = 0
+    c.data = base.data(n_train=1000, n_test=1000, test_fraction=0.2)
 
-    c.train = ml_collections.ConfigDict()
-    c.train.checkpoints_every = 1           # VoG's K = score_epochs / checkpoints_every
-    c.train.batch_size = 128
-    c.train.learning_rate = 1e-3
-    c.train.dp_learning_rate = 1.0
-    c.train.l2_norm_clip = 1.0
+    c.train = base.train(
+        model="cnn",
+        batch_size=128,
+        learning_rate=1e-3,
+        checkpoints_every=1,                # VoG's K = score_epochs / checkpoints_every
+        dp_learning_rate=1.0,
+        l2_norm_clip=1.0,
+    )
 
-    c.privacy = ml_collections.ConfigDict()
-    c.privacy.delta = 1e-5
-    c.privacy.accountant = "rdp"
-    c.privacy.noise_seed = config_dict.placeholder(int)
+    c.privacy = base.privacy(delta=1e-5, accountant="rdp")
 
     c.scores = ml_collections.ConfigDict()
     c.scores.microbatch_size = 128

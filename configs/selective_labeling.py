@@ -19,24 +19,20 @@ at both budgets at ε = 0.58 (see README, "Results", for the measured table).
 import ml_collections
 from ml_collections import config_dict
 
+from configs import base
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0                 # base seed; seed i of a run is seed + i
-    c.num_seeds = 3
+    c = base.common(ml_collections.ConfigDict(), num_seeds=3)
     c.budgets = (200, 400)
     c.methods = ("ecos", "random", "kcenter", "local", "oracle")
-    c.progress = True
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "digits_mnist_c"          # or a prepared tfds catalogue name, e.g. "mnist,svhn_cropped"
-    c.data.data_dir = config_dict.placeholder(str)   # default: $ECOS_JAX_DATA_DIR or ~/.cache/ecos_jax
-    c.data.image_size = 28
-    c.data.client_domains = ()              # empty: every domain takes a turn as the client
-    c.data.n_client_train = 100
-    c.data.n_client_test = 300
-    c.data.pool = "id+ood"                  # "id+ood" | "ood" | "id"
-    c.data.split_seed = 0
+    c.data = base.data(
+        client_domains=(),                  # empty: every domain takes a turn as the client
+        n_client_train=100,
+        n_client_test=300,
+        pool="id+ood",                      # "id+ood" | "ood" | "id"
+    )
 
     c.features = ml_collections.ConfigDict()
     c.features.kind = "autoencoder"         # "autoencoder" | "classifier" | "pca" | "raw"
@@ -44,25 +40,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.features.epochs = 8
     c.features.cache_dir = config_dict.placeholder(str)  # default: <data cache>/features
 
-    c.ecos = ml_collections.ConfigDict()
-    c.ecos.num_centroids = 30
-    c.ecos.kmeans_iters = 20
-    c.ecos.epsilon = 0.58
-    c.ecos.delta = 1e-5
-    c.ecos.accountant = "pld"
-    c.ecos.proximity = 0.5                  # share of each cluster's picks closest to its centroid
-    # None: DP noise keyed from OS entropy. An int: reproducible research only (every ledger
-    # says so); each client's seed is derived from it, its domain and the config hash
-    # (ecos_runner.client_noise_seed), and every release still draws fresh noise.
-    c.ecos.noise_seed = config_dict.placeholder(int)
-    c.ecos.centroid_dtype = "float32"       # wire encoding down: "float32" | "float16"
-    c.ecos.count_dtype = "float32"          # wire encoding up: "float32" | "int16" (rounded after noise)
+    c.ecos = base.ecos()                    # R = 30 centroids, ε = 0.58 at δ = 1e-5 (PLD)
 
-    c.train = ml_collections.ConfigDict()
-    c.train.model = "cnn"
-    c.train.steps = 300                     # optimiser steps per run, the same for every budget
-    c.train.batch_size = 64
-    c.train.learning_rate = 1e-3
+    c.train = base.train(model="cnn", batch_size=64, learning_rate=1e-3,
+                         steps=300)         # optimiser steps per run, the same for every budget
 
     # Semi-supervised: confident pseudo-labels on the unlabelled rest of the pool (no privacy
     # cost: pool data only). "none" trains on the labelled picks alone, as the seed does.

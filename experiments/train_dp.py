@@ -2,7 +2,7 @@ r"""DP-SGD accuracy against ε: trains one model per target ε and writes table,
 
   python experiments/train_dp.py --workdir=runs/train_dp
   python experiments/train_dp.py --config=configs/train_dp.py:quick --workdir=runs/train_dp_quick
-  python experiments/train_dp.py --config.dp.target_epsilons=1,inf --config.noise_seed=0
+  python experiments/train_dp.py --config.epsilons='(1,inf)' --config.privacy.noise_seed=0
 
 See configs/train_dp.py for every field and ecos_jax/experiments/train_dp.py for what the
 run computes.

@@ -38,9 +38,9 @@ def test_bad_value_refused_by_validation_is_one_line(tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "experiments", "train_dp.py"), f"--workdir={workdir}",
-         "--config=configs/train_dp.py:quick", "--config.dp.epochs=-1"],
+         "--config=configs/train_dp.py:quick", "--config.train.epochs=-1"],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert "ConfigError" in _one_line_error(proc) and "dp.epochs" in proc.stderr
+    assert "ConfigError" in _one_line_error(proc) and "train.epochs" in proc.stderr
     assert not workdir.exists()
 
 

@@ -91,10 +91,10 @@ def _config(tmp_path, **overrides):
         c.ecos.noise_seed = 0               # reproducible ECOS picks, so two runs can be compared
         c.train.steps = 15
         c.train.batch_size = 32
-        c.compression.teacher_model = "cnn"  # the student's shapes: compiled once, the test stays fast
-        c.compression.teacher_epochs = 1
-        c.compression.teacher_batch_size = 256
-        c.compression.cache_dir = str(tmp_path / "teachers")
+        c.teacher.model = "cnn"             # the student's shapes: compiled once, the test stays fast
+        c.teacher.epochs = 1
+        c.teacher.batch_size = 256
+        c.teacher.cache_dir = str(tmp_path / "teachers")
     return override(c, overrides)
 
 
@@ -139,12 +139,12 @@ def digits():
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"compression.teacher_model": "huge_transformer"}, "teacher_model 'huge_transformer'"),
+    ({"teacher.model": "huge_transformer"}, "teacher.model 'huge_transformer'"),
     ({"train.model": "tiny"}, "train.model 'tiny'"),
     ({"compression.temperature": 0.0}, "temperature must be > 0"),
     ({"compression.temperature": -2.0}, "temperature must be > 0"),
     ({"compression.alpha": 1.5}, "alpha"),
-    ({"compression.teacher_epochs": 0}, "teacher_epochs"),
+    ({"teacher.epochs": 0}, "teacher.epochs"),
     ({"methods": ("ecos", "local")}, "local"),
 ])
 def test_bad_config_is_rejected(tmp_path, digits, overrides, match):

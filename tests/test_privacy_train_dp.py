@@ -13,45 +13,50 @@ import train_dp as train_dp_config  # noqa: E402
 from ecos_jax.experiments import train_dp  # noqa: E402
 
 
-def _config(**dp):
+def _config(**fields):
+    """The quick config with `fields` ({"section.field": value}) set, as on the command line."""
     c = train_dp_config.get_config("quick")
     c.unlock()
-    for k, v in dp.items():
-        setattr(c.dp, k, v)
+    for k, v in fields.items():
+        section, name = k.split(".") if "." in k else (None, k)
+        setattr(c[section] if section else c, name, v)
     return c
 
 
 @pytest.mark.parametrize(
-    "dp, match",
+    "fields, match",
     [
-        (dict(target_epsilons="1,x"), "comma-separated"),
-        (dict(target_epsilons="0,8"), "must be > 0"),
-        (dict(target_epsilons=""), "empty"),
-        (dict(delta=1e-3), "1/N"),
-        (dict(batch_size=0), "batch_size"),
-        (dict(l2_norm_clip=0.0), "l2_norm_clip"),
-        (dict(sampling="fixed"), "sampling"),
-        (dict(epochs=0), "epochs"),
+        ({"epsilons": ("1,x",)}, "comma-separated"),
+        ({"epsilons": (0.0, 8.0)}, "must be > 0"),
+        ({"epsilons": ()}, "empty"),
+        ({"privacy.delta": 1e-3}, "1/N"),
+        ({"train.batch_size": 0}, "batch_size"),
+        ({"dp.l2_norm_clip": 0.0}, "l2_norm_clip"),
+        ({"dp.sampling": "fixed"}, "sampling"),
+        ({"train.epochs": 0}, "epochs"),
     ],
 )
-def test_bad_config_is_refused_before_training(dp, match):
+def test_bad_config_is_refused_before_training(fields, match):
     with pytest.raises(ValueError, match=match):
-        train_dp.validate(_config(**dp), n_train=5000)
+        train_dp.validate(_config(**fields), n_train=5000)
 
 
 def test_steps_and_epsilons_from_config():
-    c = _config(epochs=2, batch_size=250)
+    c = _config(**{"train.epochs": 2, "train.batch_size": 250})
     assert train_dp.validate(c, n_train=5000) == 40
     assert train_dp.target_epsilons("1, 8,inf") == [1.0, 8.0, math.inf]
+    # --config.epsilons='(1,8,inf)' reaches the config as a one-string tuple (inf is no literal)
+    assert train_dp.target_epsilons(("(1,8,inf)",)) == [1.0, 8.0, math.inf]
+    assert train_dp.target_epsilons((1, 8.0, math.inf)) == [1.0, 8.0, math.inf]
     with pytest.raises(ValueError, match="variant"):
         train_dp_config.get_config("huge")
 
 
 @pytest.mark.slow
 def test_end_to_end_tiny(tmp_path):
-    c = _config(target_epsilons="8,inf", epochs=1, batch_size=512)
+    c = _config(**{"epsilons": (8.0, math.inf), "train.epochs": 1, "train.batch_size": 512})
     c.progress = False
-    c.noise_seed = 0
+    c.privacy.noise_seed = 0
     records = train_dp.run(c, tmp_path)
     assert [r["target_epsilon"] for r in records] == ["8", "inf"]
     # Truncated Poisson (M < N slots): only PLD accounts it, and σ was calibrated for it.

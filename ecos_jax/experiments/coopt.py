@@ -65,17 +65,17 @@ class Setting:
 
 
 def _make_setting(config: ml_collections.ConfigDict, workdir: str) -> Setting:
-    ds = load(config.data.name)
+    ds = load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
     pool_domains = list(config.data.pool_domains)
     public = ds.select_domains(list(config.data.public_domains))
     overlap = set(pool_domains) & set(config.data.public_domains)
     if overlap:
         raise ConfigError(f"domains {sorted(overlap)} are both pool and public (prior / anchor) domains.")
     pool = ds.select_domains(pool_domains)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.data.split_seed)
     if config.data.max_pool and len(pool) > config.data.max_pool:
         pool = pool.subset(np.sort(rng.choice(len(pool), config.data.max_pool, replace=False)))
-    train, test = train_test_split(pool, test_fraction=config.data.test_fraction, seed=config.seed)
+    train, test = train_test_split(pool, test_fraction=config.data.test_fraction, seed=config.data.split_seed)
     if config.anchors.source == "public":
         anchors = public.images[rng.choice(len(public), min(config.anchors.num, len(public)), replace=False)]
     elif config.anchors.source == "pool":  # a few unlabeled pool images all participants share
@@ -84,7 +84,7 @@ def _make_setting(config: ml_collections.ConfigDict, workdir: str) -> Setting:
         raise ConfigError(f"anchors.source must be 'public' or 'pool', got {config.anchors.source!r}.")
     shards = participants_lib.split_pool(
         num_examples=len(train), num_participants=config.participants.num, scheme=config.participants.scheme,
-        seed=config.seed, domains=train.domains, labels=train.labels,
+        seed=config.data.split_seed, domains=train.domains, labels=train.labels,
         dirichlet_alpha=config.participants.dirichlet_alpha)
     cache_dir = config.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "ecos_jax", "coopt")
     return Setting(train=train, test=test, anchors=anchors, shards=shards, full=ds, cache_dir=cache_dir)
@@ -105,7 +105,7 @@ def _build(setting: Setting, config, prior_names, alignment: str, num_participan
     else:
         shards = participants_lib.split_pool(
             num_examples=len(setting.train), num_participants=num_participants, scheme=config.participants.scheme,
-            seed=config.seed, domains=setting.train.domains, labels=setting.train.labels,
+            seed=config.data.split_seed, domains=setting.train.domains, labels=setting.train.labels,
             dirichlet_alpha=config.participants.dirichlet_alpha)
     names = [prior_names[p % len(prior_names)] for p in range(len(shards))]
     a = config.alignment
@@ -128,15 +128,20 @@ def _probe_fn(net: HeadNet, setting: Setting, config):
     return probe
 
 
+def seeds(config: ml_collections.ConfigDict) -> list[int]:
+    """The training seeds of every method: seed, seed + 1, ..., num_seeds of them."""
+    return [config.seed + i for i in range(config.num_seeds)]
+
+
 def _backbone(model_config) -> Any:
     # Config lists become tuples: flax modules are jit-static and must hash.
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(model_config.kwargs).items()}
-    return get_model(model_config.name, 10, **kwargs)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(model_config.model_kwargs).items()}
+    return get_model(model_config.model, 10, **kwargs)
 
 
 def _train_method(method: str, setting: Setting, config, seed: int, data: OptimisedDataset | None,
                   model_config=None, epochs: int | None = None, eval_every: int | None = None) -> TrainRun:
-    model_config = model_config or config.model
+    model_config = model_config or config.train  # a section with model and model_kwargs
     t = config.train
     common = dict(epochs=epochs or t.epochs, batch_size=t.batch_size, seed=seed, optimizer=t.optimizer,
                   progress=config.progress, desc=method, eval_every=eval_every)
@@ -227,7 +232,7 @@ def _ablation(setting: Setting, config) -> list[dict[str, Any]]:
     records = []
     for run in tqdm(runs, desc="ablation", disable=not config.progress, leave=False):
         res = _build(setting, config, run["priors"], run["alignment"], num_participants=run["P"])
-        tr = _train_method("coopt", setting, config, config.seeds[0], res.data, epochs=ab.epochs)
+        tr = _train_method("coopt", setting, config, config.seed, res.data, epochs=ab.epochs)
         used = res.data.meta["priors"]  # the list cycled over P participants
         records.append({**run, "priors": sorted(set(used), key=used.index), "probe_accuracy": tr.evals[-1]["probe_accuracy"],
                         "inconsistency_raw": res.inconsistency["raw"],
@@ -306,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     curves: dict[str, list[list[dict]]] = {m: [] for m in config.methods}
     timing: dict[str, list[float]] = {m: [] for m in config.methods}
-    for seed in config.seeds:
+    for seed in seeds(config):
         for method in config.methods:
             run = _train_method(method, setting, config, seed, datasets.get(method),
                                 eval_every=config.train.eval_every)
@@ -328,9 +333,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     reloaded = OptimisedDataset.load(path)
     identical = all(np.array_equal(getattr(coopt.data, f), getattr(reloaded, f))
                     for f in ("images", "targets", "participant", "ids")) and reloaded.meta == coopt.data.meta
-    reuse_run = _train_method("coopt", setting, config, config.seeds[0], reloaded, model_config=config.reuse.model,
+    reuse_run = _train_method("coopt", setting, config, config.seed, reloaded, model_config=config.reuse,
                               epochs=config.reuse.epochs)
-    reuse = {"model": config.reuse.model.name, "epochs": config.reuse.epochs, "reload_identical": bool(identical),
+    reuse = {"model": config.reuse.model, "epochs": config.reuse.epochs, "reload_identical": bool(identical),
              "probe_accuracy": reuse_run.evals[-1]["probe_accuracy"],
              "init_probe_accuracy": reuse_run.evals[0]["probe_accuracy"]}
 
@@ -343,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  "pool_test": len(setting.test), "participants": len(setting.shards),
                  "shard_sizes": [len(s) for s in setting.shards], "scheme": config.participants.scheme,
                  "anchors": len(setting.anchors)},
-        "model": config.model.name, "epochs": config.train.epochs, "seeds": list(config.seeds),
+        "model": config.train.model, "epochs": config.train.epochs, "seeds": seeds(config),
         "methods": methods, "prior_probe_accuracy": prior_probe, "speedup": speedup, "inconsistency": coopt.inconsistency,
         "target_stats": dataclasses.asdict(coopt.target_stats), "reuse": reuse,
         "ablation": ablation, "ablation_epochs": config.ablation.epochs,

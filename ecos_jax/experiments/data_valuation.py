@@ -51,6 +51,7 @@ from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting import plots
 from ecos_jax.reporting.tables import markdown_table
 from ecos_jax.utils.io import save_npz, write_json, write_text
+from ecos_jax.utils.overrides import floats
 from ecos_jax.valuation import consistency as cm
 from ecos_jax.valuation.grad_norm import grad_norm_scores
 from ecos_jax.valuation.loss import loss_scores
@@ -79,7 +80,7 @@ def eps_label(eps: float) -> str:
 
 def prepare_data(c: ml_collections.ConfigDict):
     """(x_train, y_train, x_test, y_test): a seeded subset of the embedded data's train split."""
-    ds = load(c.data.name)
+    ds = load(c.data.name, data_dir=c.data.data_dir, image_size=c.data.image_size)
     train_ds, test_ds = train_test_split(ds, test_fraction=c.data.test_fraction, seed=c.data.split_seed)
     rng = np.random.default_rng(c.data.split_seed)
     tr = np.sort(rng.permutation(len(train_ds))[: c.data.n_train])
@@ -174,12 +175,12 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     x, y, x_test, y_test, num_classes = prepare_data(c)
     log.info("data: %d train / %d test samples", len(x), len(x_test))
-    epsilons = [float(e) for e in c.epsilons]
+    epsilons = list(floats(c.epsilons, "epsilons"))  # (1, 8, inf) or as a command line gives it
     runs: list[dict] = []
     scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     release_key = jax.random.fold_in(noise_key(c.privacy.noise_seed)[0], RELEASE_STREAM)
 
-    for run_index, (arch, eps) in enumerate(itertools.product(c.archs, epsilons)):
+    for run_index, (arch, eps) in enumerate(itertools.product(c.train.models, epsilons)):
         label = f"{arch}_eps{eps_label(eps)}"
         model = models.get_model(arch, num_classes)
         ledger_args = dict(accountant=c.privacy.accountant, reproducible_seed=c.privacy.noise_seed,
@@ -238,13 +239,13 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     metric_names = [m for m in METRICS + ("vog_early", "vog_middle", "vog_late")
                     if all(m in s for s in scores.values())]
     pairs = []
-    for arch in c.archs:
+    for arch in c.train.models:
         for e1, e2 in itertools.combinations([eps_label(e) for e in epsilons], 2):
             for m in metric_names:
                 a, b = scores[(arch, e1)][m], scores[(arch, e2)][m]
                 pairs.append({"kind": "epsilon", "arch": arch, "pair": f"{e1} vs {e2}", "metric": m,
                               **compare(a, b, _images(x, scores[(arch, e1)], m), c)})
-    for a1, a2 in itertools.combinations(c.archs, 2):
+    for a1, a2 in itertools.combinations(c.train.models, 2):
         for e in [eps_label(e) for e in epsilons]:
             for m in metric_names:
                 a, b = scores[(a1, e)][m], scores[(a2, e)][m]
@@ -253,7 +254,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # ---- headline: agreement of each metric's DP selections with the non-private one --------
     headline = {}
-    for arch in c.archs:
+    for arch in c.train.models:
         for m in metric_names:
             rows = [p for p in pairs if p["kind"] == "epsilon" and p["arch"] == arch
                     and p["metric"] == m and p["pair"].endswith("vs inf")]
@@ -266,7 +267,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     # ---- figures ----------------------------------------------------------------------------
     fig_dir = os.path.join(workdir, "figures")
     g = c.consistency.grid_k
-    for arch in c.archs:
+    for arch in c.train.models:
         for m in METRICS:
             rows = []
             for e in [eps_label(e) for e in epsilons]:

@@ -1,6 +1,6 @@
 """ECOS adaptive model compression (the ECOS paper's second application) against its baselines.
 
-A large teacher (`compression.teacher_model`, default 'wide_cnn') is trained on the cloud's
+A large teacher (`teacher.model`, default 'wide_cnn') is trained on the cloud's
 whole labelled pool, once per client domain, and cached to disk by content hash. For every
 seed and budget, each method picks pool samples; the teacher's logits on those picks, and
 nothing else, distil a small student (`train.model`, default 'cnn') with the
@@ -59,7 +59,7 @@ class Teacher:
 
 
 def teacher_cache_dir(config: ml_collections.ConfigDict) -> str:
-    return config.compression.cache_dir or os.path.join(
+    return config.teacher.cache_dir or os.path.join(
         config.data.data_dir or os.environ.get(sources.DATA_DIR_ENV, "~/.cache/ecos_jax"), "teachers")
 
 
@@ -97,36 +97,36 @@ class ModelCompression:
     methods = POOL_METHODS
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
-        c = config.get("compression")
-        if c is None:
-            raise ValueError("Model compression needs a 'compression' config section "
+        c, t = config.get("compression"), config.get("teacher")
+        if c is None or t is None:
+            raise ValueError("Model compression needs 'compression' and 'teacher' config sections "
                              "(see configs/model_compression.py).")
         if "local" in config.methods:
             raise ValueError("'local' is not a compression method: the client's data never reach the "
                              "cloud, so there is nothing to query the teacher on.")
-        for field, name in (("compression.teacher_model", c.teacher_model), ("train.model", config.train.model)):
+        for field, name in (("teacher.model", t.model), ("train.model", config.train.model)):
             if name not in models.MODELS:
                 raise ValueError(f"Unknown {field} {name!r}; choose one of {sorted(models.MODELS)}.")
         if not c.temperature > 0:
             raise ValueError(f"compression.temperature must be > 0, got {c.temperature}.")
         if not 0.0 <= c.alpha <= 1.0:
             raise ValueError(f"compression.alpha must be in [0, 1], got {c.alpha}.")
-        if c.teacher_epochs < 1:
-            raise ValueError(f"compression.teacher_epochs must be >= 1, got {c.teacher_epochs}.")
-        if c.teacher_batch_size < 1:
-            raise ValueError(f"compression.teacher_batch_size must be >= 1, got {c.teacher_batch_size}.")
-        if not c.teacher_learning_rate > 0:
-            raise ValueError(f"compression.teacher_learning_rate must be > 0, got {c.teacher_learning_rate}.")
+        if t.epochs < 1:
+            raise ValueError(f"teacher.epochs must be >= 1, got {t.epochs}.")
+        if t.batch_size < 1:
+            raise ValueError(f"teacher.batch_size must be >= 1, got {t.batch_size}.")
+        if not t.learning_rate > 0:
+            raise ValueError(f"teacher.learning_rate must be > 0, got {t.learning_rate}.")
 
     def prepare(self, config: ml_collections.ConfigDict, task: ClientTask) -> Teacher:
-        c, pool, test = config.compression, task.split.pool, task.split.client_test
+        t, pool, test = config.teacher, task.split.pool, task.split.client_test
         model, params, path = fit_teacher(
-            c.teacher_model, pool.images, pool.labels, num_classes=task.num_classes, epochs=c.teacher_epochs,
-            batch_size=c.teacher_batch_size, learning_rate=c.teacher_learning_rate, seed=config.data.split_seed,
+            t.model, pool.images, pool.labels, num_classes=task.num_classes, epochs=t.epochs,
+            batch_size=t.batch_size, learning_rate=t.learning_rate, seed=config.data.split_seed,
             cache_dir=teacher_cache_dir(config), progress=config.progress, desc=f"teacher[{task.domain}]")
         pred = np.argmax(train.predict(model, params, test.images), axis=-1)
         acc = float(np.mean(pred == test.labels))
-        log.info("Teacher %s for client %s: %.1f%% on the client test split.", c.teacher_model, task.domain,
+        log.info("Teacher %s for client %s: %.1f%% on the client test split.", t.model, task.domain,
                  100 * acc)
         return Teacher(model=model, params=params, accuracy=acc, test_predictions=pred, cache_path=path)
 

@@ -22,7 +22,7 @@ import ml_collections
 
 from ecos_jax.privacy import audit
 from ecos_jax.reporting import plots, tables
-from ecos_jax.utils import io
+from ecos_jax.utils import io, overrides
 from ecos_jax.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def _parse(value, cast=float) -> list:
 
 
 def _kwargs(c: ml_collections.ConfigDict, name: str) -> dict:
-    common = dict(trials=int(c.trials), delta=float(c.delta), confidence=float(c.confidence),
+    common = dict(trials=int(c.trials), delta=float(c.privacy.delta), confidence=float(c.confidence),
                   strategy=c.strategy)
     return common | dict(c.mechanism[name])
 
@@ -63,7 +63,10 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     unknown = [m for m in mechanisms if m not in audit.AUDITS]
     if unknown:
         raise ConfigError(f"unknown mechanisms {unknown}; choose from {sorted(audit.AUDITS)}.")
-    epsilons = _parse(c.epsilons)
+    try:
+        epsilons = list(overrides.floats(c.epsilons, "epsilons"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     if not epsilons or any(not e > 0 for e in epsilons):
         raise ConfigError(f"epsilons must be positive claims, got {c.epsilons!r}.")
     os.makedirs(workdir, exist_ok=True)
@@ -86,7 +89,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
               "resolution", "trials / side", "control", "control bound", "control > claim"]
     real_ok = all(r["passed"] for r in records if r["control"] is None)
     controls_ok = all(r["passed"] for r in records if r["control"] is not None)
-    md = (f"# Privacy audit\n\nLower bounds at {c.confidence:.0%} confidence, δ = {c.delta:g}, "
+    md = (f"# Privacy audit\n\nLower bounds at {c.confidence:.0%} confidence, δ = {c.privacy.delta:g}, "
           f"threshold strategy '{c.strategy}'. 'claimed ε' is the smallest ε the release's own "
           "ledger reports; 'resolution' is the largest bound these trial counts can give. A "
           "correct release has bound ≤ claim; each control (deliberately broken) must exceed "

@@ -31,6 +31,7 @@ from ecos_jax.experiments.data_valuation import eps_label, prepare_data, score_r
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting.tables import markdown_table
 from ecos_jax.utils.io import write_json, write_text
+from ecos_jax.utils.overrides import floats
 from ecos_jax.valuation.private_training import train_at_epsilon
 from ecos_jax.valuation.pruning import DIRECTIONS, removal_indices
 
@@ -57,11 +58,11 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     t_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     x, y, x_test, y_test, num_classes = prepare_data(c)
-    model = models.get_model(c.arch, num_classes)
+    model = models.get_model(c.train.model, num_classes)
     rows, scoring = [], []
     rng = np.random.default_rng(c.seed)
 
-    for eps in (float(e) for e in c.epsilons):
+    for eps in floats(c.epsilons, "epsilons"):  # (1, 8, inf) or as a command line gives it
         e = eps_label(eps)
         scored, eps_score = _train(model, x, y, eps, c.score_epochs, c, c.seed, "score")
         s, info = score_run(model, scored, x, y, c)
@@ -104,7 +105,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
           r["vog_seconds"], r["plis_seconds"], f"{r['plis_iterations_mean']:.1f}"] for r in scoring])
     write_text(os.path.join(workdir, "pruning.md"),
                "# Scoring models\n\n" + score_table + "\n# Retraining after removal\n\n" + table)
-    results = {"config": c.to_dict() | {"epsilons": [eps_label(float(v)) for v in c.epsilons]},
+    results = {"config": c.to_dict() | {"epsilons": [eps_label(v) for v in floats(c.epsilons, "epsilons")]},
                "scoring": scoring, "rows": rows, "seconds": round(time.perf_counter() - t_start, 1)}
     write_json(os.path.join(workdir, "results.json"), results)
     log.info("wrote %s (%.0f s)", workdir, results["seconds"])

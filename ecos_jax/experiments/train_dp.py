@@ -33,7 +33,7 @@ from ecos_jax import models, train
 from ecos_jax.privacy import accounting, dpsgd
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting import plots, tables
-from ecos_jax.utils import io
+from ecos_jax.utils import io, overrides
 from ecos_jax.utils.errors import validates
 
 log = logging.getLogger(__name__)
@@ -46,50 +46,44 @@ def _label(value: float) -> str:
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """'sgd' (with `momentum`) or 'adam', at `learning_rate`."""
     if config.learning_rate <= 0:
-        raise ValueError(f"optax.learning_rate must be > 0, got {config.learning_rate}.")
-    if config.name == "sgd":
+        raise ValueError(f"train.learning_rate must be > 0, got {config.learning_rate}.")
+    if config.optimizer == "sgd":
         return optax.sgd(config.learning_rate, momentum=config.momentum or None)
-    if config.name == "adam":
+    if config.optimizer == "adam":
         return optax.adam(config.learning_rate)
-    raise ValueError(f"optax.name must be 'sgd' or 'adam', got {config.name!r}.")
+    raise ValueError(f"train.optimizer must be 'sgd' or 'adam', got {config.optimizer!r}.")
 
 
-def target_epsilons(spec: str) -> list[float]:
-    """"1,3,8,inf" -> [1.0, 3.0, 8.0, inf]."""
-    try:
-        eps = [float(e) for e in str(spec).split(",") if e.strip()]
-    except ValueError as err:
-        raise ValueError(f"dp.target_epsilons must be comma-separated numbers or inf, got {spec!r}.") from err
-    if not eps:
-        raise ValueError("dp.target_epsilons is empty.")
-    return eps
+def target_epsilons(spec) -> list[float]:
+    """`epsilons`: (1, 3, 8, inf), or "1,3,8,inf" as a command line may give it -> [1.0, 3.0, 8.0, inf]."""
+    return list(overrides.floats(spec, "epsilons"))
 
 
 @validates
 def validate(config: ml_collections.ConfigDict, n_train: int) -> int:
     """Checks the config before any training; returns the number of steps T."""
-    eps = target_epsilons(config.dp.target_epsilons)
+    eps = target_epsilons(config.epsilons)
     bad = [e for e in eps if not e > 0]
     if bad:
         raise ValueError(f"every target epsilon must be > 0 (inf for non-private); got {bad}.")
-    accounting.check_delta(config.dp.delta, n_train, allow_large_delta=config.dp.allow_large_delta)
-    if config.dp.accountant not in accounting.ACCOUNTANTS:
-        raise ValueError(f"dp.accountant must be one of {accounting.ACCOUNTANTS}.")
-    if not 1 <= config.dp.batch_size <= n_train:
-        raise ValueError(f"dp.batch_size must be in [1, {n_train}], got {config.dp.batch_size}.")
-    if not config.dp.epochs > 0:
-        raise ValueError(f"dp.epochs must be > 0, got {config.dp.epochs}.")
-    make_optimizer(config.optax)
+    accounting.check_delta(config.privacy.delta, n_train, allow_large_delta=config.privacy.allow_large_delta)
+    if config.privacy.accountant not in accounting.ACCOUNTANTS:
+        raise ValueError(f"privacy.accountant must be one of {accounting.ACCOUNTANTS}.")
+    if not 1 <= config.train.batch_size <= n_train:
+        raise ValueError(f"train.batch_size must be in [1, {n_train}], got {config.train.batch_size}.")
+    if not config.train.epochs > 0:
+        raise ValueError(f"train.epochs must be > 0, got {config.train.epochs}.")
+    make_optimizer(config.train)
     # Validates sampling, clipping, grad method and C once, with a placeholder σ.
     dpsgd.DPSGDConfig(
-        dataset_size=n_train, batch_size=config.dp.batch_size, l2_norm_clip=config.dp.l2_norm_clip,
+        dataset_size=n_train, batch_size=config.train.batch_size, l2_norm_clip=config.dp.l2_norm_clip,
         noise_multiplier=1.0, sampling=config.dp.sampling, clipping=config.dp.clipping,
         grad_method=config.dp.grad_method, microbatch_size=config.dp.microbatch_size,
         max_batch_size=config.dp.max_batch_size,
     )
     if config.checkpoint_every is not None and config.checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 or None, got {config.checkpoint_every}.")
-    return max(1, round(config.dp.epochs * n_train / config.dp.batch_size))
+    return max(1, round(config.train.epochs * n_train / config.train.batch_size))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict]:
@@ -101,37 +95,37 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
         ds, test_fraction=config.data.test_fraction, seed=config.data.split_seed)
     n = len(train_ds)
     steps = validate(config, n)
-    q = config.dp.batch_size / n
-    model = models.get_model(config.model.name, ds.num_classes, **dict(config.model.kwargs))
+    q = config.train.batch_size / n
+    model = models.get_model(config.train.model, ds.num_classes, **dict(config.train.model_kwargs))
     params = jax.jit(model.init)(jax.random.key(config.seed), train_ds.images[:1])
     log.info("%s: %d train / %d test examples, q = %.4f, T = %d steps.",
              config.data.name, n, len(test_ds), q, steps)
 
     records = []
     base = dpsgd.DPSGDConfig(
-        dataset_size=n, batch_size=config.dp.batch_size, l2_norm_clip=config.dp.l2_norm_clip,
+        dataset_size=n, batch_size=config.train.batch_size, l2_norm_clip=config.dp.l2_norm_clip,
         noise_multiplier=1.0, sampling=config.dp.sampling, clipping=config.dp.clipping,
         grad_method=config.dp.grad_method, microbatch_size=config.dp.microbatch_size,
         max_batch_size=config.dp.max_batch_size,
     )
-    for target in target_epsilons(config.dp.target_epsilons):
+    for target in target_epsilons(config.epsilons):
         t0 = time.perf_counter()
         # The same event train records (truncated Poisson when M < N), so the ledger's ε
         # meets the target.
-        dp_config = base.calibrated(target, config.dp.delta, steps=steps,
-                                    accountant=config.dp.accountant,
-                                    allow_large_delta=config.dp.allow_large_delta)
+        dp_config = base.calibrated(target, config.privacy.delta, steps=steps,
+                                    accountant=config.privacy.accountant,
+                                    allow_large_delta=config.privacy.allow_large_delta)
         sigma = dp_config.noise_multiplier
-        ledger = PrivacyLedger(config.dp.delta, accountant=config.dp.accountant,
+        ledger = PrivacyLedger(config.privacy.delta, accountant=config.privacy.accountant,
                                relation=dp_config.relation,
-                               reproducible_seed=config.noise_seed, dataset_size=n,
-                               allow_large_delta=config.dp.allow_large_delta)
+                               reproducible_seed=config.privacy.noise_seed, dataset_size=n,
+                               allow_large_delta=config.privacy.allow_large_delta)
         ckpt = (None if config.checkpoint_every is None
                 else workdir / f"checkpoints_eps{_label(target)}")
         result = dpsgd.train(
             model, params, train_ds.images, train_ds.labels, dp_config,
-            make_optimizer(config.optax), steps=steps, seed=config.noise_seed, ledger=ledger,
-            name=f"{config.model.name}_dpsgd", log_every=config.log_every,
+            make_optimizer(config.train), steps=steps, seed=config.privacy.noise_seed, ledger=ledger,
+            name=f"{config.train.model}_dpsgd", log_every=config.log_every,
             progress=config.progress, desc=f"ε={_label(target)}", checkpoint_dir=ckpt,
             checkpoint_every=config.checkpoint_every,
         )
@@ -143,7 +137,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
             "target_epsilon": _label(target), "noise_multiplier": sigma,
             "l2_norm_clip": _label(dp_config.l2_norm_clip),
             "epsilon_rdp": _epsilon(ledger, "rdp"), "epsilon_pld": _epsilon(ledger, "pld"),
-            "delta": config.dp.delta, "max_batch_size": dp_config.sampler().max_batch_size,
+            "delta": config.privacy.delta, "max_batch_size": dp_config.sampler().max_batch_size,
             "test_accuracy": acc, "train_loss": result.history[-1]["loss"], "steps": steps,
             "sampling_rate": q, "truncated_examples": result.truncated_examples,
             "nonfinite_examples": result.nonfinite_examples,
@@ -175,8 +169,8 @@ def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_te
              f"{r['train_loss']:.3f}", f"{r['seconds']:.0f}"] for r in records]
     r0 = records[0]
     text = (
-        f"# DP-SGD accuracy vs ε ({config.data.name}, {config.model.name}, {n_train} train / "
-        f"{n_test} test, δ = {config.dp.delta}, q = {r0['sampling_rate']:.4f}, "
+        f"# DP-SGD accuracy vs ε ({config.data.name}, {config.train.model}, {n_train} train / "
+        f"{n_test} test, δ = {config.privacy.delta}, q = {r0['sampling_rate']:.4f}, "
         f"T = {r0['steps']}, C = {config.dp.l2_norm_clip}, {config.dp.sampling} sampling)\n\n"
         + tables.markdown_table(header, rows)
     )
@@ -184,7 +178,7 @@ def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_te
         text += ("\nRDP n/a: batches have M slots and over-full ones are cut to M (truncated "
                  "Poisson), which only PLD accounts; σ was calibrated with PLD.\n")
     if any(r["reproducible"] for r in records):
-        text += "\nNoise was seeded (config.noise_seed): reproducible research only.\n"
+        text += "\nNoise was seeded (privacy.noise_seed): reproducible research only.\n"
     io.write_json(workdir / "results.json",
                   {"config": _finite_json(config.to_dict()), "records": records})
     io.write_text(workdir / "results.md", text)
