@@ -1,5 +1,10 @@
 """Dotted-path config overrides, the same as `--config.a.b=v` on the command line.
 
+Both go through ml_collections: `config_flags` applies `--config.*` flags, and `override` calls
+`ConfigDict.update_from_flattened_dict`, which refuses a field the config does not have and a
+value of the wrong type (an int field given a string) just as the flag would. Either refusal
+becomes one `ConfigError` line naming the field (with the closest existing one for a misspelling).
+
     >>> c = override(get_config("quick"), {"data.pool": "ood", "ecos.epsilon": 1.0})
 
 `floats(value, field)` reads a tuple of floats such as `epsilons` whatever form the command
@@ -10,31 +15,46 @@ line gave it: ml_collections parses `--config.epsilons='(1,8)'` as a tuple of nu
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
+from ecos_jax.utils.errors import ConfigError
 
-def override(config: ml_collections.ConfigDict, fields: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """A copy of `config` with `fields` ({"section.field": value}) set; `config` is untouched.
 
-    Only existing fields can be set (a misspelled path raises KeyError naming it), as on the
-    command line. The copy is locked if `config` was.
+def fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every leaf field of `config` as a dotted path ("ecos.epsilon", "budgets", ...)."""
+    out = []
+    for k, v in config.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            out += fields(v, f"{prefix}{k}.")
+        else:
+            out.append(prefix + k)
+    return out
+
+
+def override(config: ml_collections.ConfigDict, values: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of `config` with `values` ({"section.field": value}) set; `config` is untouched.
+
+    Only existing fields can be set, each to a value of its type (ints widen to floats; a
+    placeholder takes its type or None), as on the command line; anything else raises
+    ConfigError naming the field. The copy is locked if `config` was.
     """
     c = copy.deepcopy(config)
-    with c.unlocked():
-        for dotted, value in fields.items():
-            node = c
-            *path, leaf = dotted.split(".")
-            for p in path:
-                if p not in node:
-                    raise KeyError(f"Unknown config field {dotted!r}: no section {p!r}.")
-                node = node[p]
-            if leaf not in node:
-                raise KeyError(f"Unknown config field {dotted!r}.")
-            node[leaf] = value
+    known = fields(c)
+    for dotted, value in values.items():
+        if dotted not in known:
+            close = difflib.get_close_matches(dotted, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"Unknown config field {dotted!r}{hint}.")
+        try:
+            c.update_from_flattened_dict({dotted: value})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            msg = str(e).strip("'\"")
+            raise ConfigError(f"Cannot set {dotted!r} to {value!r}: {msg}") from e
     return c
 
 
