@@ -8,26 +8,13 @@ See configs/client_labeling.py for every field and ecos_jax/experiments/client_l
 the run computes.
 """
 
-import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import flags  # noqa: E402
-
 from ecos_jax.experiments import client_labeling  # noqa: E402
 from ecos_jax.utils import cli  # noqa: E402
 
-_CONFIG = cli.define_config("client_labeling.py")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/client_labeling", "Where results and state are written.")
-
-
-def main(argv):
-    del argv
-    logging.getLogger("ecos_jax").setLevel(logging.INFO)
-    client_labeling.run(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    cli.run(main)
+    cli.main("client_labeling.py", client_labeling.run, workdir="runs/client_labeling")

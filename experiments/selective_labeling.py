@@ -8,26 +8,13 @@ See configs/selective_labeling.py for every field and ecos_jax/experiments/selec
 what the run computes.
 """
 
-import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import flags  # noqa: E402
-
 from ecos_jax.experiments import selective_labeling  # noqa: E402
 from ecos_jax.utils import cli  # noqa: E402
 
-_CONFIG = cli.define_config("selective_labeling.py")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/selective_labeling", "Where results and state are written.")
-
-
-def main(argv):
-    del argv
-    logging.getLogger("ecos_jax").setLevel(logging.INFO)
-    selective_labeling.run(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    cli.run(main)
+    cli.main("selective_labeling.py", selective_labeling.run, workdir="runs/selective_labeling")

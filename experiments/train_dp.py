@@ -8,26 +8,13 @@ See configs/train_dp.py for every field and ecos_jax/experiments/train_dp.py for
 run computes.
 """
 
-import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import flags  # noqa: E402
-
 from ecos_jax.experiments import train_dp  # noqa: E402
 from ecos_jax.utils import cli  # noqa: E402
 
-_CONFIG = cli.define_config("train_dp.py")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/train_dp", "Where results and ledgers are written.")
-
-
-def main(argv):
-    del argv
-    logging.getLogger("ecos_jax").setLevel(logging.INFO)
-    train_dp.run(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    cli.run(main)
+    cli.main("train_dp.py", train_dp.run, workdir="runs/train_dp")

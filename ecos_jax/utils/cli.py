@@ -8,9 +8,11 @@ traceback, and keeps it.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from absl import app
 
@@ -48,6 +50,28 @@ def define_config(config_file: str, name: str = "config"):
             "Experiment configuration (an ml_collections config file).", lock_config=True)
     except _OVERRIDE_ERRORS as e:
         _fail(e)
+
+
+def main(config_file: str, experiment: Callable[[Any, str], Any], *, workdir: str,
+         quiet_absl: bool = False) -> None:
+    """The whole of a driver: `--config` (configs/<config_file>), `--workdir`, then
+    `experiment(config, workdir)` under `run`, so a bad configuration ends in one line.
+
+    quiet_absl: silence absl's INFO/WARNING logs (dp_accounting's RDP-order convergence chatter).
+    """
+    from absl import flags  # noqa: PLC0415
+
+    config = define_config(config_file)
+    workdir_flag = flags.DEFINE_string("workdir", workdir, "Where results (and resumable state) are written.")
+
+    def _main(argv):
+        del argv
+        logging.getLogger("ecos_jax").setLevel(logging.INFO)
+        if quiet_absl:
+            logging.getLogger("absl").setLevel(logging.ERROR)
+        experiment(config.value, workdir_flag.value)
+
+    run(_main)
 
 
 def run(main: Callable[[list[str]], None]) -> None:
