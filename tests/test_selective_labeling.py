@@ -128,3 +128,41 @@ def test_communication_follows_the_wire_dtypes():
 
     assert protocol.message_bytes(30, 32) == (30 * 32 * 4, 30 * 4)
     assert protocol.message_bytes(30, 32, centroid_dtype="float16", count_dtype="int16") == (30 * 32 * 2, 30 * 2)
+
+
+def test_pick_selects_through_each_methods_sampler(monkeypatch):
+    """Every pool method picks through its sampler in ecos_runner.SAMPLERS, with the stage
+    arguments it declares from the ECOS round; the picks equal the samplers called by hand."""
+    import jax
+    import numpy as np
+
+    from ecos_jax import samplers
+    from ecos_jax.experiments import ecos_runner
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    task = ecos_runner.ClientTask(domain="d", domain_index=0, split=None, num_classes=10, pool_features=x,
+                                  client_features=x[:30], extractor=None, oracle_indices=np.arange(0, 300, 20))
+    config = _config(**{"ecos.num_centroids": 5, "ecos.kmeans_iters": 3})
+    key = jax.random.key(0)
+    clusters, message = ecos_runner.compress(config, task, jax.random.fold_in(key, 1))
+    assert message.centroids.shape == (5, 4)
+    counts = np.array([9.0, 0.5, 3.0, -1.0, 2.0], np.float32)
+    ecos_round = ecos_runner.EcosRound(clusters, protocol.NoisyCoverage(counts=counts, sigma=1.0))
+    assert set(ecos_runner.SAMPLERS) == set(ecos_runner.POOL_METHODS)
+    by_hand = {
+        "ecos": samplers.ecos_sample(key, x, 20, centroids=clusters.centroids, noisy_counts=counts,
+                                     assignments=clusters.assignments, proximity=config.ecos.proximity),
+        "random": samplers.random_sample(key, 300, 20),
+        "kcenter": samplers.kcenter_greedy(key, x, 20),
+        "oracle": task.oracle_indices[np.asarray(samplers.random_sample(key, 15, 15))],  # 15 in-domain
+    }
+    for method, expected in by_hand.items():
+        idx = ecos_runner.pick(config, method, task, 20, key, ecos_round)
+        assert idx.tolist() == np.asarray(expected).tolist(), method
+    # Any sampler fits the table: a chain gets the ECOS stage's arguments too.
+    monkeypatch.setitem(ecos_runner.SAMPLERS, "ecos", lambda c: samplers.chain(
+        samplers.ecos_sampler(proximity=c.ecos.proximity), samplers.dedup_filter(threshold=1e-6, metric="l2")))
+    assert len(set(ecos_runner.pick(config, "ecos", task, 20, key, ecos_round).tolist())) == 20
+    with pytest.raises(TypeError, match=r"needs stage argument\(s\) \['centroids', 'noisy_counts'\]"):
+        ecos_runner.pick(config, "ecos", task, 20, key, None)  # no round: nothing to sample from
