@@ -29,11 +29,18 @@ so the two agree to float tolerance).
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ecos_jax.utils import io
+
+log = logging.getLogger(__name__)
 
 # kymatio's Gabor normalisation uses 3.1415 rather than π; kept so the features match its.
 _GABOR_PI = 3.1415
@@ -246,5 +253,26 @@ def batched(fn, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-__all__ = ["FilterBank", "batched", "filter_bank", "gabor_2d", "group_normalize", "morlet_2d",
+def features(images: np.ndarray, *, J: int = 2, L: int = 8, batch_size: int = 500,
+             cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """`scatter_features` of every image, `[N, H, W, C] -> [N, H/2^J, W/2^J, C·K]` float32, in
+    row blocks of `batch_size`, cached under `cache_dir` by a content hash of the images and
+    (J, L) so a second run reads them back (70,000 Fashion-MNIST images: ~75 s here, 1.1 GB).
+    None disables the cache."""
+    images = np.asarray(images, np.float32)
+    path = None
+    if cache_dir is not None:
+        key = io.content_hash("scattering2d", images, None, {"J": J, "L": L, "version": 1})
+        path = Path(cache_dir).expanduser() / f"scattering-{key}.npz"
+        if path.exists():
+            log.info("Loaded cached scattering features from %s", path)
+            return np.load(path)["features"]
+    bank = filter_bank(images.shape[1:3], J=J, L=L)
+    out = batched(partial(scatter_features, bank), images, batch_size)
+    if path is not None:
+        io.save_npz(path, features=out)
+    return out
+
+
+__all__ = ["FilterBank", "batched", "features", "filter_bank", "gabor_2d", "group_normalize", "morlet_2d",
            "padded_shape", "periodize", "scatter", "scatter_features"]

@@ -115,3 +115,15 @@ def test_batched_pads_the_last_block():
     x = np.arange(10, dtype=np.float32).reshape(10, 1)
     out = scattering.batched(lambda a: a * 2, x, batch_size=4)
     np.testing.assert_array_equal(out, x * 2)
+
+
+def test_features_are_cached_by_content(tmp_path):
+    x = _images(3, (28, 28, 1), seed=3)
+    first = scattering.features(x, cache_dir=tmp_path, batch_size=2)
+    assert first.shape == (3, 7, 7, 81) and len(list(tmp_path.iterdir())) == 1
+    bank = scattering.filter_bank((28, 28))
+    np.testing.assert_allclose(first, scattering.scatter_features(bank, x), rtol=1e-6, atol=1e-7)
+    again = scattering.features(x, cache_dir=tmp_path)          # read back, not recomputed
+    np.testing.assert_array_equal(again, first)
+    scattering.features(x[:2], cache_dir=tmp_path)               # other images: another file
+    assert len(list(tmp_path.iterdir())) == 2
