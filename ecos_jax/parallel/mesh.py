@@ -48,6 +48,14 @@ def local_mesh(num_devices: int | None = None, axis: str = DATA_AXIS) -> Mesh:
     return Mesh(np.array(devices[:n]), (axis,))
 
 
+def global_mesh(axis: str = DATA_AXIS) -> Mesh:
+    """A 1-D mesh named `axis` over every device of every process (`jax.devices()`); the same as
+    `local_mesh()` in a single process. Devices are in process order, so each process holds one
+    contiguous block of a batch sharded on it."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return Mesh(np.array(devices), (axis,))
+
+
 def check_axis(mesh: Mesh, axis: str) -> int:
     """The size of mesh axis `axis`; a name the mesh lacks is a ValueError naming its axes."""
     if axis not in mesh.axis_names:
@@ -90,21 +98,30 @@ def shard_batch(mesh: Mesh, *arrays, axis: str = DATA_AXIS, mask=None):
         raise ValueError(f"mask must have shape ({b},), got {np.shape(mask)}.")
     sharding = NamedSharding(mesh, P(axis))
 
-    def place(a):
-        a = jnp.asarray(a)
+    def pad(a):
         if b_pad != b:
-            a = jnp.pad(a, [(0, b_pad - b)] + [(0, 0)] * (a.ndim - 1))
-        return jax.device_put(a, sharding)
+            a = jnp.pad(jnp.asarray(a), [(0, b_pad - b)] + [(0, 0)] * (np.ndim(a) - 1))
+        return place(a, sharding)
 
-    out = tuple(place(a) for a in arrays)
-    m = place(jnp.asarray(mask).astype(bool))
+    out = tuple(pad(a) for a in arrays)
+    m = pad(np.asarray(mask).astype(bool))
     return out, m
+
+
+def place(a, sharding: NamedSharding) -> jax.Array:
+    """`a` laid out as `sharding` says. In one process, `jax.device_put`; with several
+    processes every process passes the same full value and contributes the blocks its own
+    devices hold (`jax.make_array_from_callback`), so no process needs another's memory."""
+    if jax.process_count() == 1:
+        return jax.device_put(a, sharding)
+    host = np.asarray(a)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def replicate(mesh: Mesh, tree: PyTree) -> PyTree:
     """Every array leaf of `tree` with a full copy on every device of `mesh` (P())."""
     sharding = NamedSharding(mesh, P())
-    return jax.tree.map(lambda a: jax.device_put(a, sharding), tree)
+    return jax.tree.map(lambda a: place(a, sharding), tree)
 
 
 def device_report(mesh: Mesh | None = None) -> dict:

@@ -1,0 +1,114 @@
+"""Data-parallel DP-SGD (ecos_jax.parallel.dpsgd) equals one device, on 1, 2 and 4 host devices.
+
+The reference is the library's one-device step (`privacy.dpsgd.make_dp_step`) with the same
+key: equal parameters after noisy steps mean the sharded step clips the same per-example
+gradients, sums them, and adds the noise exactly once (n per-device draws would differ).
+"""
+import dataclasses
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from ecos_jax.models import get_model
+from ecos_jax.parallel import dpsgd as pdp
+from ecos_jax.parallel import mesh as mesh_lib
+from ecos_jax.privacy import accounting
+from ecos_jax.privacy import dpsgd as dpsgd_lib
+from ecos_jax.privacy.clipped_grads import clipped_grad
+from ecos_jax.privacy.ledger import PrivacyLedger
+
+N, D, K = 48, 6, 3
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, D)).astype(np.float32)
+    y = rng.integers(0, K, N).astype(np.int32)
+    model = get_model("mlp", K, hidden=(8,))
+    params = model.init(jax.random.key(0), x[:1])
+    return model, params, x, y
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
+               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# The default suite runs the fast path on 1 and 4 devices; the slow suite adds vmap and 2.
+@pytest.mark.parametrize("method,counts", [
+    ("layers", (1, 4)),
+    pytest.param("layers", (2,), marks=pytest.mark.slow),
+    pytest.param("vmap", (1, 2, 4), marks=pytest.mark.slow)])
+def test_sharded_steps_equal_the_one_device_step(problem, method, counts):
+    model, params, x, y = problem
+    config = dpsgd_lib.DPSGDConfig(dataset_size=N, batch_size=12, l2_norm_clip=0.5,
+                                   noise_multiplier=1.3, grad_method=method)
+    key = jax.random.key(7)
+    mask = np.arange(N) % 3 != 0  # a Poisson-like padded batch: some rows do not count
+    init, step = dpsgd_lib.make_dp_step(model, optax.sgd(0.3), config, key=key)
+    ref = init(params)
+    for _ in range(2):
+        ref, ref_metrics = step(ref, x, y, mask)
+    for n in counts:
+        mesh = mesh_lib.local_mesh(n)
+        init_p, step_p = pdp.make_dp_step(model, optax.sgd(0.3), config, key=key, mesh=mesh)
+        state = init_p(params)
+        (xs, ys), ms = mesh_lib.shard_batch(mesh, x, y, mask=mask)
+        for _ in range(2):
+            state, metrics = step_p(state, xs, ys, ms)
+        assert _max_diff(state.params, ref.params) < 1e-5, n
+        assert len(jax.tree.leaves(state.params)[0].addressable_shards) == n  # replicated
+        for name in ("loss", "grad_norm", "clipped_fraction", "batch_size"):
+            np.testing.assert_allclose(float(metrics[name]), float(ref_metrics[name]), rtol=1e-5)
+    # The noise matters: without it the parameters differ by far more than the tolerance.
+    quiet = dataclasses.replace(config, noise_multiplier=0.0)
+    init_q, step_q = dpsgd_lib.make_dp_step(model, optax.sgd(0.3), quiet, key=key)
+    assert _max_diff(step_q(init_q(params), x, y, mask)[0].params,
+                     step(init(params), x, y, mask)[0].params) > 1e-2
+
+
+def test_sharded_clipped_grad_keeps_the_sensitivity_and_rejects_bad_batches(problem):
+    model, params, x, y = problem
+    base = clipped_grad(model, l2_norm_clip=0.7)
+    mesh = mesh_lib.local_mesh(4)
+    sharded = pdp.sharded_clipped_grad(base, mesh)
+    assert sharded.sensitivity == base.sensitivity == 0.7
+    assert sharded.sensitivity_under("replace_one") == 1.4
+    with pytest.raises(ValueError, match="multiple of the 4 devices"):
+        sharded(params, x[:10], y[:10], np.ones(10, bool))
+    with pytest.raises(ValueError, match="no axis 'batch'"):
+        pdp.sharded_clipped_grad(base, mesh, axis="batch")
+
+
+@pytest.mark.parametrize("grid", [
+    ((1, 1), (4, 2)),
+    pytest.param(((1, 1), (1, 2), (2, 2), (4, 1), (2, 1)), marks=pytest.mark.slow)])
+def test_train_with_accumulation_equals_across_devices_and_ledger_is_unchanged(problem, grid):
+    """(devices, accumulation steps) pairs: the default suite compares 4 devices with 2
+    micro-batches per logical step against 1 device with 1."""
+    model, params, x, y = problem
+    config = dpsgd_lib.DPSGDConfig(dataset_size=N, batch_size=10, l2_norm_clip=1.0,
+                                   noise_multiplier=1.1)
+    runs, ledgers = {}, {}
+    for n, k in grid:
+        ledger = PrivacyLedger(delta=1e-5, reproducible_seed=3)
+        runs[n, k] = pdp.train(model, params, x, y, config, optax.sgd(0.2), steps=3,
+                               mesh=mesh_lib.local_mesh(n), seed=3, ledger=ledger,
+                               accumulation_steps=k)
+        ledgers[n, k] = ledger.to_dict()
+    for key_, run in runs.items():
+        # Two micro-batches of one logical batch, noised once, are one step on the whole batch.
+        assert _max_diff(run.params, runs[1, 1].params) < 1e-5, key_
+        assert ledgers[key_] == ledgers[1, 1], key_
+        assert run.devices["mesh_devices"] == key_[0]
+        assert [h["batch_size"] for h in run.history] == [h["batch_size"] for h in runs[1, 1].history]
+    # The ledger holds the one-device event: T = 3 steps at q = 10/48, sigma 1.1 (dp_accounting).
+    event = config.event(3)
+    last = grid[-1]
+    assert runs[last].event == event
+    assert runs[last].epsilon["pld"] == pytest.approx(accounting.epsilon(event, 1e-5, "pld"))
+    assert PrivacyLedger.from_dict(ledgers[last]).epsilon(accountant="pld") == pytest.approx(
+        accounting.epsilon(event, 1e-5, "pld"))
