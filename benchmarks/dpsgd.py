@@ -13,20 +13,26 @@ alike:
   jax_dpsgd_poisson_pad    the same step at the padded Poisson batch shape (q·N + 5 std slots,
                            256 of them real): what a Poisson-sampled run pays per step
   jax_dpsgd_vmap           DP-SGD step with vmap(grad) per-example gradients
+  jax_privacy              jax_privacy 2.0 (if installed): `clipping.clipped_grad` of the
+                           per-example loss (vmap of grad inside), `noise_addition.
+                           gaussian_privatizer` with stddev σ·(its sensitivity C), / batch, SGD
+  jax_privacy_fastpool     the same with our `fast_max_pool_grads` around its loss (same
+                           values): how much of the gap is XLA:CPU's max-pool gradient
   torch_nonprivate         the same architecture in PyTorch (if installed)
   opacus_<mode>            Opacus DP-SGD step (make_private; clip + noise + SGD) for each mode
                            that runs: hooks, functorch, ew (expanded weights), ghost
 
-Ratios: DP-SGD over the *fastest* JAX non-private step, and DP-SGD throughput over the best
-Opacus mode, both among the classic per-sample modes (hooks/functorch/ew) and including ghost
-clipping. Every number is the median over `--repeats` rounds of `--inner` steps each.
+Ratios: DP-SGD over the *fastest* JAX non-private step, DP-SGD throughput over jax_privacy's
+(plain and fastpool), and over the best Opacus mode, both among the classic per-sample modes
+(hooks/functorch/ew) and including ghost clipping. Every number is the median over `--repeats` rounds of `--inner` steps each.
 
     python benchmarks/dpsgd.py --models=cnn,wide_cnn,cnn_stride   # 3 min on 2 idle cores
                                                        # (16 min at load 10); JSON to
                                                        # benchmarks/results/dpsgd.json
     python benchmarks/dpsgd.py --models=cnn --repeats=3 --out=/tmp/dpsgd.json   # quick
 
-Opacus is optional (`pip install torch==2.13.0 opacus`); without it only JAX rows are printed.
+Opacus and jax_privacy are optional (`pip install 'ecos_jax[bench]'`, with torch pinned as in
+pyproject.toml); without them their rows are left out and the JSON says why.
 Torch gets as many intra-op threads as JAX's XLA CPU pool uses (the cores this process may run
 on), reported in the JSON.
 """
@@ -124,6 +130,43 @@ def _jax_steps(name: str, batch: int) -> dict[str, Callable[[], None]]:
 
         def run(update=update, state=state, xs=xs, ys=ys, mask=mask):
             state[0] = jax.block_until_ready(update(state[0], xs, ys, mask)[0])
+
+        steps[label] = run
+    steps.update(_jax_privacy_steps(model, params, x, y, batch))
+    return steps
+
+
+def _jax_privacy_steps(model, params, x, y, batch: int) -> dict[str, Callable[[], None]]:
+    """jax_privacy 2.0's clip + Gaussian noise + optax SGD on the same model, params and batch;
+    {} if jax_privacy is not installed."""
+    try:
+        from jax_privacy import clipping as jp_clipping
+        from jax_privacy import noise_addition as jp_noise
+    except ImportError:
+        return {}
+    tx = optax.sgd(LR)
+
+    def loss(p, xb, yb):  # xb [1, ...]: clipped_grad keeps the batch axis by default
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).sum()
+
+    steps = {}
+    for label, fn in [("jax_privacy", loss), ("jax_privacy_fastpool", fast_max_pool_grads(loss))]:
+        grad_fn = jp_clipping.clipped_grad(fn, l2_clip_norm=CLIP, batch_argnums=(1, 2))
+        privatizer = jp_noise.gaussian_privatizer(stddev=SIGMA * grad_fn.sensitivity(),
+                                                  prng_key=jax.random.key(1))
+
+        @jax.jit
+        def step(p, opt_state, noise_state, x, y, grad_fn=grad_fn, privatizer=privatizer):
+            g = grad_fn(p, x, y)
+            g, noise_state = privatizer.update(g, noise_state)
+            g = jax.tree.map(lambda v: v / x.shape[0], g)
+            u, opt_state = tx.update(g, opt_state, p)
+            return optax.apply_updates(p, u), opt_state, noise_state
+
+        state = [params, tx.init(params), privatizer.init(params)]
+
+        def run(step=step, state=state):
+            state[:] = jax.block_until_ready(step(*state, x, y))
 
         steps[label] = run
     return steps
@@ -235,6 +278,9 @@ def run_model(name: str, batch: int, repeats: int, inner: int, threads: int, opa
         "poisson_pad_over_fastest_nonprivate": med["jax_dpsgd_poisson_pad"] / med[best_np],
         "vmap_dp_over_fastest_nonprivate": med["jax_dpsgd_vmap"] / med[best_np],
     }
+    for peer in ("jax_privacy", "jax_privacy_fastpool"):
+        if peer in med:
+            ratios[f"dp_throughput_over_{peer}"] = med[peer] / med["jax_dpsgd"]
     for label, modes in [("classic", CLASSIC_MODES), ("any", OPACUS_MODES)]:
         present = [f"opacus_{m}" for m in modes if f"opacus_{m}" in med]
         if present:
@@ -243,7 +289,16 @@ def run_model(name: str, batch: int, repeats: int, inner: int, threads: int, opa
             ratios[f"opacus_best_{label}"] = best
     if "torch_nonprivate" in med:
         ratios["jax_fastest_nonprivate_over_torch_nonprivate"] = med[best_np] / med["torch_nonprivate"]
-    return {"batch_size": batch, "steps": rows, "ratios": ratios, "torch": torch_info}
+    return {"batch_size": batch, "steps": rows, "ratios": ratios, "torch": torch_info,
+            "jax_privacy": _jax_privacy_info()}
+
+
+def _jax_privacy_info() -> dict:
+    try:
+        import jax_privacy
+    except ImportError as err:
+        return {"available": False, "reason": str(err)}
+    return {"available": True, "version": getattr(jax_privacy, "__version__", "unknown")}
 
 
 def _print(name: str, result: dict) -> None:
