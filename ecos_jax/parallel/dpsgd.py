@@ -173,18 +173,23 @@ def make_dp_step(
 
 @dataclasses.dataclass
 class ParallelTrainResult:
-    """What `train` returns: final params (replicated), per-step metrics, the DpEvent and its ε
-    at the ledger's δ per accountant (None where it cannot analyse the sampler), truncated
-    examples, and the devices the run used (`mesh.device_report`)."""
+    """What `train` returns: final params (replicated), per-step metrics, the DpEvent, truncated
+    examples, and the devices the run used (`mesh.device_report`). `epsilon(delta)` computes ε
+    on demand (a truncated-Poisson PLD takes seconds)."""
 
     params: PyTree
     history: list[dict[str, float]]
     steps: int
     event: dp_accounting.DpEvent
-    epsilon: dict[str, float | None]
     truncated_examples: int
     nonfinite_examples: int
     devices: dict
+
+    def epsilon(self, delta: float, accountant: str | None = None) -> float:
+        """ε at δ of this run's event; None takes the first accountant that can analyse it."""
+        if accountant is None:
+            accountant = accounting.supported_accountants(self.event)[0]
+        return accounting.epsilon(self.event, delta, accountant)
 
 
 def shared_key(key: jax.Array) -> jax.Array:
@@ -286,10 +291,6 @@ def train(
         nonfinite += int(record["nonfinite"])
         history.append(record)
     event = config.event(int(steps))
-    delta = ledger.delta if ledger is not None else 1e-5
-    usable = accounting.supported_accountants(event)
-    eps = {acc: accounting.epsilon(event, delta, acc) if acc in usable else None
-           for acc in accounting.ACCOUNTANTS}
     if ledger is not None:
         # The same entry as one device: nothing in the release depends on the device count.
         ledger.record(
@@ -301,5 +302,5 @@ def train(
             nonfinite_examples=nonfinite,
             reproducible=reproducible)
     return ParallelTrainResult(params=state.params, history=history, steps=int(steps), event=event,
-                               epsilon=eps, truncated_examples=truncated,
+                               truncated_examples=truncated,
                                nonfinite_examples=nonfinite, devices=mesh_lib.device_report(mesh))
