@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 WORKDIR ?= runs/selective_labeling
 ARGS   ?=
 
-.PHONY: install run quick test test-slow bench data clean
+.PHONY: install run quick sweep-example test test-slow bench data clean
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -24,6 +24,13 @@ run: install
 
 quick: install
 	$(PY) experiments/selective_labeling.py --config=configs/selective_labeling.py:quick --workdir=runs/quick $(ARGS)
+
+# The README's sweep example: quick selective labelling, epsilon x R (6 points, resumable)
+sweep-example: install
+	$(PY) -m ecos_jax.sweep experiments/selective_labeling.py --config=configs/selective_labeling.py:quick \
+	  --axis ecos.epsilon=0.1,0.58,2 --axis ecos.num_centroids=10,30 --set ecos.noise_seed=0 \
+	  --set "methods=('ecos','random')" --workdir=runs/sweep_example \
+	  --plot accuracy:ecos.epsilon:ecos.num_centroids --where budget=200 $(ARGS)
 
 test: install
 	$(PY) -m pytest -n 2 -q $(ARGS)

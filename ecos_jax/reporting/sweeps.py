@@ -117,7 +117,7 @@ def plot(rows: Sequence[dict], metric: str, x_axis: str, line_axis: str | None, 
                         label=f"{line_axis}={line}" if line_axis else metric)
         if not numeric:
             ax.set_xticks(range(len(xs)), xs, rotation=30, fontsize=7)
-        elif len(xs) > 2 and min(map(_as_number, xs)) > 0 and max(map(_as_number, xs)) / min(map(_as_number, xs)) > 20:
+        elif len(xs) > 2 and min(map(_as_number, xs)) > 0 and max(map(_as_number, xs)) / min(map(_as_number, xs)) >= 10:
             ax.set_xscale("log")
         ax.set_xlabel(x_axis)
         ax.set_title(", ".join(f"{k}={v}" for k, v in g) or title, fontsize=9)
