@@ -284,7 +284,7 @@ def train(
 
     history, truncated, truncated_batches, nonfinite = [], 0, 0, 0
     for t in range(int(steps)):
-        state, metrics, cut = logical_step(state, jnp.int32(t))
+        state, metrics, cut = logical_step(state, np.int32(t))  # numpy: valid on any mesh
         record = {"step": t + 1, **{kk: float(v) for kk, v in metrics.items()}}
         truncated += int(cut)
         truncated_batches += int(cut) > 0

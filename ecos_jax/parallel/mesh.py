@@ -114,6 +114,10 @@ def place(a, sharding: NamedSharding) -> jax.Array:
     devices hold (`jax.make_array_from_callback`), so no process needs another's memory."""
     if jax.process_count() == 1:
         return jax.device_put(a, sharding)
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        # A typed PRNG key has no numpy form: place its raw words and wrap them again.
+        data = place(jax.random.key_data(a), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
     host = np.asarray(a)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
