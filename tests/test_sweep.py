@@ -126,7 +126,7 @@ def test_2x2_sweep_equals_the_four_points_run_by_hand(fake, tmp_path):
     assert len(ran(fake)) == before
 
 
-def test_killed_sweep_resumes_with_the_points_not_finished(fake, tmp_path):
+def test_killed_sweep_resumes_with_the_points_not_finished(fake, tmp_path, capsys):
     args = [str(fake / "experiments" / "fake.py"), "--axis", "a=1,2", "--axis", "b=0.5,1.5",
             f"--workdir={tmp_path / 's'}"]
     # The driver SIGKILLs the sweep (its parent) when it reaches a=2: two points had finished.
@@ -134,27 +134,25 @@ def test_killed_sweep_resumes_with_the_points_not_finished(fake, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert sorted(runner.read_state(tmp_path / "s")["points"]) == ["a=1,b=0.5", "a=1,b=1.5"]
     assert ran(fake) == ["a=1,b=0.5,seed=0", "a=1,b=1.5,seed=0", "a=2,b=0.5,seed=0"]
-    proc = sweep_cli(*args)  # the same command again
-    assert proc.returncode == 0, proc.stderr
+    assert cli.main(args) == 0  # the same command again
     assert ran(fake)[3:] == ["a=2,b=0.5,seed=0", "a=2,b=1.5,seed=0"]  # only the other two
     rows = json.loads((tmp_path / "s" / "sweep.json").read_text())["rows"]
     assert [r["metrics"]["value"] for r in rows] == [10.5, 11.5, 20.5, 21.5]
 
 
-def test_failing_point_is_recorded_and_the_others_run(fake, tmp_path):
-    proc = sweep_cli(str(fake / "experiments" / "fake.py"), "--axis", "a=1,2,3", "--set", "fail_at=2",
-                     f"--workdir={tmp_path / 's'}")
-    assert proc.returncode == 1
+def test_failing_point_is_recorded_and_the_others_run(fake, tmp_path, capsys):
+    args = [str(fake / "experiments" / "fake.py"), "--axis", "a=1,2,3", "--set", "fail_at=2",
+            f"--workdir={tmp_path / 's'}"]
+    assert cli.main(args) == 1
     state = runner.read_state(tmp_path / "s")
     st = {n: s["status"] for n, s in state["points"].items()}
     assert st == {"a=1": "done", "a=2": "failed", "a=3": "done"}
     assert state["points"]["a=2"]["error"] == "RuntimeError: boom at a=2"
     assert "Traceback" in (tmp_path / "s" / "a=2" / "sweep.log").read_text()
     md = (tmp_path / "s" / "sweep.md").read_text()
-    assert "failed: RuntimeError: boom at a=2" in md and "FAILED a=2" in proc.stderr
+    assert "failed: RuntimeError: boom at a=2" in md and "FAILED a=2" in capsys.readouterr().err
     # A rerun retries only the failed point.
-    sweep_cli(str(fake / "experiments" / "fake.py"), "--axis", "a=1,2,3", "--set", "fail_at=2",
-              f"--workdir={tmp_path / 's'}")
+    assert cli.main(args) == 1
     assert ran(fake) == ["a=1,b=0.5,seed=0", "a=2,b=0.5,seed=0", "a=3,b=0.5,seed=0", "a=2,b=0.5,seed=0"]
 
 
