@@ -7,7 +7,10 @@ r"""The ECOS paper's sweeps on the embedded digits + MNIST-C domains (ecos_jax/e
                  the pool, per client domain and against the client's size.
 
 Every other field is configs/selective_labeling.py's; each sweep point is one
-selective-labelling run in `<workdir>/<sweep>/<point>/` (resumable).
+selective-labelling run in `<workdir>/<sweep>/<point>/`, run by the sweep runner
+(`ecos_jax.sweep`): a rerun skips finished points (`sweep_state.json`), a point cut off
+mid-run resumes from its own state.json, and the driver's `--workers=N` or
+`--backend=ray --address=...` runs points in parallel.
 
 Run (from the repository root):
 
@@ -27,7 +30,10 @@ Default cost, cut from selective_labeling's 7 domains x 3 seeds to fit ~20 minut
 
 Measured (one run, `time python experiments/ecos_sweeps.py --workdir=runs/ecos_sweeps`, 2-core
 CPU shared with other jobs, load 4-8, id+ood feature extractors already cached, the 6 'ood'/'id'
-ones trained in the run): 14m01s wall (12m47s user); `quick`: not timed. Accuracy %, mean over
+ones trained in the run): 14m01s wall (12m47s user). `quick` with
+`--config.ecos.noise_seed=0` (extractors cached, load roughly 4-10, not logged): 1m06s wall
+(1m21s user) before the sweep runner (33a4170), 1m44s wall on it while tests ran beside it;
+the two gave identical sweeps.md, PNGs and client ledgers. Accuracy %, mean over
 3 domains x 2 seeds; the paired gap is ECOS minus the other method per (domain, seed):
 
   pool      budget  ECOS   Random  K-Center  ECOS-Random  ECOS-K-Center   (oracle 80.6 / 89.8)
