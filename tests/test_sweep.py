@@ -294,3 +294,28 @@ def test_client_releases_compose_over_the_whole_sweep(fake, tmp_path):
     assert "Client privacy over the whole sweep (RDP, δ = 1e-05)" in out["markdown"]
     saved = PrivacyLedger.from_dict(json.loads((tmp_path / "s" / "sweep_client_ledgers.json").read_text())["digits"])
     assert [e.meta["point"] for e in saved.entries] == ["a=1", "a=2"]
+
+
+def test_sweep_file_and_zip(fake, tmp_path, capsys):
+    sweep_file = tmp_path / "my_sweep.py"
+    sweep_file.write_text(f'''
+def get_sweep(arg):
+    return {{"driver": {str(fake / "experiments" / "fake.py")!r}, "set": {{"opt.lr": 0.5}},
+             "axes": [{{"a": [1, 2], "b": [0.25, 0.75]}}, {{"seed": [0, 2] if arg == "two" else [0]}}],
+             "average_over": "seed"}}
+''')
+    assert cli.main([f"--sweep={sweep_file}:two", f"--workdir={tmp_path / 'f'}", "--dry-run"]) == 0
+    assert capsys.readouterr().out.split() == ["a=1,b=0.25,seed=0", "a=1,b=0.25,seed=2", "a=2,b=0.75,seed=0",
+                                               "a=2,b=0.75,seed=2"]  # a and b zipped, times seed
+    assert cli.main([f"--sweep={sweep_file}:two", f"--workdir={tmp_path / 'f'}"]) == 0
+    capsys.readouterr()
+    out = json.loads((tmp_path / "f" / "sweep.json").read_text())
+    assert [r["metrics"]["lr"] for r in out["rows"]] == [0.5] * 4  # the file's fixed override
+    assert [r["metrics"]["value"]["mean"] for r in out["averaged"]["rows"]] == pytest.approx([10.251, 20.751])
+    # --zip on the command line pairs the axes the same way.
+    assert cli.main([str(fake / "experiments" / "fake.py"), "--zip", "--axis", "a=1,2", "--axis", "b=0.25,0.75",
+                     f"--workdir={tmp_path / 'z'}", "--dry-run"]) == 0
+    assert capsys.readouterr().out.split() == ["a=1,b=0.25", "a=2,b=0.75"]
+    assert cli.main([str(fake / "experiments" / "fake.py"), "--zip", "--axis", "a=1,2", "--axis", "b=0.25",
+                     f"--workdir={tmp_path / 'z'}"]) == 2
+    assert "Zipped axes need equal lengths" in capsys.readouterr().err
