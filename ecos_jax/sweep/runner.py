@@ -66,6 +66,8 @@ def run(target: DriverTarget | FunctionTarget, points: Sequence[Point], workdir:
         raise ConfigError(f"Unknown backend {backend!r}; choose from {backends.BACKENDS}.")
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}.")
+    if backend == "local" and gpus_per_point:
+        log.warning("--gpus-per-point is a Ray resource request; local points see every device.")
     configs = check_points(target, points)
     workdir = Path(workdir).resolve()
     state = read_state(workdir)
