@@ -73,7 +73,7 @@ def train_dp(results: dict) -> Rows:
 
 
 HEADLINES: dict[str, Callable[[dict], Rows]] = {
-    "selective_labeling": ecos, "model_compression": ecos, "client_labeling": ecos, "ecos_sweeps_point": ecos,
+    "selective_labeling": ecos, "model_compression": ecos, "client_labeling": ecos,
     "train_dp": train_dp,
 }
 
