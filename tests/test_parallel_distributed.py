@@ -42,6 +42,23 @@ def test_initialize_rejects_bad_arguments():
         distributed.initialize("127.0.0.1:1234", num_processes=2, process_id=1, timeout_s=0)
 
 
+def test_initialize_from_env_needs_all_three_variables():
+    from ecos_jax.parallel import distributed
+
+    assert distributed.initialize_from_env({}) is None  # a single-process run: nothing to do
+    with pytest.raises(ValueError, match="missing"):
+        distributed.initialize_from_env({"ECOS_JAX_COORDINATOR": "127.0.0.1:1234"})
+    with pytest.raises(ValueError, match="must be numbers"):
+        distributed.initialize_from_env({"ECOS_JAX_COORDINATOR": "127.0.0.1:1234",
+                                         "ECOS_JAX_NUM_PROCESSES": "two",
+                                         "ECOS_JAX_PROCESS_ID": "1"})
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(distributed.CoordinatorUnreachable):
+        distributed.initialize_from_env({"ECOS_JAX_COORDINATOR": address,
+                                         "ECOS_JAX_NUM_PROCESSES": "2", "ECOS_JAX_PROCESS_ID": "1",
+                                         "ECOS_JAX_TIMEOUT_S": "0.5"})
+
+
 def _launch(coordinator, num_processes, process_id, local_devices, out):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={local_devices}",
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}

@@ -98,3 +98,33 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
                                initialization_timeout=max(1, int(round(float(timeout_s)))))
     return {"process_index": jax.process_index(), "process_count": jax.process_count(),
             "local_devices": jax.local_device_count(), "devices": jax.device_count()}
+
+
+ENV_VARS = ("ECOS_JAX_COORDINATOR", "ECOS_JAX_NUM_PROCESSES", "ECOS_JAX_PROCESS_ID")
+
+
+def initialize_from_env(environ=None, *, timeout_s: float | None = None) -> dict | None:
+    """`initialize` from ECOS_JAX_COORDINATOR ("host:port"), ECOS_JAX_NUM_PROCESSES and
+    ECOS_JAX_PROCESS_ID (and ECOS_JAX_TIMEOUT_S, seconds); None, doing nothing, when none is set.
+
+    One command per process, the same but for the process id, e.g. on two hosts:
+
+        ECOS_JAX_COORDINATOR=10.0.0.1:8476 ECOS_JAX_NUM_PROCESSES=2 ECOS_JAX_PROCESS_ID=0 python run.py
+        ECOS_JAX_COORDINATOR=10.0.0.1:8476 ECOS_JAX_NUM_PROCESSES=2 ECOS_JAX_PROCESS_ID=1 python run.py
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    present = [name for name in ENV_VARS if env.get(name)]
+    if not present:
+        return None
+    if len(present) != len(ENV_VARS):
+        missing = [name for name in ENV_VARS if name not in present]
+        raise ValueError(f"set all of {ENV_VARS} to run on several processes; missing {missing}.")
+    try:
+        num, pid = int(env["ECOS_JAX_NUM_PROCESSES"]), int(env["ECOS_JAX_PROCESS_ID"])
+        timeout = float(env.get("ECOS_JAX_TIMEOUT_S") or timeout_s or DEFAULT_TIMEOUT_S)
+    except ValueError as e:
+        raise ValueError(f"ECOS_JAX_NUM_PROCESSES, ECOS_JAX_PROCESS_ID and ECOS_JAX_TIMEOUT_S must be "
+                         f"numbers: {e}") from None
+    return initialize(env["ECOS_JAX_COORDINATOR"], num, pid, timeout_s=timeout)

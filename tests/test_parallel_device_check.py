@@ -1,0 +1,61 @@
+"""The prepared accelerator check: the CPU-only max-pool rewrite stays off other backends, and
+benchmarks/device_check.sh and benchmarks/scaling.py run end to end at tiny sizes on a CPU."""
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ecos_jax.privacy import pooling
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _pooled(x):
+    return jnp.sum(nn.max_pool(x, (2, 2), (2, 2)) ** 2)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
+def test_maxpool_rewrite_applies_on_cpu_only(monkeypatch, backend):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    jaxpr = str(jax.make_jaxpr(jax.grad(pooling.fast_max_pool_grads(_pooled)))(x))
+    # XLA's own pooling gradient is select_and_scatter; the rewrite replaces it by selects.
+    assert ("select_and_scatter" in jaxpr) == (backend != "cpu"), jaxpr
+    assert jnp.allclose(jax.grad(pooling.fast_max_pool_grads(_pooled))(x), jax.grad(_pooled)(x))
+
+
+@pytest.mark.slow  # six cold JAX processes (benchmarks at tiny sizes): minutes on a loaded CPU
+def test_device_check_script_runs_at_tiny_sizes_on_cpu(tmp_path):
+    env = {**os.environ, "DEVICE_CHECK_TINY": "1", "DEVICE_CHECK_OUT": str(tmp_path),
+           "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "device_check.sh")],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert set(summary) == {"env", "dpsgd", "scores", "sampling", "scaling", "train_dp"}
+    assert all(step["exit"] == 0 for step in summary.values()), summary
+    env_report = json.load(open(tmp_path / "env.json"))
+    assert env_report["maxpool_rewrite_applied"] is True and env_report["platform"] == "cpu"
+    train = json.load(open(tmp_path / "train_dp.json"))
+    assert train["steps"] == 3 and train["epsilon_pld"] > 0
+    for name in ("dpsgd", "scores", "sampling", "scaling"):
+        assert (tmp_path / f"{name}.json").stat().st_size > 0, name
+
+
+@pytest.mark.slow  # two cold JAX subprocesses
+def test_scaling_benchmark_writes_its_table(tmp_path):
+    out = tmp_path / "scaling.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "scaling.py"),
+                           "--devices=1,2", "--batch=6", "--size=8", "--repeats=1", "--inner=1",
+                           f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(out))
+    assert [r["devices"] for r in result["rows"]] == [1, 2]
+    assert all(r["dp_steps_per_s"] > 0 and r["nonprivate_steps_per_s"] > 0 for r in result["rows"])
+    assert result["rows"][1]["device_report"]["mesh_devices"] == 2
