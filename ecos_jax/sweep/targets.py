@@ -213,6 +213,8 @@ class FunctionTarget:
     def point_config(self, point: Point) -> ml_collections.ConfigDict:
         try:
             c = override(self.config, dict(point.overrides))
+        except ConfigError:
+            raise  # already the one line naming the field
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ConfigError(one_line(e)) from e
         c.lock()
