@@ -216,6 +216,14 @@ def test_ecos_adapter_reads_the_runner_results():
     assert row["group"] == {"method": "ecos", "budget": 10}
     assert row["metrics"] == {"accuracy": {"mean": 0.5, "std": 0.1, "n": 2}, "epsilon": 0.58, "train_seconds": 4.0,
                               "client_lifetime_epsilon": 1.2}
+    dp = {"records": [{"target_epsilon": t, "seed": s, "test_accuracy": a, "epsilon_pld": e, "epsilon_rdp": "n/a",
+                       "noise_multiplier": 1.1, "seconds": 2.0}
+                      for t, s, a, e in [("1", 0, 0.8, 0.99), ("1", 1, 0.9, 1.0), ("inf", 0, 0.95, "inf")]]}
+    rows = adapters.headlines("train_dp", dp)
+    assert [r["group"] for r in rows] == [{"target_epsilon": "1"}, {"target_epsilon": "inf"}]
+    assert rows[0]["metrics"] == {"accuracy": {"mean": pytest.approx(0.85), "std": pytest.approx(0.05), "n": 2},
+                                  "epsilon": 1.0, "sigma": 1.1, "train_seconds": 4.0}  # RDP n/a: left out
+    assert rows[1]["metrics"]["epsilon"] == float("inf")
 
 
 @pytest.mark.slow

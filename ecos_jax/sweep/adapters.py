@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 
 import ml_collections
+import numpy as np
 
 Rows = list[dict]
 
@@ -61,14 +62,20 @@ def ecos(results: dict) -> Rows:
 
 
 def train_dp(results: dict) -> Rows:
-    """DP-SGD: a row per target ε: test accuracy, the ledger's ε (PLD, RDP), σ and seconds."""
-    rows = []
+    """DP-SGD: a row per target ε: test accuracy mean ± std over the run's seeds, the ledger's ε
+    (PLD, RDP; the largest over seeds), σ and the total training seconds."""
+    groups: dict[str, list[dict]] = {}
     for r in results.get("records", []):
-        metrics = {k: _num(r.get(src)) for k, src in (("accuracy", "test_accuracy"), ("epsilon", "epsilon_pld"),
-                                                       ("epsilon_rdp", "epsilon_rdp"), ("sigma", "noise_multiplier"),
-                                                       ("train_seconds", "seconds"))}
-        rows.append({"group": {"target_epsilon": r.get("target_epsilon")},
-                     "metrics": {k: v for k, v in metrics.items() if v is not None}})
+        groups.setdefault(str(r.get("target_epsilon")), []).append(r)
+    rows = []
+    for target, rs in groups.items():
+        acc = [a for a in (_num(r.get("test_accuracy")) for r in rs) if a is not None]
+        metrics = {"accuracy": {"mean": float(np.mean(acc)), "std": float(np.std(acc)), "n": len(acc)} if acc else None}
+        for k, src in (("epsilon", "epsilon_pld"), ("epsilon_rdp", "epsilon_rdp"), ("sigma", "noise_multiplier")):
+            vals = [v for v in (_num(r.get(src)) for r in rs) if v is not None]
+            metrics[k] = max(vals) if vals else None
+        metrics["train_seconds"] = sum(_num(r.get("seconds")) or 0.0 for r in rs)
+        rows.append({"group": {"target_epsilon": target}, "metrics": {k: v for k, v in metrics.items() if v is not None}})
     return rows
 
 
