@@ -3,7 +3,7 @@ r"""`python -m ecos_jax.sweep`: any driver, any config fields, every point a run
   python -m ecos_jax.sweep experiments/selective_labeling.py --config=configs/selective_labeling.py:quick \
       --axis ecos.epsilon=0.1,0.58,2 --axis ecos.num_centroids=10,30 --workdir=runs/sweep1 \
       --plot accuracy:ecos.epsilon:ecos.num_centroids
-  python -m ecos_jax.sweep experiments/train_dp.py --axis seed=0,1,2 --axis model.name=cnn,mlp \
+  python -m ecos_jax.sweep experiments/train_dp.py --axis seed=0,1,2 --axis train.model=cnn,mlp \
       --average-over seed --workers 2
   python -m ecos_jax.sweep --sweep=my_sweep.py:small --workdir=runs/s   # axes from a file
   python -m ecos_jax.sweep ... --where method=ecos      # only ECOS's rows in the table and plot
