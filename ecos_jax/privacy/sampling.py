@@ -11,6 +11,12 @@ subset of them is kept (the truncated Poisson sampler that
     >>> batch = sampler.sample(key)          # batch.indices [M] int32, batch.mask [M] bool
     >>> x[batch.indices], batch.mask, batch.truncated
 
+A padded batch need not cost its M slots: `poisson_batch` puts the sampled rows first (the
+smallest u_i), so `on_shortest_prefix(step, prefix_buckets(...))` runs a step on the shortest of a
+few static prefix lengths that holds every sampled row (one `lax.switch`, one compiled branch per
+length). The batch, and so the sampler the ledger records, is unchanged; only padding rows,
+which add exact zeros, are not computed. Expected work ≈ q·N + 0.35 std instead of q·N + 5 std.
+
 Shuffled fixed-size batches (`ShuffleSampler`) cut a fresh permutation into ⌊N/B⌋ batches per
 epoch; they get no amplification-by-sampling credit (see `accounting.dpsgd_event`).
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
@@ -41,6 +48,81 @@ def default_max_batch_size(dataset_size: int, sampling_rate: float, *, num_std: 
     mean = dataset_size * sampling_rate
     std = math.sqrt(dataset_size * sampling_rate * (1.0 - sampling_rate))
     return int(min(dataset_size, math.ceil(mean + num_std * std) + 1))
+
+
+# Prefix lengths in binomial standard deviations around the expected batch q·N: with these,
+# the expected rows computed are q·N + 0.31-0.36 std (measured by simulation of Binomial(N, q) at
+# q·N = 256, 2048, 8192 of N = 60,000), for up to 8 extra compiled branches of the step.
+_BUCKET_STDS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+def prefix_buckets(
+    num_slots: int, expected_batch_size: float, dataset_size: int, *,
+    stds: tuple[float, ...] = _BUCKET_STDS, multiple: int = 8, min_padding: int = 64,
+) -> tuple[int, ...]:
+    """Static prefix lengths for a padded Poisson batch of `num_slots` slots, ending in `num_slots`.
+
+    Lengths are q·N + k·std for k in `stds`, rounded up to a multiple of `multiple` (friendlier
+    matrix shapes), kept in [1, num_slots). With fewer than `min_padding` padding slots beyond
+    q·N the saving is not worth the extra compiled branches: `(num_slots,)` alone.
+
+    Args:
+      num_slots: M, the padded batch's rows.
+      expected_batch_size: q·N.
+      dataset_size: N (for the binomial std √(N q (1 - q))).
+
+    Returns:
+      Strictly increasing ints, the last one `num_slots`.
+    """
+    if num_slots - expected_batch_size < min_padding:
+        return (int(num_slots),)
+    q = expected_batch_size / dataset_size
+    std = math.sqrt(dataset_size * q * (1.0 - q))
+    sizes = set()
+    for k in stds:
+        size = multiple * math.ceil((expected_batch_size + k * std) / multiple)
+        if 1 <= size < num_slots:
+            sizes.add(int(size))
+    return tuple(sorted(sizes)) + (int(num_slots),)
+
+
+def on_shortest_prefix(step: Callable, buckets: tuple[int, ...]) -> Callable:
+    """`step(state, x, y, mask)` run on the shortest prefix length in `buckets` that holds every
+    row with mask ≠ 0.
+
+    Exact for any `step` whose rows with mask 0 contribute nothing (DP-SGD's clipped sum, whose
+    padding rows add exact zeros) and whose outputs do not depend on the number of rows (the new
+    state and scalar metrics). Lengths ≥ M = `x.shape[0]` are dropped and M itself is always a
+    branch, so any mask is handled; Poisson batches (sampled rows first) get the saving.
+
+    Args:
+      step: `(state, x [M, ...], y [M, ...], mask [M]) -> outputs`; x, y may be pytrees.
+      buckets: candidate prefix lengths, e.g. from `prefix_buckets`.
+
+    Returns:
+      A function with `step`'s signature and outputs, one `lax.switch` over the lengths.
+      Note the branch taken (and so the step's time) depends on the sampled batch size.
+    """
+
+    def wrapped(state, x, y, mask):
+        m = mask.shape[0]
+        sizes = tuple(sorted({int(b) for b in buckets if 1 <= b < m})) + (m,)
+        if len(sizes) == 1:
+            return step(state, x, y, mask)
+        # 1 + the index of the last row that counts (0 if none): every row after it is padding.
+        last = jnp.max(jnp.where(mask != 0, jnp.arange(1, m + 1), 0))
+        branch = jnp.searchsorted(jnp.asarray(sizes), last)  # first length >= last
+
+        def prefix(length):
+            def run(state, x, y, mask):
+                cut = partial(jax.tree.map, lambda a: a[:length])
+                return step(state, cut(x), cut(y), mask[:length])
+
+            return run
+
+        return lax.switch(branch, [prefix(n) for n in sizes], state, x, y, mask)
+
+    return wrapped
 
 
 @partial(jax.jit, static_argnames=("dataset_size", "max_batch_size"))
