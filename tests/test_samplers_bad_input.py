@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ecos_jax import samplers
+from ecos_jax.samplers.ecos import WITHIN_CLUSTER
 from ecos_jax.samplers.kmeans import kmeans
 
 
@@ -18,14 +19,15 @@ def clustered():
     return x, np.asarray(res.centroids), np.asarray(res.assignments)
 
 
-def test_client_with_fewer_samples_than_r(clustered):
+@pytest.mark.parametrize("rule", WITHIN_CLUSTER)
+def test_client_with_fewer_samples_than_r(clustered, rule):
     x, c, a = clustered
     client = x[[0, 1]]  # 2 samples, R = 4
     counts = np.bincount(np.asarray(samplers.assign(client, c)), minlength=4)
     assert counts.sum() == 2 and (counts > 0).sum() <= 2
     noisy = counts + np.array([0.4, -0.3, 0.2, -0.1])
     idx = np.asarray(samplers.ecos_sample(jax.random.key(0), x, 10, centroids=c,
-                                          assignments=a, noisy_counts=noisy))
+                                          assignments=a, noisy_counts=noisy, rule=rule))
     assert len(np.unique(idx)) == 10
     expected = samplers.allocate(noisy, np.bincount(a, minlength=4), 10)
     assert np.bincount(a[idx], minlength=4).tolist() == expected.tolist()
@@ -51,12 +53,41 @@ def test_budget_larger_than_the_pool(clustered):
         samplers.ecos_sample(jax.random.key(0), x, 4, candidates=[0, 1, 2], **kw)
 
 
-def test_all_negative_noisy_counts_fall_back_to_uniform(clustered):
+@pytest.mark.parametrize("rule", WITHIN_CLUSTER)
+def test_all_negative_noisy_counts_fall_back_to_uniform(clustered, rule):
     x, c, a = clustered
     sizes = np.bincount(a, minlength=4)
     idx = np.asarray(samplers.ecos_sample(jax.random.key(0), x, 20, centroids=c, assignments=a,
-                                          noisy_counts=np.array([-3.0, -0.5, -7.0, -1.0])))
+                                          noisy_counts=np.array([-3.0, -0.5, -7.0, -1.0]), rule=rule))
     assert len(np.unique(idx)) == 20
     # Uniform over the non-empty clusters: 5 each from the four blobs.
     assert (sizes > 0).all()
     assert np.bincount(a[idx], minlength=4).tolist() == [5, 5, 5, 5]
+
+
+@pytest.mark.parametrize("rule", WITHIN_CLUSTER)
+def test_budget_of_the_whole_pool_takes_every_row(clustered, rule):
+    x, c, a = clustered
+    idx = np.asarray(samplers.ecos_sample(jax.random.key(0), x, 120, centroids=c, assignments=a,
+                                          noisy_counts=np.array([5.0, -1.0, 0.0, 2.0]), rule=rule))
+    assert sorted(idx.tolist()) == list(range(120))
+
+
+@pytest.mark.slow  # imports the runner and loads the data: ~50 s under load here
+def test_runner_refuses_r_or_a_budget_above_the_pool_before_any_work():
+    from configs import selective_labeling as sl_config
+    from ecos_jax import data as data_lib
+    from ecos_jax.experiments import ecos_runner
+    from ecos_jax.utils.errors import ConfigError
+    from ecos_jax.utils.overrides import override
+
+    ds = data_lib.load("digits_mnist_c")
+    ds = ds.subset(np.flatnonzero(np.isin(ds.domains, [0, 1]))[::8])  # a small two-domain set
+
+    config = override(sl_config.get_config("quick"), {
+        "data.client_domains": (ds.domain_names[0],), "data.n_client_train": 20, "data.n_client_test": 20})
+    pool = len(ecos_runner.validate(config, ds)[ds.domain_names[0]].pool)
+    with pytest.raises(ConfigError, match=rf"num_centroids must be in \[1, pool size {pool}\]"):
+        ecos_runner.validate(override(config, {"ecos.num_centroids": pool + 1}), ds)
+    with pytest.raises(ConfigError, match=rf"budget\(s\) \[{pool + 1}\] larger than the pool \({pool} samples\)"):
+        ecos_runner.validate(override(config, {"budgets": (100, pool + 1)}), ds)

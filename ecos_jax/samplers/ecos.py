@@ -11,10 +11,21 @@ Design choices (configurable):
     <= 0 (the noise swamped the counts) the budget is spread uniformly over the non-empty
     clusters; if every positive-weight cluster is exhausted, the rest is spread uniformly over
     clusters that still have points.
-  * Within a cluster that receives k points: the round(proximity · k) points closest to the
-    centroid first (proximity), then k-center greedy inside the cluster, seeded by those
-    points, for the rest (diversity). With proximity = 0 the greedy starts from a random
-    member. Near-duplicate removal is a separate stage:
+  * Within a cluster that receives k points, one of `WITHIN_CLUSTER` rules (`rule=`):
+      "proximity_kcenter": the round(proximity · k) points closest to the centroid first, then
+        k-center greedy inside the cluster, seeded by those points, for the rest (with
+        proximity = 0 the greedy starts from a random member);
+      "kcenter": k-center greedy from a random member (proximity_kcenter at proximity 0);
+      "proximity": the k points closest to the centroid (proximity_kcenter at proximity 1);
+      "random": k members uniformly without replacement;
+      "density": k members without replacement with probability ∝ a kNN density estimate,
+        1 / (distance to the κ-th nearest member), κ = min(10, m − 1) (Gumbel top-k);
+      "coverage": greedy facility location, each pick maximising Σ_i max(0, s_ij − best_i)
+        over the members i with similarity s_ij = D − d_ij (D the cluster's largest squared
+        distance): k representative members, the k-medoids objective greedily.
+    "density" and "coverage" build the [m, m] member distances; a cluster of more than
+    `DENSE_MAX` members runs them on a uniform random subset of `DENSE_MAX` (documented
+    fallback: memory stays O(DENSE_MAX²)). Near-duplicate removal is a separate stage:
     `chain(ecos_sampler(...), dedup_filter(...))`.
   * Output order interleaves clusters by rank fraction (j + ½)/k_r, so any prefix of the
     output is itself close to a proportional allocation (what `chain` truncates to).
@@ -36,6 +47,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import numbers
 
 import jax
@@ -105,6 +117,11 @@ def _bucket(m: int) -> int:
 
 _PROX_GROUP = 64  # proximity picks whose distances are taken in one [M, 64] matmul
 
+# The within-cluster rules (module docstring); the first is the default.
+WITHIN_CLUSTER = ("proximity_kcenter", "kcenter", "proximity", "random", "density", "coverage")
+DENSE_MAX = 4096  # members a "density" / "coverage" cluster is cut to (its [m, m] distances)
+_DENSITY_K = 10   # κ of the kNN density estimate
+
 
 @jax.jit
 def _select_cluster(key, x, m, centroid, n_prox, steps):
@@ -138,6 +155,58 @@ def _select_cluster(key, x, m, centroid, n_prox, steps):
     return by_proximity, greedy_dense(x, min_d, steps, x.shape[0])
 
 
+def _member_sqdist(x, valid):
+    """[M, M] squared distances between the rows of x, +inf where either row is padding."""
+    sq = jnp.sum(x * x, axis=1)
+    d = sq[:, None] + sq[None, :] - 2.0 * jnp.dot(x, x.T, precision=jax.lax.Precision.HIGHEST)
+    d = jnp.maximum(d, 0.0)
+    return jnp.where(valid[:, None] & valid[None, :], d, jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnames=("rule",))
+def _rule_cluster(key, x, m, k, rule: str):
+    """One cluster under rule "random" | "density" | "coverage". x: [M, d] (rows >= m padding).
+
+    Returns [M] int32 row positions in x, the first k of which are the picks (all < m).
+    """
+    rows = jnp.arange(x.shape[0])
+    valid = rows < m
+    if rule == "random":
+        score = jax.random.uniform(key, (x.shape[0],))
+        return jnp.argsort(jnp.where(valid, -score, jnp.inf), stable=True).astype(jnp.int32)
+    d = _member_sqdist(x, valid)
+    if rule == "density":
+        # Distance to the κ-th nearest other member (index κ of the sorted row: index 0 is the
+        # member itself); density ∝ 1 / that distance, sampled without replacement by Gumbel top-k.
+        kappa = jnp.clip(m - 1, 1, _DENSITY_K)
+        r_k = jnp.sqrt(jnp.take_along_axis(jnp.sort(d, axis=1), jnp.full((x.shape[0], 1), kappa), 1)[:, 0])
+        logw = -jnp.log(jnp.where(jnp.isfinite(r_k), r_k, 1.0) + 1e-12)
+        score = logw + jax.random.gumbel(key, (x.shape[0],))
+        return jnp.argsort(jnp.where(valid, -score, jnp.inf), stable=True).astype(jnp.int32)
+    # coverage: greedy facility location on s = D − d over the valid members.
+    big = jnp.max(jnp.where(jnp.isfinite(d), d, 0.0))
+    sim = jnp.where(valid[:, None] & valid[None, :], big - d, 0.0)
+
+    def body(t, state):
+        best, order, taken = state
+        gain = jnp.sum(jnp.maximum(sim - best[:, None], 0.0), axis=0)
+        gain = jnp.where(valid & ~taken, gain, -1.0)  # a gain of 0 still beats taken/padding
+        j = jnp.argmax(gain).astype(jnp.int32)
+        return jnp.maximum(best, sim[:, j]), order.at[t].set(j), taken.at[j].set(True)
+
+    state = (jnp.zeros(x.shape[0], jnp.float32), jnp.zeros(x.shape[0], jnp.int32),
+             jnp.zeros(x.shape[0], bool))
+    _, order, _ = jax.lax.fori_loop(0, k, body, state)
+    return order
+
+
+def check_rule(rule) -> str:
+    """`rule` if it is one of `WITHIN_CLUSTER`, else ValueError listing them."""
+    if rule not in WITHIN_CLUSTER:
+        raise ValueError(f"within-cluster rule must be one of {WITHIN_CLUSTER}, got {rule!r}")
+    return rule
+
+
 def _check_assignments(assignments, n: int, num_clusters: int) -> np.ndarray:
     a = np.asarray(assignments)
     if a.shape != (n,):
@@ -166,16 +235,19 @@ def _check_proximity(proximity) -> float:
 
 
 def select_within(key, features, assignments, centroids, counts, *, proximity: float = 0.5,
-                  candidates=None, chunk_size: int | None = None) -> jax.Array:
-    """Picks counts[r] points inside every cluster r (proximity, then k-center diversity).
+                  rule: str = "proximity_kcenter", candidates=None,
+                  chunk_size: int | None = None) -> jax.Array:
+    """Picks counts[r] points inside every cluster r by `rule` (see the module docstring).
 
     Args:
-      key: PRNG key (only used for clusters where no point is picked by proximity).
+      key: PRNG key (proximity_kcenter uses it only for clusters with no proximity pick).
       features: [N, d] float pool (numpy / memmap / jax); only member rows are read.
       assignments: [N] int cluster of every pool row.
       centroids: [R, d] float.
       counts: [R] int points to pick per cluster, counts[r] <= members of r.
-      proximity: fraction in [0, 1] of each cluster's picks taken closest to the centroid.
+      proximity: fraction in [0, 1] of each cluster's picks taken closest to the centroid
+        (rule "proximity_kcenter" only).
+      rule: one of `WITHIN_CLUSTER`.
       candidates: optional [M] pool indices to restrict the selection to.
       chunk_size: unused for the gather (members are read directly); accepted for symmetry.
     Returns:
@@ -188,6 +260,8 @@ def select_within(key, features, assignments, centroids, counts, *, proximity: f
     num_clusters = centroids.shape[0]
     a = _check_assignments(assignments, pool.n, num_clusters)
     proximity = _check_proximity(proximity)
+    rule = check_rule(rule)
+    proximity = {"kcenter": 0.0, "proximity": 1.0}.get(rule, proximity)
     counts = np.asarray(counts)
     if counts.shape != (num_clusters,) or not np.issubdtype(counts.dtype, np.integer) \
             or (counts.size and counts.min() < 0):
@@ -205,9 +279,28 @@ def select_within(key, features, assignments, centroids, counts, *, proximity: f
     for r in np.flatnonzero(counts):
         members = order[bounds[r]:bounds[r + 1]]
         k, m = int(counts[r]), members.size
+        rkey = jax.random.fold_in(key, int(r))
+        if rule in ("random", "density", "coverage"):
+            if rule != "random" and m > DENSE_MAX:  # the documented subset fallback
+                keep = np.sort(np.asarray(jax.random.choice(
+                    jax.random.fold_in(rkey, 1), m, (DENSE_MAX,), replace=False)))
+                if k > DENSE_MAX:  # more picks than the subset: uniform instead
+                    keep = np.arange(m)
+                    rule_r = "random"
+                else:
+                    rule_r = rule
+                members, m = members[keep], keep.size
+            else:
+                rule_r = rule
+            x = pool.take(members, size=_bucket(m))
+            local = np.asarray(_rule_cluster(rkey, x, m, k, rule_r))[:k]
+            picks.append(members[local])
+            fractions.append((np.arange(k) + 0.5) / k)
+            cluster_of.append(np.full(k, r))
+            continue
         n_prox = int(np.floor(proximity * k + 0.5))
         x = pool.take(members, size=_bucket(m))  # rows >= m are masked in _select_cluster
-        by_prox, greedy = _select_cluster(jax.random.fold_in(key, int(r)), x, m,
+        by_prox, greedy = _select_cluster(rkey, x, m,
                                           jnp.asarray(centroids[r]), n_prox, k - n_prox)
         local = np.concatenate([np.asarray(by_prox)[:n_prox], np.asarray(greedy)[:k - n_prox]])
         picks.append(members[local])
@@ -218,7 +311,7 @@ def select_within(key, features, assignments, centroids, counts, *, proximity: f
 
 
 def ecos_sample(key, features, budget: int, *, centroids, noisy_counts, assignments=None,
-                proximity: float = 0.5, candidates=None,
+                proximity: float = 0.5, rule: str = "proximity_kcenter", candidates=None,
                 chunk_size: int | None = None) -> jax.Array:
     """The cloud's selection end to end, given the client's noisy coverage counts.
 
@@ -229,7 +322,7 @@ def ecos_sample(key, features, budget: int, *, centroids, noisy_counts, assignme
       centroids: [R, d] the centroids sent to the client.
       noisy_counts: [R] float, the client's released s̃.
       assignments: [N] int cluster of each pool row; computed with `assign` when None.
-      proximity: see `select_within`.
+      proximity, rule: see `select_within`.
       candidates: optional pool indices to restrict the selection to.
       chunk_size: rows per device transfer when `assignments` must be computed.
     Returns:
@@ -249,5 +342,5 @@ def ecos_sample(key, features, budget: int, *, centroids, noisy_counts, assignme
         raise ValueError(f"noisy_counts must have shape [R={centroids.shape[0]}], got {s.shape}")
     sizes = np.bincount(a[ids], minlength=centroids.shape[0])
     counts = allocate(s, sizes, budget)
-    return select_within(key, features, a, centroids, counts, proximity=proximity,
+    return select_within(key, features, a, centroids, counts, proximity=proximity, rule=rule,
                          candidates=ids)
