@@ -70,7 +70,7 @@ def prepare(workdir: str, args) -> dict:
 
     from ecos_jax import models
     from ecos_jax.data import load
-    from ecos_jax.valuation.private_training import fit_with_checkpoints
+    from ecos_jax.training import Snapshots, fit, make_optimizer
 
     ds = load("digits_mnist_c")
     rng = np.random.default_rng(0)
@@ -81,9 +81,10 @@ def prepare(workdir: str, args) -> dict:
     for name in ("cnn",):  # the timed model; memory_scaling compiles the wider one untrained
         model = models.get_model(name, ds.num_classes)
         t0 = time.time()
-        params, ckpts, history = fit_with_checkpoints(
-            model, x, y, epochs=args.checkpoints, checkpoints_every=1, batch_size=128,
-            learning_rate=1e-3, seed=0)
+        snaps = Snapshots(1)  # one checkpoint per epoch, Adam carried through them
+        res = fit(model, x, y, optimizer=make_optimizer("adam", 1e-3), epochs=args.checkpoints,
+                  batch_size=128, seed=0, hooks=[snaps])
+        params, ckpts, history = res.params, [p for _, p in snaps.snapshots], res.history
         with open(os.path.join(workdir, f"{name}.msgpack"), "wb") as f:
             f.write(flax.serialization.msgpack_serialize(
                 {str(i): jax.device_get(p) for i, p in enumerate(ckpts)}))

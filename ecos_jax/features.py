@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import flax.linen as nn
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecos_jax import models, train
+from ecos_jax import models, training
 from ecos_jax.utils import io
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def fit_extractor(
     learning_rate: float = 1e-3,
     seed: int = 0,
     cache_dir: str | None = None,
-    progress: bool = True,
+    hooks: Sequence[training.loop.Hook] = (),
 ) -> FeatureExtractor:
     """Fits feature extractor `kind` on the public pool (cached under `cache_dir` by content hash).
 
@@ -113,6 +113,7 @@ def fit_extractor(
       dim: output dimension (PCA components, autoencoder code, classifier embedding).
       epochs, batch_size, learning_rate, seed: training of the learned kinds.
       cache_dir: where fitted extractors are stored and reused; None disables caching.
+      hooks: the training loop's hooks for the learned kinds (e.g. a progress bar).
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown feature extractor {kind!r}; choose one of {KINDS}.")
@@ -147,24 +148,24 @@ def fit_extractor(
 
     if kind == "autoencoder":
         model = ConvAutoencoder(dim=dim, image_shape=tuple(pool_images.shape[1:]))
-        targets, loss_fn = pool_images.reshape(len(pool_images), -1), train.mse_regression
+        targets, loss_fn = pool_images.reshape(len(pool_images), -1), training.mse_regression
     else:
         model = models.get_model("cnn", num_classes, embed_dim=dim)
-        targets, loss_fn = np.asarray(pool_labels, np.int32), train.softmax_xent
+        targets, loss_fn = np.asarray(pool_labels, np.int32), training.softmax_xent
     template = model.init(jax.random.key(seed), jnp.zeros((1, *pool_images.shape[1:])))
     if path is not None and path.exists():
         params = io.load_params(path, template)
         log.info("Loaded cached %s feature extractor from %s", kind, path)
     else:
-        params = train.fit(
-            model, pool_images, targets, epochs=epochs, batch_size=batch_size,
-            learning_rate=learning_rate, seed=seed, loss_fn=loss_fn, progress=progress,
+        params = training.fit(
+            model, pool_images, targets, optimizer=training.make_optimizer("adam", float(learning_rate)),
+            epochs=epochs, batch_size=batch_size, seed=seed, loss_fn=loss_fn, hooks=hooks,
             desc=f"features[{kind}]",
         ).params
         if path is not None:
             io.save_params(path, params)
 
     def apply(x: np.ndarray) -> np.ndarray:
-        return train.predict(model, params, x, features=True)
+        return training.predict(model, params, x, features=True)
 
     return FeatureExtractor(kind, dim, apply)

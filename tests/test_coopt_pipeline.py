@@ -11,7 +11,7 @@ from ecos_jax.coopt.probe import linear_probe
 from ecos_jax.coopt.training import regression_objective, train_epochs
 from ecos_jax.data import ArrayDataset
 from ecos_jax.models import get_model
-from ecos_jax.train import cosine_regression, predict
+from ecos_jax.training import cosine_regression, make_optimizer, predict
 
 
 def _dataset(n=240, seed=0):
@@ -38,7 +38,7 @@ POOL = ("pool_a", "pool_b")
 def setup(tmp_path_factory):
     ds = _dataset()
     cache = tmp_path_factory.mktemp("cache")
-    # Random priors of three widths keep this fast; supervised priors are ecos_jax.train.fit runs.
+    # Random priors of three widths keep this fast; supervised priors are ecos_jax.training.fit runs.
     specs = [_spec("rand_a", (32, 12), seed=0), _spec("rand_b", (24, 12), seed=1), _spec("rand_c", (16, 12), seed=2)]
     ps = [priors.load_prior(s, ds, cache_dir=cache / "priors", pool_domains=POOL) for s in specs]
     return ds, cache, ps
@@ -82,8 +82,8 @@ def test_tiny_end_to_end(setup, tmp_path):
     # also trains a second architecture on a reloaded dataset.
     net = HeadNet(backbone=get_model("mlp", 3, hidden=(32, 16)), out_dim=data.target_dim)
     run = train_epochs(regression_objective(net, cosine_regression), net.init(jax.random.key(0), data.images[:1]),
-                       data.images, data.targets, epochs=3, batch_size=32, learning_rate=3e-3, seed=0,
-                       progress=False)
+                       data.images, data.targets, optimizer=make_optimizer("adam", 3e-3), epochs=3,
+                       batch_size=32, seed=0)
     assert run.history[-1]["loss"] < run.history[0]["loss"]
     f_tr = predict(net, run.params, train.images, features=True)
     f_te = predict(net, run.params, test.images, features=True)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import model_compression as mc_config
-from ecos_jax import data, train
+from ecos_jax import data
+from ecos_jax import training as train
 from ecos_jax.ecos import distillation
 from ecos_jax.experiments import ecos_runner, model_compression
 from ecos_jax.utils.overrides import override

@@ -172,7 +172,7 @@ def test_dpsgd_trials_run_what_train_runs():
     for i, s in enumerate(seeds):
         ref = train(model, params, pos_x, y, config, opt, steps=6, seed=s,
                     ledger=PrivacyLedger(DELTA, reproducible_seed=s), loss=audit_dpsgd_mod.linear_loss,
-                    log_every=3, progress=False)
+                    log_every=3)
         got = jax.tree.map(lambda a, i=i: a[i, -1], final)
         np.testing.assert_allclose(got["params"]["kernel"], ref.params["params"]["kernel"],
                                    rtol=1e-5, atol=1e-6)

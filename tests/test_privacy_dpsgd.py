@@ -141,7 +141,7 @@ def test_train_compiles_once_and_records_ledger():
     ledger = PrivacyLedger(1e-3, accountant="pld", reproducible_seed=5, dataset_size=N,
                            allow_large_delta=True)
     res = dpsgd.train(model, params, x, y, cfg, optax.sgd(0.1), steps=7, seed=5, ledger=ledger,
-                      log_every=3, progress=False)
+                      log_every=3)
     assert res.compilations == 1 and len(res.history) == 3 and res.history[-1]["step"] == 7
     assert res.reproducible and ledger.to_dict()["reproducible"]
     # The sampler has M = qN + 5 std + 1 = 22 < N slots: the event is truncated Poisson even
@@ -158,12 +158,11 @@ def test_train_compiles_once_and_records_ledger():
     assert entry.meta["truncated_examples"] == 0 and entry.relation == "add_or_remove_one"
     with pytest.raises(ValueError, match="reproducible_seed"):
         dpsgd.train(model, params, x, y, cfg, optax.sgd(0.1), steps=1, seed=5,
-                    ledger=PrivacyLedger(1e-3, allow_large_delta=True), progress=False)
+                    ledger=PrivacyLedger(1e-3, allow_large_delta=True))
     shuffle = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, sampling="shuffle")
     with pytest.raises(ValueError, match="replace_one"):  # refused before any training
         dpsgd.train(model, params, x, y, shuffle, optax.sgd(0.1), steps=1, seed=5,
-                    ledger=PrivacyLedger(1e-3, reproducible_seed=5, allow_large_delta=True),
-                    progress=False)
+                    ledger=PrivacyLedger(1e-3, reproducible_seed=5, allow_large_delta=True))
 
 
 def test_truncated_poisson_is_what_the_ledger_accounts():
@@ -176,7 +175,7 @@ def test_truncated_poisson_is_what_the_ledger_accounts():
     ledger = PrivacyLedger(1e-3, accountant="pld", reproducible_seed=5, dataset_size=N,
                            allow_large_delta=True)
     res = dpsgd.train(model, params, x, y, tight, optax.sgd(0.1), steps=7, seed=5,
-                      ledger=ledger, log_every=7, progress=False)
+                      ledger=ledger, log_every=7)
     pld = dp_accounting.pld.PLDAccountant
     truncated = pld().compose(dp_accounting.SelfComposedDpEvent(
         dp_accounting.TruncatedSubsampledGaussianDpEvent(N, B / N, m, 1.2), 7)).get_epsilon(1e-3)
@@ -202,8 +201,7 @@ def test_seeded_runs_reproduce_and_unseeded_differ():
     cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, l2_norm_clip=1.0, noise_multiplier=1.2)
 
     def run(seed):
-        return dpsgd.train(model, params, x, y, cfg, optax.sgd(0.1), steps=4, seed=seed,
-                           progress=False).params
+        return dpsgd.train(model, params, x, y, cfg, optax.sgd(0.1), steps=4, seed=seed).params
 
     a, b, c = run(5), run(5), run(None)
     for u, v, w in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(c)):
@@ -253,8 +251,7 @@ def test_nan_at_row_zero_does_not_poison_training():
     cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=4, noise_multiplier=1.0)
 
     def run(data, **kw):
-        return dpsgd.train(model, params, data, y, cfg, optax.sgd(0.1), seed=0, log_every=5,
-                           progress=False, **kw)
+        return dpsgd.train(model, params, data, y, cfg, optax.sgd(0.1), seed=0, log_every=5, **kw)
 
     clean, poisoned = run(x, steps=5), run(_poisoned(x, [0]), steps=5)
     # With this seed row 0 is never sampled: the run equals the one on clean data exactly.
@@ -265,6 +262,6 @@ def test_nan_at_row_zero_does_not_poison_training():
     # Sampled often (q = 1/2): zeroed and counted each time, the run stays finite.
     half = dpsgd.DPSGDConfig(dataset_size=N, batch_size=N // 2, noise_multiplier=1.0)
     res = dpsgd.train(model, params, _poisoned(x, [0]), y, half, optax.sgd(0.1), seed=0,
-                      steps=4, log_every=2, progress=False)
+                      steps=4, log_every=2)
     assert res.nonfinite_examples == sum(h["nonfinite"] for h in res.history) > 0
     assert all(np.isfinite(v).all() for v in jax.tree.leaves(res.params))

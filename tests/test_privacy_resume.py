@@ -18,11 +18,12 @@ class Stop(Exception):
 
 
 def _stop_at(step):
-    def callback(record):
+    """A loop hook that kills the run after step `step` (before that chunk's checkpoint)."""
+    def hook(state, record):
         if record["step"] == step:
             raise Stop
 
-    return callback
+    return [hook]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def _train(setup, cfg, *, seed=3, ledger=None, **kw):
     model, params, x, y = setup
     # Adam: its moments must survive the restart too, or the resumed run would differ.
     return dpsgd.train(model, params, x, y, cfg, optax.adam(0.05), steps=T, seed=seed,
-                       ledger=ledger, log_every=2, progress=False, **kw)
+                       ledger=ledger, log_every=2, **kw)
 
 
 def _ledger(cfg, seed=3):
@@ -58,9 +59,9 @@ def test_interrupted_run_resumes_bitwise_and_records_once(setup, tmp_path, sampl
     ref = _train(setup, cfg, ledger=ref_ledger)
 
     ledger = _ledger(cfg)
-    with pytest.raises(Stop):  # killed after step 4 (its checkpoint is written)
+    with pytest.raises(Stop):  # killed in step 6's hooks: step 4's checkpoint is the latest
         _train(setup, cfg, ledger=ledger, checkpoint_dir=tmp_path, checkpoint_every=2,
-               callback=_stop_at(4))
+               hooks=_stop_at(6))
     assert len(ledger) == 0  # nothing released yet, nothing recorded
     res = _train(setup, cfg, ledger=ledger, checkpoint_dir=tmp_path, checkpoint_every=2)
     assert res.resumed_from == 4 and res.compilations == 1
@@ -73,7 +74,7 @@ def test_interrupted_run_resumes_bitwise_and_records_once(setup, tmp_path, sampl
 def test_checkpoint_of_another_run_is_refused(setup, tmp_path):
     cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.1)
     with pytest.raises(Stop):
-        _train(setup, cfg, checkpoint_dir=tmp_path, callback=_stop_at(2))
+        _train(setup, cfg, checkpoint_dir=tmp_path, hooks=_stop_at(4))
     for other, kw, match in [
         (dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.2), {},
          "noise_multiplier"),
@@ -86,7 +87,7 @@ def test_checkpoint_of_another_run_is_refused(setup, tmp_path):
     model, params, x, y = setup
     with pytest.raises(ValueError, match="data_sha256"):
         dpsgd.train(model, params, x + 1, y, cfg, optax.adam(0.05), steps=T, seed=3,
-                    log_every=2, progress=False, checkpoint_dir=tmp_path)
+                    log_every=2, checkpoint_dir=tmp_path)
 
 
 def test_unseeded_run_resumes_with_its_saved_key(setup, tmp_path):
@@ -95,7 +96,7 @@ def test_unseeded_run_resumes_with_its_saved_key(setup, tmp_path):
     cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.1)
     ledger = PrivacyLedger(1e-3, accountant="pld", dataset_size=N, allow_large_delta=True)
     with pytest.raises(Stop):
-        _train(setup, cfg, seed=None, checkpoint_dir=tmp_path / "a", callback=_stop_at(2))
+        _train(setup, cfg, seed=None, checkpoint_dir=tmp_path / "a", hooks=_stop_at(4))
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     a = _train(setup, cfg, seed=None, ledger=ledger, checkpoint_dir=tmp_path / "a")
     b = _train(setup, cfg, seed=None, checkpoint_dir=tmp_path / "b")

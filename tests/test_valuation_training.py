@@ -28,6 +28,10 @@ def test_nonprivate_checkpoints_are_distinct_and_alive(tiny):
     first, last = (jax.tree.leaves(c)[0] for c in (run.checkpoints[0], run.checkpoints[-1]))
     assert not np.allclose(first, last)            # training moved, and both arrays are readable
     assert np.all(np.isfinite(vog_scores(model.apply, run.checkpoints, x, y)))
+    # One Adam run through its checkpoints (the old loop restarted Adam at each): the last
+    # checkpoint is the run's final params.
+    for a, b in zip(jax.tree.leaves(run.checkpoints[-1]), jax.tree.leaves(run.params)):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow  # σ calibration + two DP-SGD compilations: ~25 s on a busy 2-core CPU
@@ -36,8 +40,10 @@ def test_dp_segments_compose_to_target_epsilon(tiny):
     ledger = PrivacyLedger(1e-3, accountant="pld", reproducible_seed=1, dataset_size=len(x) * 10)
     run = train_at_epsilon(model, x, y, epsilon=4.0, epochs=2, checkpoints_every=1, batch_size=16,
                            ledger=ledger, noise_seed=1, name="m")
-    assert [e.name for e in ledger.entries] == ["m/segment0", "m/segment1"]
+    # One run of T steps, checkpointed on the way (the noise key and step carried through).
+    assert [e.name for e in ledger.entries] == ["m"] and ledger.entries[0].meta["steps"] == 8
     assert run.steps == 8 and len(run.checkpoints) == 2
+    assert not np.array_equal(jax.tree.leaves(run.checkpoints[0])[0], jax.tree.leaves(run.checkpoints[1])[0])
     # Batches have M = 16 + 5 std + 1 = 35 < 64 slots: the truncated-Poisson event, which the
     # σ was calibrated for (PLD; RDP cannot compose it).
     one_run = accounting.dpsgd_event(16 / 64, run.noise_multiplier, run.steps,

@@ -21,7 +21,7 @@ class HeadNet(nn.Module):
     """`backbone` (any core model) followed by a linear (hidden=0) or one-hidden-layer MLP head.
 
     `__call__(x)` gives the head output `[B, out_dim]`; `__call__(x, features=True)` the
-    backbone embedding `[B, d]`, so `ecos_jax.train.predict(..., features=True)` embeds.
+    backbone embedding `[B, d]`, so `ecos_jax.training.predict(..., features=True)` embeds.
     """
 
     backbone: nn.Module

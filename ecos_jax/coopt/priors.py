@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -44,7 +44,8 @@ from ecos_jax.coopt.ssl import Augment, simclr_objective
 from ecos_jax.coopt.training import train_epochs
 from ecos_jax.data import ArrayDataset
 from ecos_jax.models import get_model
-from ecos_jax.train import fit
+from ecos_jax.training import fit, make_optimizer
+from ecos_jax.training.loop import Hook
 from ecos_jax.utils.io import save_npz
 
 log = logging.getLogger(__name__)
@@ -176,18 +177,17 @@ def _fingerprint(spec: PriorSpec, train: ArrayDataset, image_shape: tuple[int, .
     return h.hexdigest()[:16]
 
 
-def _train(spec: PriorSpec, model: nn.Module, train: ArrayDataset, template, progress: bool):
+def _train(spec: PriorSpec, model: nn.Module, train: ArrayDataset, template, hooks: Sequence[Hook]):
     if spec.training == "supervised":
-        return fit(model, train.images, train.labels, epochs=spec.epochs, batch_size=spec.batch_size,
-                   learning_rate=spec.learning_rate, seed=spec.seed, progress=progress,
+        return fit(model, train.images, train.labels, optimizer=make_optimizer("adam", float(spec.learning_rate)),
+                   epochs=spec.epochs, batch_size=spec.batch_size, seed=spec.seed, hooks=hooks,
                    desc=f"prior {spec.name}").params
     # simclr: a projector on top of the prior's backbone; the prior keeps the backbone only.
     net = HeadNet(backbone=model, out_dim=64, hidden=128)
     params = net.init(jax.random.key(spec.seed), jnp.zeros((1, *train.image_shape), jnp.float32))
     run = train_epochs(simclr_objective(net, temperature=0.2, augment=Augment()), params, train.images,
-                       None, epochs=spec.epochs, batch_size=spec.batch_size,
-                       learning_rate=spec.learning_rate, seed=spec.seed, progress=progress,
-                       desc=f"prior {spec.name}")
+                       None, optimizer=make_optimizer("adam", float(spec.learning_rate)), epochs=spec.epochs,
+                       batch_size=spec.batch_size, seed=spec.seed, hooks=hooks, desc=f"prior {spec.name}")
     # The backbone inside HeadNet never built its classifier layer; keep the template's
     # (unused by `features=True`) one so the params fit `model` as a whole.
     return {"params": {**template["params"], **backbone_params(run.params)["params"]}}
@@ -213,7 +213,7 @@ def load_prior(
     *,
     cache_dir: str | os.PathLike,
     pool_domains: Iterable[str] = (),
-    progress: bool = False,
+    hooks: Sequence[Hook] = (),
 ) -> Prior:
     """Loads a prior from the cache, or trains it on `data` (its `domains`) and caches it.
 
@@ -224,6 +224,7 @@ def load_prior(
       cache_dir: directory of the parameter cache.
       pool_domains: the CoOpt pool's domains; a supervised prior trained on one of them
         would have seen the pool's labels, which raises.
+      hooks: the training loop's hooks when the prior is trained (e.g. a progress bar).
     """
     spec = get_spec(name)
     leak = set(spec.domains) & set(pool_domains)
@@ -245,7 +246,7 @@ def load_prior(
         params = template
     else:
         start = time.perf_counter()
-        params = _train(spec, model, train, template, progress)
+        params = _train(spec, model, train, template, hooks)
         log.info("trained prior %s on %d images in %.1fs", spec.name, len(train), time.perf_counter() - start)
     if not from_cache:
         _write_params(path, params)

@@ -1,7 +1,7 @@
 """Knowledge distillation targets and loss for ECOS model compression.
 
 A student learns from a teacher's logits on the cloud's picks: the temperature-scaled KL of
-`train.kl_distillation`, optionally mixed with cross-entropy on the pool label. Pure functions;
+`losses.kl_distillation`, optionally mixed with cross-entropy on the pool label. Pure functions;
 the experiment that trains the teacher and the students is `ecos_jax.experiments.model_compression`.
 """
 
@@ -13,14 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecos_jax import train
+from ecos_jax.training import losses
 
 
-def distillation_loss(temperature: float, alpha: float = 0.0) -> train.LossFn:
+def distillation_loss(temperature: float, alpha: float = 0.0) -> losses.LossFn:
     """Per-example `(1 − α) · T² · KL(teacher_T ‖ student_T) + α · CE(student, label)`.
 
     targets: `[B, K]` teacher logits when `alpha == 0` (then this is exactly
-    `train.kl_distillation(temperature)`); `[B, K + 1]` from `pack_targets` (teacher logits,
+    `losses.kl_distillation(temperature)`); `[B, K + 1]` from `pack_targets` (teacher logits,
     then the pool label as a float) when `alpha > 0`. Returns `[B]` nats.
 
     Memoised: the loss is a static argument of the jitted train step, so the same function
@@ -30,16 +30,16 @@ def distillation_loss(temperature: float, alpha: float = 0.0) -> train.LossFn:
 
 
 @functools.lru_cache(maxsize=32)
-def _distillation_loss(temperature: float, alpha: float) -> train.LossFn:
+def _distillation_loss(temperature: float, alpha: float) -> losses.LossFn:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
-    kl = train.kl_distillation(temperature)  # rejects temperature <= 0
+    kl = losses.kl_distillation(temperature)  # rejects temperature <= 0
     if alpha == 0.0:
         return kl
 
     def loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
         teacher_logits, labels = targets[..., :-1], targets[..., -1].astype(jnp.int32)
-        return (1.0 - alpha) * kl(logits, teacher_logits) + alpha * train.softmax_xent(logits, labels)
+        return (1.0 - alpha) * kl(logits, teacher_logits) + alpha * losses.softmax_xent(logits, labels)
 
     return loss
 

@@ -26,7 +26,7 @@ import os
 import ml_collections
 import numpy as np
 
-from ecos_jax import train
+from ecos_jax import training
 from ecos_jax.ecos import private_knn
 from ecos_jax.experiments import ecos_runner
 from ecos_jax.experiments.ecos_runner import ClientTask, Selection
@@ -74,7 +74,7 @@ class ClientLabeling:
                        label_bytes_up=res.bytes_up)
         model, fitted = fit_for_steps(config, x, y, seed=sel.seed, desc=f"{sel.method}/{task.domain}",
                                       num_classes=task.num_classes)
-        out.update(n_train=int(len(x)), accuracy=train.evaluate(model, fitted.params, test.images, test.labels))
+        out.update(n_train=int(len(x)), accuracy=training.evaluate(model, fitted.params, test.images, test.labels))
         return out
 
 

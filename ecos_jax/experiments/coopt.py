@@ -38,10 +38,17 @@ from ecos_jax.coopt.ssl import Augment, simclr_objective
 from ecos_jax.coopt.targets import data_mesh, participant_targets
 from ecos_jax.coopt.training import TrainRun, regression_objective, train_epochs
 from ecos_jax.data import ArrayDataset, load, train_test_split
+from ecos_jax.experiments import progress
 from ecos_jax.models import get_model
 from ecos_jax.reporting import plots
 from ecos_jax.reporting.tables import markdown_table
-from ecos_jax.train import cosine_regression, mse_regression, predict, softmax_xent
+from ecos_jax.training import (
+    cosine_regression,
+    make_optimizer,
+    mse_regression,
+    predict,
+    softmax_xent,
+)
 from ecos_jax.utils.errors import ConfigError
 from ecos_jax.utils.io import write_json, write_text
 
@@ -92,7 +99,8 @@ def _make_setting(config: ml_collections.ConfigDict, workdir: str) -> Setting:
 
 def _priors(names, setting: Setting, config) -> list:
     return [load_prior(n, setting.full, cache_dir=os.path.join(setting.cache_dir, "priors"),
-                       pool_domains=config.data.pool_domains, progress=config.progress) for n in names]
+                       pool_domains=config.data.pool_domains,
+                       hooks=progress.bar(config.progress, f"prior {n}")) for n in names]
 
 
 def _build(setting: Setting, config, prior_names, alignment: str, num_participants: int | None = None,
@@ -143,8 +151,9 @@ def _train_method(method: str, setting: Setting, config, seed: int, data: Optimi
                   model_config=None, epochs: int | None = None, eval_every: int | None = None) -> TrainRun:
     model_config = model_config or config.train  # a section with model and model_kwargs
     t = config.train
-    common = dict(epochs=epochs or t.epochs, batch_size=t.batch_size, seed=seed, optimizer=t.optimizer,
-                  progress=config.progress, desc=method, eval_every=eval_every)
+    epochs = epochs or t.epochs
+    common = dict(epochs=epochs, batch_size=t.batch_size, seed=seed, desc=method, eval_every=eval_every,
+                  hooks=progress.bar(config.progress, method, epochs))
     key = jax.random.key(seed)
     x0 = setting.train.images[:1]
     if method == "simclr":
@@ -152,18 +161,19 @@ def _train_method(method: str, setting: Setting, config, seed: int, data: Optimi
         net = HeadNet(backbone=_backbone(model_config), out_dim=s.out_dim, hidden=s.head_hidden)
         objective = simclr_objective(net, temperature=s.temperature, augment=Augment(**dict(s.augment)))
         return train_epochs(objective, net.init(key, x0), setting.train.images, None,
-                            learning_rate=s.learning_rate, eval_fn=_probe_fn(net, setting, config), **common)
+                            optimizer=make_optimizer(t.optimizer, float(s.learning_rate)),
+                            eval_fn=_probe_fn(net, setting, config), **common)
     # Every method sees the same augmentations (SimCLR's); off by train.augment=False.
     augment = Augment(**dict(config.ssl.augment)) if t.augment else None
     if method == "supervised":
         net = HeadNet(backbone=_backbone(model_config), out_dim=setting.full.num_classes)
         return train_epochs(regression_objective(net, softmax_xent, augment), net.init(key, x0), setting.train.images,
-                            setting.train.labels, learning_rate=t.learning_rate,
+                            setting.train.labels, optimizer=make_optimizer(t.optimizer, float(t.learning_rate)),
                             eval_fn=_probe_fn(net, setting, config), **common)
     net = HeadNet(backbone=_backbone(model_config), out_dim=data.target_dim)
     return train_epochs(regression_objective(net, LOSSES[t.loss], augment), net.init(key, x0), data.images,
-                        data.targets,
-                        learning_rate=t.learning_rate, eval_fn=_probe_fn(net, setting, config), **common)
+                        data.targets, optimizer=make_optimizer(t.optimizer, float(t.learning_rate)),
+                        eval_fn=_probe_fn(net, setting, config), **common)
 
 
 def _prior_probe(setting: Setting, config) -> dict[str, float]:

@@ -42,13 +42,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from ecos_jax import models
-from ecos_jax import train as trainer
+from ecos_jax import models, training
 from ecos_jax.data import load, train_test_split
+from ecos_jax.experiments import progress
 from ecos_jax.privacy import accounting
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting import plots
+from ecos_jax.reporting.metrics import JsonlWriter
 from ecos_jax.reporting.tables import markdown_table
 from ecos_jax.utils.io import save_npz, write_json, write_text
 from ecos_jax.utils.overrides import floats
@@ -179,6 +180,11 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     runs: list[dict] = []
     scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     release_key = jax.random.fold_in(noise_key(c.privacy.noise_seed)[0], RELEASE_STREAM)
+    # Training metrics of every run, one JSON line per epoch (non-private) or chunk of DP-SGD
+    # steps, named by run; written afresh by each call.
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(metrics_path):
+        os.remove(metrics_path)
 
     for run_index, (arch, eps) in enumerate(itertools.product(c.train.models, epsilons)):
         label = f"{arch}_eps{eps_label(eps)}"
@@ -187,13 +193,15 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
                            dataset_size=len(x))
         ledger = PrivacyLedger(c.privacy.delta, relation="add_or_remove_one", **ledger_args)
         releases = PrivacyLedger(c.privacy.delta, relation="replace_one", **ledger_args)
-        trained = train_at_epsilon(
-            model, x, y, epsilon=eps, epochs=c.train.epochs,
-            checkpoints_every=c.train.checkpoints_every, batch_size=c.train.batch_size,
-            learning_rate=c.train.learning_rate, dp_learning_rate=c.train.dp_learning_rate,
-            l2_norm_clip=c.train.l2_norm_clip, ledger=ledger, accountant=c.privacy.accountant,
-            seed=c.seed, noise_seed=c.privacy.noise_seed, name=f"dpsgd/{label}",
-            progress=c.progress)
+        unit = "epoch" if math.isinf(eps) else "step"
+        with JsonlWriter(metrics_path, run=label) as metrics:
+            trained = train_at_epsilon(
+                model, x, y, epsilon=eps, epochs=c.train.epochs,
+                checkpoints_every=c.train.checkpoints_every, batch_size=c.train.batch_size,
+                learning_rate=c.train.learning_rate, dp_learning_rate=c.train.dp_learning_rate,
+                l2_norm_clip=c.train.l2_norm_clip, ledger=ledger, accountant=c.privacy.accountant,
+                seed=c.seed, noise_seed=c.privacy.noise_seed, name=f"dpsgd/{label}",
+                hooks=[training.WriteMetrics(metrics, key=unit), *progress.bar(c.progress, label, key=unit)])
         s, info = score_run(model, trained, x, y, c)
         scores[(arch, eps_label(eps))] = s
 
@@ -213,8 +221,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
             "arch": arch, "epsilon": eps_label(eps), "noise_multiplier": trained.noise_multiplier,
             "steps": trained.steps, "checkpoints": len(trained.checkpoints),
             "train_seconds": round(trained.seconds, 2),
-            "test_accuracy": trainer.evaluate(model, trained.params, x_test, y_test),
-            "train_accuracy": trainer.evaluate(model, trained.params, x, y),
+            "test_accuracy": training.evaluate(model, trained.params, x_test, y_test),
+            "train_accuracy": training.evaluate(model, trained.params, x, y),
             # two relations, two numbers, never summed (EPSILON_NOTE); ∞ for the non-private model
             "training_epsilon": ({"relation": "add_or_remove_one", "rdp": "inf", "pld": "inf"}
                                  if math.isinf(eps) else ledger_epsilon(ledger)),

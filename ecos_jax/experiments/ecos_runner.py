@@ -63,6 +63,7 @@ from tqdm.auto import tqdm
 from ecos_jax import data as data_lib
 from ecos_jax import features as features_lib
 from ecos_jax.ecos import protocol
+from ecos_jax.experiments import progress as progress_lib
 from ecos_jax.privacy.ledger import LedgerEntry, PrivacyLedger, event_to_json
 from ecos_jax.reporting import plots, tables
 from ecos_jax.samplers import Sampler, ecos_sampler, kcenter_sampler, random_sampler
@@ -255,7 +256,8 @@ def client_task(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset, do
     f = features_lib.fit_extractor(
         config.features.kind, pool.images, pool_labels=pool.labels, num_classes=ds.num_classes,
         dim=config.features.dim, epochs=config.features.epochs, seed=config.data.split_seed,
-        cache_dir=feature_cache_dir(config), progress=config.progress)
+        cache_dir=feature_cache_dir(config),
+        hooks=progress_lib.bar(config.progress, f"features[{config.features.kind}]", config.features.epochs))
     return ClientTask(
         domain=domain, domain_index=ds.domain_index(domain), split=split, num_classes=ds.num_classes,
         pool_features=f(pool.images), client_features=f(split.client_train.images), extractor=f,

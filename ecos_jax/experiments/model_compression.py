@@ -31,10 +31,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ecos_jax import models, train
+from ecos_jax import models, training
 from ecos_jax.data import sources
 from ecos_jax.ecos.distillation import distillation_loss, pack_targets
 from ecos_jax.experiments import ecos_runner
+from ecos_jax.experiments import progress as progress_lib
 from ecos_jax.experiments.ecos_runner import POOL_METHODS, ClientTask, Selection
 from ecos_jax.experiments.selective_labeling import fit_for_steps
 from ecos_jax.utils import io
@@ -83,8 +84,10 @@ def fit_teacher(model_name: str, images: np.ndarray, labels: np.ndarray, *, num_
         params = io.load_params(path, template)
         log.info("Loaded cached teacher from %s", path)
         return model, params, path
-    params = train.fit(model, images, np.asarray(labels, np.int32), epochs=epochs, batch_size=batch_size,
-                       learning_rate=learning_rate, seed=seed, progress=progress, desc=desc).params
+    params = training.fit(model, images, np.asarray(labels, np.int32),
+                          optimizer=training.make_optimizer("adam", float(learning_rate)), epochs=epochs,
+                          batch_size=batch_size, seed=seed, hooks=progress_lib.bar(progress, desc, epochs),
+                          desc=desc).params
     if path is not None:
         io.save_params(path, params)
     return model, params, path
@@ -124,7 +127,7 @@ class ModelCompression:
             t.model, pool.images, pool.labels, num_classes=task.num_classes, epochs=t.epochs,
             batch_size=t.batch_size, learning_rate=t.learning_rate, seed=config.data.split_seed,
             cache_dir=teacher_cache_dir(config), progress=config.progress, desc=f"teacher[{task.domain}]")
-        pred = np.argmax(train.predict(model, params, test.images), axis=-1)
+        pred = np.argmax(training.predict(model, params, test.images), axis=-1)
         acc = float(np.mean(pred == test.labels))
         log.info("Teacher %s for client %s: %.1f%% on the client test split.", t.model, task.domain,
                  100 * acc)
@@ -136,12 +139,12 @@ class ModelCompression:
             raise ValueError(f"{sel.method!r} picks nothing from the pool; compression needs pool picks.")
         c, pool, test = config.compression, task.split.pool, task.split.client_test
         x = pool.images[sel.indices]
-        logits = train.predict(teacher.model, teacher.params, x)
+        logits = training.predict(teacher.model, teacher.params, x)
         targets = logits if c.alpha == 0 else pack_targets(logits, pool.labels[sel.indices])
         student, res = fit_for_steps(config, x, targets, seed=sel.seed, desc=f"{sel.method}/{task.domain}",
                                      num_classes=task.num_classes,
                                      loss_fn=distillation_loss(c.temperature, c.alpha))
-        pred = np.argmax(train.predict(student, res.params, test.images), axis=-1)
+        pred = np.argmax(training.predict(student, res.params, test.images), axis=-1)
         return {"accuracy": float(np.mean(pred == test.labels)),
                 "teacher_accuracy": teacher.accuracy,
                 "teacher_agreement": float(np.mean(pred == teacher.test_predictions)),

@@ -25,8 +25,8 @@ import time
 import ml_collections
 import numpy as np
 
-from ecos_jax import models
-from ecos_jax import train as trainer
+from ecos_jax import models, training
+from ecos_jax.experiments import progress
 from ecos_jax.experiments.data_valuation import eps_label, prepare_data, score_run
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting.tables import markdown_table
@@ -46,7 +46,8 @@ def _train(model, x, y, eps, epochs, c, seed, name):
                            dp_learning_rate=c.train.dp_learning_rate,
                            l2_norm_clip=c.train.l2_norm_clip, ledger=ledger,
                            accountant=c.privacy.accountant, seed=seed,
-                           noise_seed=c.privacy.noise_seed, name=name, progress=c.progress)
+                           noise_seed=c.privacy.noise_seed, name=name,
+                           hooks=progress.bar(c.progress, name, key="epoch" if math.isinf(eps) else "step"))
     # DP-SGD's truncated-Poisson event is PLD-only: fall back to PLD where RDP cannot compose.
     acc = c.privacy.accountant if c.privacy.accountant in ledger.accountants() else "pld"
     eps_run = "inf" if math.isinf(eps) else ledger.epsilon(accountant=acc)
@@ -67,7 +68,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
         scored, eps_score = _train(model, x, y, eps, c.score_epochs, c, c.seed, "score")
         s, info = score_run(model, scored, x, y, c)
         scoring.append({"epsilon": e, "epsilon_scoring_model": eps_score,
-                        "test_accuracy": trainer.evaluate(model, scored.params, x_test, y_test),
+                        "test_accuracy": training.evaluate(model, scored.params, x_test, y_test),
                         "train_seconds": round(scored.seconds, 2), **info})
 
         everyone = np.arange(len(x))
@@ -85,8 +86,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
             rows.append({
                 "epsilon": e, "fraction": fraction, "metric": metric, "direction": direction,
                 "kept": int(len(keep)),
-                "test_accuracy": trainer.evaluate(model, retrained.params, x_test, y_test),
-                "train_accuracy": trainer.evaluate(model, retrained.params, x[keep], y[keep]),
+                "test_accuracy": training.evaluate(model, retrained.params, x_test, y_test),
+                "train_accuracy": training.evaluate(model, retrained.params, x[keep], y[keep]),
                 "retrain_seconds": round(retrained.seconds, 2), "epsilon_retrain": eps_run})
             log.info("ε=%s f=%.2f %s/%s: test %.3f (%.1f s)", e, fraction, metric, direction,
                      rows[-1]["test_accuracy"], retrained.seconds)

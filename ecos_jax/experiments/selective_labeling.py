@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ecos_jax import models, train
+from ecos_jax import models, training
 from ecos_jax.ecos import semi_supervised
 from ecos_jax.experiments import ecos_runner
 from ecos_jax.experiments.ecos_runner import METHODS, POOL_METHODS, ClientTask, Selection  # noqa: F401  (re-exported)
@@ -34,9 +34,8 @@ def fit_for_steps(config: ml_collections.ConfigDict, x: np.ndarray, targets: np.
     model = models.get_model(model_name or config.train.model, num_classes)
     batch = min(config.train.batch_size, len(x))
     epochs = max(1, math.ceil(config.train.steps * batch / len(x)))
-    res = train.fit(model, x, targets, epochs=epochs, batch_size=batch,
-                    learning_rate=config.train.learning_rate, seed=seed, progress=False, desc=desc,
-                    **fit_kwargs)
+    res = training.fit(model, x, targets, optimizer=training.make_optimizer("adam", float(config.train.learning_rate)),
+                       epochs=epochs, batch_size=batch, seed=seed, desc=desc, **fit_kwargs)
     return model, res
 
 
@@ -74,11 +73,11 @@ class SelectiveLabeling:
         out = {"n_train": int(len(x))}
         semi = config.get("semi")
         if semi is not None and semi.mode == "pseudo_label" and sel.indices is not None:
-            out["accuracy_supervised"] = train.evaluate(model, res.params, test.images, test.labels)
+            out["accuracy_supervised"] = training.evaluate(model, res.params, test.images, test.labels)
             u = semi_supervised.unlabeled_indices(jax.random.fold_in(sel.key, 7), len(pool), sel.indices,
                                                   semi.num_unlabeled)
             keep, pseudo = semi_supervised.confident_pseudo_labels(
-                train.predict(model, res.params, pool.images[u]), semi.threshold)
+                training.predict(model, res.params, pool.images[u]), semi.threshold)
             xs = np.concatenate([x, pool.images[u[keep]]])
             ys = np.concatenate([y, pseudo]).astype(np.int32)
             w = np.concatenate([np.ones(len(x), np.float32), np.full(len(keep), semi.weight, np.float32)])
@@ -86,7 +85,7 @@ class SelectiveLabeling:
                                    init_params=res.params, num_classes=task.num_classes)
             out.update(n_pseudo=int(len(keep)),
                        pseudo_label_accuracy=float(np.mean(pseudo == pool.labels[u[keep]])) if len(keep) else 0.0)
-        out["accuracy"] = train.evaluate(model, res.params, test.images, test.labels)
+        out["accuracy"] = training.evaluate(model, res.params, test.images, test.labels)
         return out
 
 

@@ -29,10 +29,12 @@ import ml_collections
 import optax
 
 from ecos_jax import data as data_lib
-from ecos_jax import models, train
+from ecos_jax import models, training
+from ecos_jax.experiments import progress
 from ecos_jax.privacy import accounting, dpsgd
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting import plots, tables
+from ecos_jax.reporting.metrics import JsonlWriter
 from ecos_jax.utils import io, overrides
 from ecos_jax.utils.errors import validates
 
@@ -122,16 +124,20 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
                                allow_large_delta=config.privacy.allow_large_delta)
         ckpt = (None if config.checkpoint_every is None
                 else workdir / f"checkpoints_eps{_label(target)}")
-        result = dpsgd.train(
-            model, params, train_ds.images, train_ds.labels, dp_config,
-            make_optimizer(config.train), steps=steps, seed=config.privacy.noise_seed, ledger=ledger,
-            name=f"{config.train.model}_dpsgd", log_every=config.log_every,
-            progress=config.progress, desc=f"ε={_label(target)}", checkpoint_dir=ckpt,
-            checkpoint_every=config.checkpoint_every,
-        )
+        # Metrics one JSON line per chunk of log_every steps; a resumed run appends the
+        # chunks it trains after its checkpoint.
+        with JsonlWriter(workdir / "metrics.jsonl", run=f"eps{_label(target)}") as metrics:
+            result = dpsgd.train(
+                model, params, train_ds.images, train_ds.labels, dp_config,
+                make_optimizer(config.train), steps=steps, seed=config.privacy.noise_seed, ledger=ledger,
+                name=f"{config.train.model}_dpsgd", log_every=config.log_every,
+                hooks=[training.WriteMetrics(metrics, key="step"),
+                       *progress.bar(config.progress, f"ε={_label(target)}", steps, key="step")],
+                desc=f"ε={_label(target)}", checkpoint_dir=ckpt, checkpoint_every=config.checkpoint_every,
+            )
         ledger.save(workdir / f"ledger_eps{_label(target)}.json")
-        acc = train.evaluate(model, result.params, test_ds.images, test_ds.labels,
-                             batch_size=config.eval_batch_size)
+        acc = training.evaluate(model, result.params, test_ds.images, test_ds.labels,
+                                batch_size=config.eval_batch_size)
         # Infinite values are written as "inf": strict JSON has no infinities.
         record = {
             "target_epsilon": _label(target), "noise_multiplier": sigma,

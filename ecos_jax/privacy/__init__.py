@@ -16,9 +16,9 @@
   layer_grads.py  per-example grads/norms/clipped sums from layer     clipped_grad_sum,
                   inputs and output gradients (ghost norms)          per_example_layer_grads
   pooling.py      max-pool with a fast gradient, jaxpr rewrite (CPU)  fast_max_pool_grads
-  dpsgd.py        the DP-SGD step and training loop                   DPSGDConfig, make_dp_step,
-                                                                     train
-  dpsgd_checkpoint.py  orbax checkpoints of a DP-SGD run, resumable   (used by train)
+  dpsgd.py        the DP-SGD step; train runs it in the one training  DPSGDConfig, make_dp_step,
+                  loop (ecos_jax.training.train_loop)                train
+  dpsgd_checkpoint.py  the fingerprint a DP-SGD checkpoint must match (used by train)
   audit/          empirical ε lower bounds by attack, one audit per   epsilon_lower_bound,
                   release with a broken control it must catch        audit_coverage, audit_knn,
                                                                      audit_scores, audit_dpsgd

@@ -43,9 +43,9 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import dp_accounting
 import flax.linen as nn
@@ -53,7 +53,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from ecos_jax.privacy import accounting, clipped_grads, clipping, dpsgd_checkpoint, layer_grads
 from ecos_jax.privacy.keys import noise_key
@@ -66,6 +65,9 @@ from ecos_jax.privacy.sampling import (
     poisson_batch,
     prefix_buckets,
 )
+from ecos_jax.training.loop import Hook, train_loop
+from ecos_jax.training.state import TrainState, init_state
+from ecos_jax.training.steps import clipped_gradient_step
 
 PyTree = Any
 BatchLoss = Callable[[jax.Array, jax.Array], jax.Array]
@@ -202,10 +204,9 @@ class DPSGDConfig:
         return dataclasses.replace(self, noise_multiplier=sigma)
 
 
-class DPTrainState(NamedTuple):
-    params: PyTree
-    opt_state: optax.OptState
-    step: jax.Array  # int32 []
+# DP-SGD trains with the loop's state; the noise key lives in `opt_state` (`NoiseState`) and
+# the secret sampling key in `rng`.
+DPTrainState = TrainState
 
 
 def make_dp_step(
@@ -215,7 +216,7 @@ def make_dp_step(
     *,
     key: jax.Array,
     loss: BatchLoss = layer_grads.softmax_xent,
-) -> tuple[Callable[[PyTree], DPTrainState], Callable]:
+) -> tuple[Callable[[PyTree], TrainState], Callable]:
     """Builds `(init_fn, update_fn)` for DP-SGD with `optimizer` after clip and noise.
 
     `update_fn(state, x [M, ...], y [M], mask [M]) -> (state, metrics)` is pure and jitted;
@@ -227,41 +228,24 @@ def make_dp_step(
     `batch_size` (examples sampled) and `nonfinite` (sampled examples zeroed), all float32 [].
 
     One path for both grad methods: `grad_fn = clipped_grad(model, method=config.grad_method,
-    ...)` gives the param-shaped clipped sum (sensitivity C), then
-    `optax.chain(add_gaussian_noise(σ, grad_fn, expected_batch_size=q·N), optimizer)`.
+    ...)` gives the param-shaped clipped sum (sensitivity C), then the training loop's
+    `clipped_gradient_step(grad_fn, optax.chain(add_gaussian_noise(σ, grad_fn,
+    expected_batch_size=q·N), optimizer))`.
     """
     grad_fn = clipped_grads.clipped_grad(
         model, l2_norm_clip=config.l2_norm_clip, loss=loss, method=config.grad_method,
         clipping=config.clipping, microbatch_size=config.microbatch_size)
-    c = grad_fn.l2_norm_clip
     tx = optax.chain(
         add_gaussian_noise(config.noise_multiplier, grad_fn,
                            expected_batch_size=config.expected_batch_size, key=key),
         optimizer)
+    step = clipped_gradient_step(grad_fn, tx)
 
-    def init_fn(params: PyTree) -> DPTrainState:
-        return DPTrainState(params, tx.init(params), jnp.zeros([], jnp.int32))
+    def init_fn(params: PyTree) -> TrainState:
+        return init_state(params, tx)
 
-    def update_fn(state: DPTrainState, x: jax.Array, y: jax.Array, mask: jax.Array):
-        mask = mask.astype(jnp.float32)
-        grads, aux = grad_fn(state.params, x, y, mask)
-        norms, losses = aux["norms"], aux["losses"]
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        # Metrics over the rows that contributed; padding and non-finite rows are selected
-        # away (never multiplied by 0, which keeps a NaN).
-        sampled = mask != 0
-        finite = jnp.isfinite(norms)
-        kept = sampled & finite
-        n = jnp.maximum(jnp.sum(kept), 1).astype(jnp.float32)
-        metrics = {
-            "loss": jnp.sum(jnp.where(kept, losses, 0.0)) / n,
-            "grad_norm": jnp.sum(jnp.where(kept, norms, 0.0)) / n,
-            "clipped_fraction": jnp.sum(kept & (norms > c)) / n,
-            "batch_size": jnp.sum(sampled).astype(jnp.float32),
-            "nonfinite": jnp.sum(sampled & ~finite).astype(jnp.float32),
-        }
-        return DPTrainState(params, opt_state, state.step + 1), metrics
+    def update_fn(state: TrainState, x: jax.Array, y: jax.Array, mask: jax.Array):
+        return step(state, (x, y, mask))
 
     if config.sampling == "poisson":
         # Padding rows add exact zeros, and poisson_batch puts the sampled rows first: run on
@@ -350,13 +334,17 @@ def train(
     name: str = "dpsgd_model",
     loss: BatchLoss = layer_grads.softmax_xent,
     log_every: int = 100,
-    progress: bool = True,
+    hooks: Sequence[Hook] = (),
     desc: str = "dp-sgd",
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
-    callback: Callable[[dict[str, float]], None] | None = None,
 ) -> DPTrainResult:
     """Trains with DP-SGD for `steps` steps and records the release in `ledger`.
+
+    The run is the training loop (`training.loop.train_loop`) over chunks of `log_every`
+    steps, each chunk one compiled `lax.scan` that draws its Poisson batches inside; the
+    optimiser state (with the noise key) and the sampling key are carried from chunk to
+    chunk in the loop's `TrainState`.
 
     Non-finite gradients: a sampled example whose gradient has a NaN or inf coordinate (or a
     norm that overflows float32) is zeroed before clipping and counted (`nonfinite` in the
@@ -367,17 +355,18 @@ def train(
     no example sampled in a chunk had a finite gradient (the model diverged).
 
     Resuming: with `checkpoint_dir`, the whole train state (params, optimiser state with the
-    noise key, step, sampling key, truncation / non-finite counters, history) is written there
-    with orbax every `checkpoint_every` steps (rounded up to whole chunks of `log_every`) and
-    at the end. Calling `train` again with the same arguments and directory resumes from the
-    latest checkpoint and ends with the same parameters as an uninterrupted run, bit for bit.
-    A checkpoint written by a run with another config, T, seed, `log_every`, state shapes,
-    loss or data is refused (ValueError). The release is recorded in `ledger` once, when the
-    run completes, with all T steps; an interrupted run records nothing (its parameters were
-    not released). Calling it again on a finished run's directory trains nothing, returns the
-    same parameters and records the release again (a conservative double count). The
-    checkpoint holds the secret noise key (also with `seed=None`, where it came from OS
-    entropy): protect the directory like the training data (`dpsgd_checkpoint`).
+    noise key, step, sampling key) and the history (with each chunk's truncation and
+    non-finite counts) are written there with orbax every `checkpoint_every` steps (rounded
+    up to whole chunks of `log_every`) and at the end. Calling `train` again with the same
+    arguments and directory resumes from the latest checkpoint and ends with the same
+    parameters as an uninterrupted run, bit for bit. A checkpoint written by a run with
+    another config, T, seed, `log_every`, state shapes, loss or data is refused (ValueError).
+    The release is recorded in `ledger` once, when the run completes, with all T steps; an
+    interrupted run records nothing (its parameters were not released). Calling it again on
+    a finished run's directory trains nothing, returns the same parameters and records the
+    release again (a conservative double count). The checkpoint holds the secret noise key
+    (also with `seed=None`, where it came from OS entropy): protect the directory like the
+    training data (`dpsgd_checkpoint`).
 
     Args:
       model, params: flax model and its initial `{"params": ...}` variables.
@@ -391,14 +380,16 @@ def train(
         one to keep the run's privacy claim). Its relation must be `config.relation` (checked
         before training); read truncated-Poisson runs with its PLD accountant.
       log_every: steps per compiled scan chunk and per history entry.
+      hooks: the loop's hooks, `hook(state, record)` after each chunk (and before its
+        checkpoint): snapshots, metric writers, a progress bar; an exception one raises stops
+        the run there.
       checkpoint_dir: where to checkpoint and resume the run; None: no checkpoints.
       checkpoint_every: steps between checkpoints (default `log_every`).
-      callback: called with each history entry after the chunk (and its checkpoint) is done;
-        an exception it raises stops the run there.
 
     Returns:
       `DPTrainResult` with the final params, per-chunk history (means per step, except
-      `nonfinite`: the chunk's count), the event and its ε.
+      `nonfinite`, `truncated_examples`, `truncated_batches`: the chunk's counts), the event
+      and its ε.
     """
     x = jnp.asarray(x)
     y = jnp.asarray(y)
@@ -426,101 +417,76 @@ def train(
     key, reproducible = noise_key(seed)
     noise_k, sample_k = jax.random.split(key)
     init_fn, update_fn = make_dp_step(model, optimizer, config, key=noise_k, loss=loss)
-    state = init_fn(jax.tree.map(jnp.array, params))  # a copy: the loop donates its state
+    # A copy: the loop donates its state. The sampling key rides in the state, so a resumed
+    # run continues with the checkpointed one (with seed=None a fresh OS draw would differ).
+    state = init_fn(jax.tree.map(jnp.array, params))._replace(rng=sample_k)
     sampler = config.sampler()
     kind = "poisson" if isinstance(sampler, PoissonSampler) else "shuffle"
+    chunk = min(log_every, int(steps))
+    num_chunks = -(-int(steps) // chunk)
 
-    history: list[dict[str, float]] = []
-    trunc_total = trunc_batches_total = nonfinite_total = 0
-    done = 0
     ckpt = None
     if checkpoint_dir is not None:
-        carried = {"train": state, "sample_key": sample_k}
-        ckpt = dpsgd_checkpoint.RunCheckpointer(
+        ckpt = dpsgd_checkpoint.checkpointer(
             checkpoint_dir,
             dpsgd_checkpoint.fingerprint(config, steps=steps, seed=seed, log_every=log_every,
-                                         state=carried, x=x, y=y, loss=loss),
-            carried,
-        )
-        restored = ckpt.restore()
-        if restored is not None:
-            # The restored keys replace the ones just drawn (with seed=None a fresh OS draw
-            # would otherwise continue the run with different noise and batches).
-            carried, host = restored
-            state, sample_k = carried["train"], carried["sample_key"]
-            done = int(host["done"])
-            trunc_total, trunc_batches_total = host["truncated_examples"], host["truncated_batches"]
-            nonfinite_total, history = host["nonfinite_examples"], list(host["history"])
-            log.info("%s: resumed at step %d of %d from %s.", desc, done, steps, ckpt.directory)
-    resumed_from = done
-    every = int(checkpoint_every or log_every)
-    last_saved = done
+                                         state=state, x=x, y=y, loss=loss))
 
     traces = []
-    chunk = min(log_every, int(steps))
 
     @partial(jax.jit, donate_argnums=(0,))
-    def run(state, sample_key, x_all, y_all, shuffle_idx, active):
+    def run(state, x_all, y_all, shuffle_idx, active):
         traces.append(1)  # runs once per compilation
         return _run_chunk(
-            update_fn, state, sample_key, x_all, y_all, active, chunk=chunk, sampler_kind=kind,
+            update_fn, state, state.rng, x_all, y_all, active, chunk=chunk, sampler_kind=kind,
             n=config.dataset_size, q=config.sampling_rate, m=sampler.max_batch_size,
             shuffle_idx=shuffle_idx,
         )
 
     epochs: dict[int, jax.Array] = {}
-    bar = tqdm(total=steps, initial=done, desc=desc, disable=not progress, leave=False,
-               dynamic_ncols=True)
-    try:
-        while done < steps:
-            active = min(chunk, steps - done)
-            if kind == "shuffle":
-                rows = []
-                for t in range(done, done + chunk):
-                    epoch, within = divmod(t, sampler.steps_per_epoch)
-                    if epoch not in epochs:
-                        epochs = {epoch: sampler.epoch(jax.random.fold_in(sample_k, epoch))}
-                    rows.append(epochs[epoch][within])
-                shuffle_idx = jnp.stack(rows)
-            else:
-                shuffle_idx = jnp.zeros((chunk, 1), jnp.int32)
-            state, trunc, trunc_b, metrics, totals, finite = run(
-                state, sample_k, x, y, shuffle_idx, jnp.int32(active))
-            done += active
-            trunc_total += int(trunc)
-            trunc_batches_total += int(trunc_b)
-            nonfinite = int(totals["nonfinite"])
-            nonfinite_total += nonfinite
-            record = {"step": done, **{k: float(v) for k, v in metrics.items()},
-                      "nonfinite": nonfinite}
-            if not bool(finite) or not np.isfinite(record["loss"]):
+
+    def run_chunk(state: TrainState, i: int):
+        nonlocal epochs
+        begin = (i - 1) * chunk
+        active = min(chunk, steps - begin)
+        if kind == "shuffle":
+            rows = []
+            for t in range(begin, begin + chunk):
+                epoch, within = divmod(t, sampler.steps_per_epoch)
+                if epoch not in epochs:
+                    epochs = {epoch: sampler.epoch(jax.random.fold_in(state.rng, epoch))}
+                rows.append(epochs[epoch][within])
+            shuffle_idx = jnp.stack(rows)
+        else:
+            shuffle_idx = jnp.zeros((chunk, 1), jnp.int32)
+        state, trunc, trunc_b, metrics, totals, finite = run(state, x, y, shuffle_idx, jnp.int32(active))
+        done = begin + active
+        nonfinite = int(totals["nonfinite"])
+        record = {"step": done, **{k: float(v) for k, v in metrics.items()}, "nonfinite": nonfinite,
+                  "truncated_examples": int(trunc), "truncated_batches": int(trunc_b)}
+        if not bool(finite) or not np.isfinite(record["loss"]):
+            raise FloatingPointError(
+                f"{desc}: {'loss' if bool(finite) else 'parameters'} became non-finite by "
+                f"step {done} (loss {record['loss']}).")
+        if nonfinite:
+            if nonfinite == int(totals["batch_size"]):
                 raise FloatingPointError(
-                    f"{desc}: {'loss' if bool(finite) else 'parameters'} became non-finite by "
-                    f"step {done} (loss {record['loss']}).")
-            if nonfinite:
-                if nonfinite == int(totals["batch_size"]):
-                    raise FloatingPointError(
-                        f"{desc}: every example sampled in steps {done - active + 1}-{done} had "
-                        "a non-finite gradient; the model diverged.")
-                log.warning("%s: %d sampled examples with non-finite gradients zeroed in steps "
-                            "%d-%d.", desc, nonfinite, done - active + 1, done)
-            history.append(record)
-            if ckpt is not None and (done - last_saved >= every or done == steps):
-                ckpt.save(done, {"train": state, "sample_key": sample_k}, {
-                    "done": done, "truncated_examples": trunc_total,
-                    "truncated_batches": trunc_batches_total,
-                    "nonfinite_examples": nonfinite_total, "history": history,
-                })
-                last_saved = done
-            bar.update(active)
-            bar.set_postfix(loss=round(record["loss"], 4),
-                            clipped=round(record["clipped_fraction"], 3))
-            if callback is not None:
-                callback(record)
-    finally:
-        bar.close()
-        if ckpt is not None:
-            ckpt.close()
+                    f"{desc}: every example sampled in steps {begin + 1}-{done} had "
+                    "a non-finite gradient; the model diverged.")
+            log.warning("%s: %d sampled examples with non-finite gradients zeroed in steps "
+                        "%d-%d.", desc, nonfinite, begin + 1, done)
+        return state, record
+
+    every = -(-int(checkpoint_every or log_every) // chunk)  # whole chunks
+    out = train_loop(run_chunk, state, num_chunks=num_chunks, hooks=hooks, checkpointer=ckpt,
+                     checkpoint_every=every, desc=desc)
+    if out.resumed_from:
+        log.info("%s: resumed at step %d of %d from %s.", desc, min(out.resumed_from * chunk, steps),
+                 steps, ckpt.directory)
+    history = out.history
+    trunc_total = sum(int(h["truncated_examples"]) for h in history)
+    trunc_batches_total = sum(int(h["truncated_batches"]) for h in history)
+    nonfinite_total = sum(int(h["nonfinite"]) for h in history)
     event = config.event(steps)
     delta = ledger.delta if ledger is not None else 1e-5
     usable = accounting.supported_accountants(event)
@@ -542,8 +508,9 @@ def train(
             reproducible=reproducible,
         )
     return DPTrainResult(
-        params=state.params, history=history, steps=int(steps), event=event, epsilon=eps,
+        params=out.state.params, history=history, steps=int(steps), event=event, epsilon=eps,
         truncated_examples=trunc_total, truncated_batches=trunc_batches_total,
         reproducible=reproducible, compilations=len(traces),
-        nonfinite_examples=nonfinite_total, resumed_from=resumed_from,
+        nonfinite_examples=nonfinite_total,
+        resumed_from=min(out.resumed_from * chunk, int(steps)),
     )

@@ -1,22 +1,18 @@
 """Checkpoints of a DP-SGD run in progress, so that a killed run resumes where it stopped.
 
-A checkpoint holds everything the remaining steps depend on: the parameters, the optimiser
-state (which carries the secret noise key and its step counter, `noise.NoiseState`), the step,
-the sampling key, and the host-side counters (truncated examples and batches, zeroed non-finite
-examples) and history. Batches and noise are functions of (key, step) only, so a resumed run
-draws exactly the batches and noise an uninterrupted run would, and ends with the same
-parameters bit for bit.
+The checkpoint itself is the training loop's (`ecos_jax.training.checkpoint`): the whole
+`TrainState` (parameters; the optimiser state, which carries the secret noise key and its step
+counter, `noise.NoiseState`; the step; the sampling key) and the history, whose per-chunk
+records hold the truncated and non-finite counts. Batches and noise are functions of (key,
+step) only, so a resumed run draws exactly the batches and noise an uninterrupted run would,
+and ends with the same parameters bit for bit.
 
-Each checkpoint also stores a fingerprint of the run that wrote it: the `DPSGDConfig` (σ, q, C,
-N, M, clipping, ...), the number of steps T, the seed, the chunk length, the shapes of every
-state leaf, the loss and a hash of the training data. A run whose fingerprint differs refuses
-the checkpoint (ValueError naming the fields) instead of mixing two runs, whose privacy
-accounting would describe neither. The optimiser's hyper-parameters are not visible in its
-state and are not checked.
-
-Writes go through orbax (`CheckpointManager`): each step's checkpoint is written to a temporary
-directory and renamed when complete, so a run killed mid-write leaves the previous checkpoint
-intact.
+What is DP-specific is the fingerprint each checkpoint stores: the `DPSGDConfig` (σ, q, C, N,
+M, clipping, ...), the number of steps T, the seed, the chunk length, the shapes of every state
+leaf, the loss and a hash of the training data. A run whose fingerprint differs refuses the
+checkpoint (ValueError naming the fields) instead of mixing two runs, whose privacy accounting
+would describe neither. The optimiser's hyper-parameters are not visible in its state and are
+not checked.
 
 Security: the checkpoint contains the noise key. With it (and the checkpointed parameters)
 anyone can regenerate the noise of every remaining step, and from the parameters alone one
@@ -27,37 +23,11 @@ data itself, and delete it when the run's model has been released.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import orbax.checkpoint as ocp
+from ecos_jax.training.checkpoint import Checkpointer, data_hash, state_spec
 
 PyTree = Any
-
-
-def _is_key(leaf) -> bool:
-    return jnp.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
-
-
-def _leaf_spec(leaf) -> list:
-    if _is_key(leaf):
-        return [list(leaf.shape), f"key<{jax.random.key_impl(leaf)}>"]
-    return [list(np.shape(leaf)), str(jnp.asarray(leaf).dtype)]
-
-
-def data_hash(*arrays) -> str:
-    """SHA-256 over the arrays' shapes, dtypes and bytes (identifies the training data)."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(np.asarray(a))
-        h.update(f"{a.shape}{a.dtype}".encode())
-        h.update(a.data)
-    return h.hexdigest()
 
 
 def fingerprint(config, *, steps: int, seed: int | None, log_every: int, state: PyTree,
@@ -69,114 +39,19 @@ def fingerprint(config, *, steps: int, seed: int | None, log_every: int, state: 
     """
     fields = {f.name: repr(getattr(config, f.name)) for f in dataclasses.fields(config)}
     fields["max_batch_size"] = repr(config.sampler().max_batch_size)  # the resolved M
-    paths = jax.tree_util.tree_flatten_with_path(state)[0]
     return {
         "config": fields,
         "steps": int(steps),
         "seed": seed if seed is None else int(seed),
         "log_every": int(log_every),
-        "state": {jax.tree_util.keystr(p): _leaf_spec(v) for p, v in paths},
+        "state": state_spec(state),
         "loss": f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', repr(loss))}",
         "data_sha256": data_hash(x, y),
     }
 
 
-def _differences(saved: dict, current: dict) -> list[str]:
-    out = []
-    for k in sorted(set(saved) | set(current)):
-        a, b = saved.get(k), current.get(k)
-        if a == b:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict) and k != "state":
-            out += [f"{k}.{d}" for d in _differences(a, b)]
-        elif k in ("state", "data_sha256"):
-            out.append(f"{k} (differs)")
-        else:
-            out.append(f"{k} (checkpoint {a!r}, this run {b!r})")
-    return out
-
-
-def _flatten(tree: PyTree) -> dict[str, jax.Array]:
-    """Leaves by position, typed PRNG keys as their raw uint32 data (what orbax can store)."""
-    leaves = jax.tree.leaves(tree)
-    return {f"leaf{i:05d}": jax.random.key_data(v) if _is_key(v) else v
-            for i, v in enumerate(leaves)}
-
-
-def _unflatten(flat: dict[str, jax.Array], template: PyTree) -> PyTree:
-    leaves, treedef = jax.tree.flatten(template)
-    out = []
-    for i, t in enumerate(leaves):
-        v = flat[f"leaf{i:05d}"]
-        out.append(jax.random.wrap_key_data(v, impl=jax.random.key_impl(t)) if _is_key(t) else v)
-    return jax.tree.unflatten(treedef, out)
-
-
-class RunCheckpointer:
-    """Saves and restores one DP-SGD run's state in `directory` (see the module docstring).
-
-    Args:
-      directory: where checkpoints live (created if missing); one run per directory.
-      fingerprint: this run's `fingerprint(...)`; a checkpoint with another one is refused.
-      template: a state pytree of the right structure, shapes and shardings (restore target).
-      max_to_keep: how many of the latest checkpoints to keep.
-    """
-
-    def __init__(self, directory, fingerprint: dict, template: PyTree, *, max_to_keep: int = 2):
-        self.directory = Path(directory).absolute()
-        # Through JSON once, so tuples and lists compare equal to what a checkpoint holds.
-        self.fingerprint = json.loads(json.dumps(fingerprint))
-        self.template = template
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True,
-                # Synchronous: the training loop donates its state buffers to the next chunk.
-                enable_async_checkpointing=False,
-            ),
-            item_names=("state", "host"),
-        )
-
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
-
-    def restore(self) -> tuple[PyTree, dict] | None:
-        """`(state, host)` from the latest checkpoint, None if there is none.
-
-        Raises:
-          ValueError: the checkpoint was written by a run with a different fingerprint.
-        """
-        step = self._manager.latest_step()
-        if step is None:
-            return None
-        host = self._manager.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore()))["host"]
-        diffs = _differences(host["fingerprint"], self.fingerprint)
-        if diffs:
-            raise ValueError(
-                f"the checkpoint in {self.directory} (step {step}) was written by a different "
-                f"DP-SGD run: {'; '.join(diffs)}. Resuming would mix two runs whose privacy "
-                "accounting describes neither; use a new checkpoint_dir or delete this one."
-            )
-        abstract = {
-            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
-            for k, v in _flatten(self.template).items()
-        }
-        flat = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        )["state"]
-        return _unflatten(flat, self.template), host
-
-    def save(self, step: int, state: PyTree, host: dict) -> None:
-        """Writes the checkpoint of step `step` (atomically; old ones beyond max_to_keep go)."""
-        self._manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_flatten(state)),
-                host=ocp.args.JsonSave({**host, "fingerprint": self.fingerprint}),
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
-
-    def close(self) -> None:
-        self._manager.close()
+def checkpointer(directory, fingerprint: dict, *, max_to_keep: int = 2) -> Checkpointer:
+    """The training loop's checkpointer for one DP-SGD run in `directory`."""
+    return Checkpointer(
+        directory, fingerprint, what="DP-SGD run", max_to_keep=max_to_keep,
+        why="Resuming would mix two runs whose privacy accounting describes neither. ")

@@ -149,7 +149,7 @@ def _claim(epsilon, delta, dataset_size, batch_size, steps, l2_norm_clip, learni
     ledger = PrivacyLedger(delta, accountant="pld", relation="add_or_remove_one",
                            dataset_size=dataset_size)
     train(model, params, pos_x, y, config, optimizer, steps=steps, ledger=ledger,
-          loss=linear_loss, log_every=steps, progress=False)
+          loss=linear_loss, log_every=steps)
     return sigma, max_batch, ledger
 
 
