@@ -41,6 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.features.cache_dir = config_dict.placeholder(str)  # default: <data cache>/features
 
     c.ecos = base.ecos()                    # R = 30 centroids, ε = 0.58 at δ = 1e-5 (PLD)
+    # How ECOS picks inside each cluster (samplers/ecos.py WITHIN_CLUSTER; chosen below).
+    c.ecos.within_cluster = "proximity_kcenter"
 
     c.train = base.train(model="cnn", batch_size=64, learning_rate=1e-3,
                          steps=300)         # optimiser steps per run, the same for every budget

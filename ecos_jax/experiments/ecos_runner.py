@@ -67,6 +67,8 @@ from ecos_jax.experiments import progress as progress_lib
 from ecos_jax.privacy.ledger import LedgerEntry, PrivacyLedger, event_to_json
 from ecos_jax.reporting import plots, tables
 from ecos_jax.samplers import Sampler, ecos_sampler, kcenter_sampler, random_sampler
+from ecos_jax.samplers import ecos as ecos_lib
+from ecos_jax.samplers.base import stage
 from ecos_jax.samplers.kmeans import KMeansResult, kmeans
 from ecos_jax.utils import io
 from ecos_jax.utils.errors import validates
@@ -77,13 +79,50 @@ log = logging.getLogger(__name__)
 # candidates); 'local' picks nothing. A chain (e.g. with `dedup_filter`) fits here too: `pick`
 # hands every sampler the stage arguments it declares from what the round made public.
 SAMPLERS: dict[str, Callable[[ml_collections.ConfigDict], Sampler]] = {
-    "ecos": lambda config: ecos_sampler(proximity=config.ecos.proximity),
+    "ecos": lambda config: rule_sampler(config),
     "random": lambda config: random_sampler(),
     "kcenter": lambda config: kcenter_sampler(),
     "oracle": lambda config: random_sampler(),
 }
 POOL_METHODS = tuple(SAMPLERS)
 METHODS = ("ecos", "random", "kcenter", "local", "oracle")
+DEFAULT_RULE = ecos_lib.WITHIN_CLUSTER[0]  # ecos.within_cluster where a config has no such field
+
+
+def within_cluster_rule(config: ml_collections.ConfigDict) -> str:
+    """The config's within-cluster rule (`ecos.within_cluster`, see samplers/ecos.py)."""
+    return config.ecos.get("within_cluster", DEFAULT_RULE)
+
+
+def rule_sampler(config: ml_collections.ConfigDict) -> Sampler:
+    """ECOS's sampler for the config: `ecos_sampler` under the default rule, else the same stage
+    (same stage arguments) picking inside each cluster by `ecos.within_cluster`."""
+    rule = within_cluster_rule(config)
+    if rule == DEFAULT_RULE:
+        return ecos_sampler(proximity=config.ecos.proximity)
+
+    def select(key, features, budget, candidates, *, centroids, noisy_counts, assignments=None):
+        return ecos_lib.ecos_sample(key, features, budget, centroids=centroids, noisy_counts=noisy_counts,
+                                    assignments=assignments, proximity=config.ecos.proximity, rule=rule,
+                                    candidates=candidates)
+    return stage(select, "ecos")
+
+
+def carve_validation(split: data_lib.EcosSplit, n_validation: int, seed: int) -> data_lib.EcosSplit:
+    """The split with a validation slice of the client's own training data as its test split.
+
+    `n_validation` of the client's labelled training examples (seeded draw) are held out: the
+    returned `client_train` is the rest (what the client answers ECOS from, the Local method's
+    data) and `client_test` is the held-out slice. The pool is unchanged (so is its cached
+    feature extractor), and a run on the result never reads the client's test split.
+    """
+    train = split.client_train
+    if not 1 <= n_validation < len(train):
+        raise ValueError(f"data.n_client_validation must be in [1, n_client_train - 1 = {len(train) - 1}], "
+                         f"got {n_validation}.")
+    held = np.zeros(len(train), bool)
+    held[np.random.default_rng([seed, 14]).permutation(len(train))[:n_validation]] = True
+    return dataclasses.replace(split, client_train=train.subset(~held), client_test=train.subset(held))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -180,6 +219,7 @@ def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset,
     for field, allowed in (("centroid_dtype", protocol.CENTROID_DTYPES), ("count_dtype", protocol.COUNT_DTYPES)):
         if config.ecos[field] not in allowed:
             raise ValueError(f"ecos.{field} must be one of {allowed}, got {config.ecos[field]!r}.")
+    ecos_lib.check_rule(within_cluster_rule(config))
     if not config.budgets or any(b < 1 for b in config.budgets):
         raise ValueError(f"budgets must be positive integers, got {tuple(config.budgets)}.")
     domains = list(config.data.client_domains) or list(ds.domain_names)
@@ -197,6 +237,8 @@ def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset,
         if too_big:
             raise ValueError(f"budget(s) {too_big} larger than the pool ({len(split.pool)} samples) "
                              f"when {domain!r} is the client.")
+        if config.data.get("n_client_validation", 0):  # rule comparisons: never the test split
+            split = carve_validation(split, config.data.n_client_validation, config.data.split_seed)
         splits[domain] = split
     return splits
 
