@@ -59,5 +59,9 @@ def test_runs_that_do_not_fit_together_are_refused(tmp_path):
     _run(tmp_path / "c", ("ecos",), {"ecos": 0.6}, epsilon=1.0)
     with pytest.raises(ValueError, match="repeats record"):
         ecos_budgets.combine(tmp_path / "out", [tmp_path / "a", tmp_path / "b"])
+    (tmp_path / "d").mkdir()
+    _run(tmp_path / "d", ("ecos",), {"ecos": 0.6}, epsilon=0.58)
     with pytest.raises(ValueError, match=r"different config \(differs in \['ecos'\]\)"):
-        ecos_budgets.combine(tmp_path / "out", [tmp_path / "a", tmp_path / "c"])
+        ecos_budgets.combine(tmp_path / "out", [tmp_path / "d", tmp_path / "c"])
+    # A run without ECOS never read the ecos section: it joins an ECOS run of any ε.
+    assert len(ecos_budgets.combine(tmp_path / "out", [tmp_path / "a", tmp_path / "c"])) == 16

@@ -73,9 +73,13 @@ def combine(out: str | Path, workdirs: list[str | Path]) -> list[dict]:
     """Writes the union of `workdirs`' records into `out` as one run's outputs; returns them."""
     out = Path(out)
     results = [json.loads((Path(w) / "results.json").read_text()) for w in workdirs]
-    base = {k: v for k, v in results[0]["config"].items() if k not in _FREE}
+    # The reference is a run with ECOS in it; a run without ECOS never read the ecos section
+    # (its picks and training do not depend on it), so only its other sections must match.
+    ref = next((r for r in results if "ecos" in r["config"]["methods"]), results[0])
     for w, r in zip(workdirs, results, strict=True):
-        other = {k: v for k, v in r["config"].items() if k not in _FREE}
+        free = _FREE if "ecos" in r["config"]["methods"] else (*_FREE, "ecos")
+        base = {k: v for k, v in ref["config"].items() if k not in free}
+        other = {k: v for k, v in r["config"].items() if k not in free}
         if json.dumps(other, sort_keys=True, default=str) != json.dumps(base, sort_keys=True, default=str):
             diff = sorted(k for k in set(base) | set(other) if base.get(k) != other.get(k))
             raise ValueError(f"{w} is a run of a different config (differs in {diff}); only methods and "
@@ -100,7 +104,7 @@ def combine(out: str | Path, workdirs: list[str | Path]) -> list[dict]:
                 client_ledgers[d] = led
         comm.update(r.get("communication", {}))
     methods = [m for m in ecos_runner.METHODS if any(rec["method"] == m for rec in records)]
-    config = ml_collections.ConfigDict({**results[0]["config"], "methods": tuple(methods),
+    config = ml_collections.ConfigDict({**ref["config"], "methods": tuple(methods),
                                         "budgets": tuple(sorted({rec["budget"] for rec in records if rec["budget"]}))})
     domains = list(dict.fromkeys(rec["domain"] for rec in records))
     for d in domains:  # a client that released nothing still gets its (empty) lifetime ledger
