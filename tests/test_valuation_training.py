@@ -8,6 +8,7 @@ import pytest
 from ecos_jax import models
 from ecos_jax.privacy import accounting
 from ecos_jax.privacy.ledger import PrivacyLedger
+from ecos_jax.training import fit, make_optimizer
 from ecos_jax.valuation.private_training import train_at_epsilon
 from ecos_jax.valuation.vog import vog_scores
 
@@ -31,6 +32,17 @@ def test_nonprivate_checkpoints_are_distinct_and_alive(tiny):
     # One Adam run through its checkpoints (the old loop restarted Adam at each): the last
     # checkpoint is the run's final params.
     for a, b in zip(jax.tree.leaves(run.checkpoints[-1]), jax.tree.leaves(run.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nonprivate_run_is_one_adam_run_through_its_checkpoints(tiny):
+    # The old loop restarted (and re-seeded) Adam at every checkpoint; now the K checkpoints
+    # are snapshots of one run: the same params as a plain fit without checkpoints.
+    model, x, y = tiny
+    run = train_at_epsilon(model, x, y, epsilon=math.inf, epochs=3, checkpoints_every=1,
+                           batch_size=16, learning_rate=1e-3, seed=0)
+    plain = fit(model, x, y, optimizer=make_optimizer("adam", 1e-3), epochs=3, batch_size=16, seed=0)
+    for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(plain.params), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
