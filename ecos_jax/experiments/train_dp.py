@@ -10,14 +10,27 @@ cannot analyse the sampler. ε = ∞ is the non-private reference: the
 same loop, batches and optimiser with σ = 0 and no clipping. `run(config, workdir)` is the whole
 experiment; `experiments/train_dp.py` only parses flags and calls it.
 
-Outputs in `workdir`: results.json (config and one record per ε), results.md (the table),
-accuracy_vs_epsilon.png, and ledger_eps<ε>.json (one saved ledger per ε). With
+Inputs: the pixels, or (`features.name = "scattering"`) ScatterNet features of every image
+(`scattering.features`, computed once and cached by content), optionally normalised per
+example by GroupNorm without affine parameters: a data-independent map, so it releases nothing
+and adds nothing to the ledger (a data-dependent statistic would have to be a DP release in the
+same ledger). `data.official_split` trains on the dataset's own train split and tests on its
+test split. Every ε runs `num_seeds` times (model init seed + i, noise seed + i when seeded);
+with `eval_every` set, test accuracy is read every `eval_every` chunks against the training
+wall time (the evaluations' own time excluded): the time-to-accuracy curve, never used to pick
+anything.
+
+Outputs in `workdir`: results.json (config and one record per ε and seed), results.md (the
+tables: every run, then mean ± std over seeds), accuracy_vs_epsilon.png, time_to_accuracy.png
+(with eval_every), and ledger_eps<ε>.json (one saved ledger per ε; ledger_eps<ε>_seed<s>.json
+with several seeds). With
 `checkpoint_every` set, each run checkpoints into checkpoints_eps<ε>/ and a rerun resumes it;
 those directories hold the secret noise keys: protect them like the data, delete them after.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -29,8 +42,9 @@ import ml_collections
 import optax
 
 from ecos_jax import data as data_lib
-from ecos_jax import models, training
+from ecos_jax import models, scattering, training
 from ecos_jax.experiments import progress
+from ecos_jax.parallel.mesh import device_report
 from ecos_jax.privacy import accounting, dpsgd
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting import plots, tables
@@ -85,21 +99,88 @@ def validate(config: ml_collections.ConfigDict, n_train: int) -> int:
     )
     if config.checkpoint_every is not None and config.checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 or None, got {config.checkpoint_every}.")
+    if not config.num_seeds >= 1:
+        raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}.")
+    if config.eval_every is not None and config.eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1 or None, got {config.eval_every}.")
+    f = config.features
+    if f.name not in ("pixels", "scattering"):
+        raise ValueError(f"features.name must be 'pixels' or 'scattering', got {f.name!r}.")
+    if f.normalization not in ("none", "group_norm"):
+        raise ValueError(f"features.normalization must be 'none' or 'group_norm', got "
+                         f"{f.normalization!r}.")
+    if f.name == "scattering" and f.normalization == "group_norm" and (81 % f.num_groups):
+        raise ValueError(f"features.num_groups={f.num_groups} must divide the 81 scattering "
+                         "paths of each channel (1, 3, 9, 27 or 81).")
     return max(1, round(config.train.epochs * n_train / config.train.batch_size))
+
+
+def load_split(data: ml_collections.ConfigDict) -> tuple[data_lib.ArrayDataset, data_lib.ArrayDataset]:
+    """(train, test): the dataset's own splits with `official_split`, else a random split."""
+    kw = {"data_dir": data.data_dir, "image_size": data.image_size}
+    if data.official_split:
+        return (data_lib.load(data.name, split="train", **kw),
+                data_lib.load(data.name, split="test", **kw))
+    return data_lib.train_test_split(data_lib.load(data.name, **kw),
+                                     test_fraction=data.test_fraction, seed=data.split_seed)
+
+
+def model_inputs(features: ml_collections.ConfigDict, train_images, test_images):
+    """What the model trains and is tested on: the pixels, or ScatterNet features of both
+    splits (each image's features depend on that image only), GroupNorm-ed per example."""
+    if features.name == "pixels":
+        return train_images, test_images
+    out = []
+    for images in (train_images, test_images):
+        f = scattering.features(images, J=features.J, L=features.L,
+                                batch_size=features.batch_size, cache_dir=features.cache_dir)
+        if features.normalization == "group_norm":
+            f = scattering.batched(
+                lambda a: scattering.group_normalize(a, features.num_groups), f,
+                features.batch_size)
+        out.append(f)
+    return tuple(out)
+
+
+class TimeToAccuracy:
+    """A training-loop hook: test accuracy every `every` chunks and at `last_step`, against
+    the training wall time since the first chunk began (the evaluations' own time excluded).
+
+    `points`: [{"step", "seconds", "test_accuracy"}]; `every` None records nothing."""
+
+    def __init__(self, evaluate, every: int | None, last_step: int):
+        self.evaluate, self.every, self.last_step = evaluate, every, last_step
+        self.points: list[dict] = []
+        self._start = time.perf_counter()
+        self._eval_seconds = 0.0
+        self._chunks = 0
+
+    def __call__(self, state, record: dict) -> None:
+        self._chunks += 1
+        if self.every is None or (self._chunks % self.every and record["step"] != self.last_step):
+            return
+        now = time.perf_counter()
+        acc = float(self.evaluate(state.params))
+        self.points.append({"step": int(record["step"]), "test_accuracy": acc,
+                            "seconds": now - self._start - self._eval_seconds})
+        self._eval_seconds += time.perf_counter() - now
+        # In the log as it happens: a run stopped early still shows its curve so far.
+        log.info("step %d: test accuracy %.4f after %.0f s of training", record["step"], acc,
+                 self.points[-1]["seconds"])
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     """Trains at every target ε, writes the outputs into `workdir`, returns the records."""
     workdir = Path(workdir)
-    ds = data_lib.load(config.data.name, data_dir=config.data.data_dir,
-                       image_size=config.data.image_size)
-    train_ds, test_ds = data_lib.train_test_split(
-        ds, test_fraction=config.data.test_fraction, seed=config.data.split_seed)
+    train_ds, test_ds = load_split(config.data)
     n = len(train_ds)
     steps = validate(config, n)
     q = config.train.batch_size / n
-    model = models.get_model(config.train.model, ds.num_classes, **dict(config.train.model_kwargs))
-    params = jax.jit(model.init)(jax.random.key(config.seed), train_ds.images[:1])
+    t_features = time.perf_counter()
+    x_train, x_test = model_inputs(config.features, train_ds.images, test_ds.images)
+    feature_seconds = time.perf_counter() - t_features
+    model = models.get_model(config.train.model, train_ds.num_classes,
+                             **dict(config.train.model_kwargs))
     log.info("%s: %d train / %d test examples, q = %.4f, T = %d steps.",
              config.data.name, n, len(test_ds), q, steps)
 
@@ -110,37 +191,50 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
         grad_method=config.dp.grad_method, microbatch_size=config.dp.microbatch_size,
         max_batch_size=config.dp.max_batch_size,
     )
-    for target in target_epsilons(config.epsilons):
+    runs = [(target, i) for target in target_epsilons(config.epsilons)
+            for i in range(config.num_seeds)]
+    for target, i in runs:
         t0 = time.perf_counter()
+        seed = config.seed + i
+        noise_seed = None if config.privacy.noise_seed is None else config.privacy.noise_seed + i
+        params = jax.jit(model.init)(jax.random.key(seed), x_train[:1])
         # The same event train records (truncated Poisson when M < N), so the ledger's ε
         # meets the target.
         dp_config = base.calibrated(target, config.privacy.delta, steps=steps,
                                     accountant=config.privacy.accountant,
                                     allow_large_delta=config.privacy.allow_large_delta)
+        if math.isinf(target) and config.dp.clip_nonprivate:
+            # σ = 0 with the clipping kept: the reference for a learning rate sized for
+            # clipped gradients (the event is still non-private: ε = ∞).
+            dp_config = dataclasses.replace(dp_config, l2_norm_clip=config.dp.l2_norm_clip)
         sigma = dp_config.noise_multiplier
         ledger = PrivacyLedger(config.privacy.delta, accountant=config.privacy.accountant,
                                relation=dp_config.relation,
-                               reproducible_seed=config.privacy.noise_seed, dataset_size=n,
+                               reproducible_seed=noise_seed, dataset_size=n,
                                allow_large_delta=config.privacy.allow_large_delta)
-        ckpt = (None if config.checkpoint_every is None
-                else workdir / f"checkpoints_eps{_label(target)}")
+        tag = f"eps{_label(target)}" + (f"_seed{seed}" if config.num_seeds > 1 else "")
+        ckpt = (None if config.checkpoint_every is None else workdir / f"checkpoints_{tag}")
+        curve = TimeToAccuracy(
+            lambda p: training.evaluate(model, p, x_test, test_ds.labels,
+                                        batch_size=config.eval_batch_size),
+            every=config.eval_every, last_step=steps)
         # Metrics one JSON line per chunk of log_every steps; a resumed run appends the
         # chunks it trains after its checkpoint.
-        with JsonlWriter(workdir / "metrics.jsonl", run=f"eps{_label(target)}") as metrics:
+        with JsonlWriter(workdir / "metrics.jsonl", run=tag) as metrics:
             result = dpsgd.train(
-                model, params, train_ds.images, train_ds.labels, dp_config,
-                make_optimizer(config.train), steps=steps, seed=config.privacy.noise_seed, ledger=ledger,
+                model, params, x_train, train_ds.labels, dp_config,
+                make_optimizer(config.train), steps=steps, seed=noise_seed, ledger=ledger,
                 name=f"{config.train.model}_dpsgd", log_every=config.log_every,
-                hooks=[training.WriteMetrics(metrics, key="step"),
+                hooks=[training.WriteMetrics(metrics, key="step"), curve,
                        *progress.bar(config.progress, f"ε={_label(target)}", steps, key="step")],
                 desc=f"ε={_label(target)}", checkpoint_dir=ckpt, checkpoint_every=config.checkpoint_every,
             )
-        ledger.save(workdir / f"ledger_eps{_label(target)}.json")
-        acc = training.evaluate(model, result.params, test_ds.images, test_ds.labels,
-                                batch_size=config.eval_batch_size)
+        ledger.save(workdir / f"ledger_{tag}.json")
+        acc = training.evaluate(model, result.params, x_test, test_ds.labels,
+                             batch_size=config.eval_batch_size)
         # Infinite values are written as "inf": strict JSON has no infinities.
         record = {
-            "target_epsilon": _label(target), "noise_multiplier": sigma,
+            "target_epsilon": _label(target), "seed": seed, "noise_multiplier": sigma,
             "l2_norm_clip": _label(dp_config.l2_norm_clip),
             "epsilon_rdp": _epsilon(ledger, "rdp"), "epsilon_pld": _epsilon(ledger, "pld"),
             "delta": config.privacy.delta, "max_batch_size": dp_config.sampler().max_batch_size,
@@ -148,10 +242,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
             "sampling_rate": q, "truncated_examples": result.truncated_examples,
             "nonfinite_examples": result.nonfinite_examples,
             "reproducible": result.reproducible, "seconds": time.perf_counter() - t0,
+            "features": config.features.name, "feature_seconds": feature_seconds,
+            "curve": curve.points,
         }
         records.append(record)
-        log.info("ε=%s: σ=%.3f, accuracy %.2f%%, %.0f s", record["target_epsilon"], sigma,
-                 100 * acc, record["seconds"])
+        log.info("ε=%s seed %d: σ=%.3f, accuracy %.2f%%, %.0f s", record["target_epsilon"], seed,
+                 sigma, 100 * acc, record["seconds"])
     write_outputs(config, workdir, records, n, len(test_ds))
     return records
 
@@ -169,8 +265,9 @@ def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_te
     def fmt(e: str) -> str:
         return {"inf": "∞", "n/a": "n/a"}.get(e) or f"{float(e):.2f}"
 
-    header = ["target ε", "σ", "ε (RDP)", "ε (PLD)", "test accuracy %", "train loss", "time (s)"]
-    rows = [[r["target_epsilon"].replace("inf", "∞"), f"{r['noise_multiplier']:.3f}",
+    header = ["target ε", "seed", "σ", "ε (RDP)", "ε (PLD)", "test accuracy %", "train loss",
+              "time (s)"]
+    rows = [[r["target_epsilon"].replace("inf", "∞"), r["seed"], f"{r['noise_multiplier']:.3f}",
              fmt(r["epsilon_rdp"]), fmt(r["epsilon_pld"]), f"{100 * r['test_accuracy']:.2f}",
              f"{r['train_loss']:.3f}", f"{r['seconds']:.0f}"] for r in records]
     r0 = records[0]
@@ -180,15 +277,32 @@ def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_te
         f"T = {r0['steps']}, C = {config.dp.l2_norm_clip}, {config.dp.sampling} sampling)\n\n"
         + tables.markdown_table(header, rows)
     )
+    if config.num_seeds > 1:
+        stats = tables.aggregate(records, ["target_epsilon"], "test_accuracy")
+        text += "\nMean ± std over seeds:\n\n" + tables.markdown_table(
+            ["target ε", "test accuracy %", "seeds"],
+            [[e.replace("inf", "∞"), tables.pm(m, sd, digits=2), k]
+             for (e,), (m, sd, k) in stats.items()])
+    if config.features.name != "pixels":
+        text += (f"\nInputs: {config.features.name} features (J = {config.features.J}, "
+                 f"L = {config.features.L}), normalisation {config.features.normalization} "
+                 "(per example, data-independent: no privacy cost).\n")
     if any(r["epsilon_rdp"] == "n/a" for r in records):
         text += ("\nRDP n/a: batches have M slots and over-full ones are cut to M (truncated "
                  "Poisson), which only PLD accounts; σ was calibrated with PLD.\n")
     if any(r["reproducible"] for r in records):
         text += "\nNoise was seeded (privacy.noise_seed): reproducible research only.\n"
     io.write_json(workdir / "results.json",
-                  {"config": _finite_json(config.to_dict()), "records": records})
+                  {"config": _finite_json(config.to_dict()), "records": records,
+                   "device_report": device_report()})  # DP-SGD here runs on one device
     io.write_text(workdir / "results.md", text)
     plots.accuracy_vs_epsilon(records, workdir / "accuracy_vs_epsilon.png")
+    curves: dict[str, list] = {}
+    for r in records:
+        if r["curve"]:
+            curves.setdefault(f"ε = {r['target_epsilon'].replace('inf', '∞')}", []).append(r["curve"])
+    if curves:
+        plots.time_to_accuracy(curves, workdir / "time_to_accuracy.png")
     print(text)
     return text
 

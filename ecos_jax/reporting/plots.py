@@ -222,20 +222,39 @@ def sweep_communication(c: dict, path: str | os.PathLike, name: str, fold: float
 
 
 def accuracy_vs_epsilon(records: list[dict], path: str | os.PathLike) -> None:
-    """Test accuracy against the run's ε (PLD, log x); the non-private run as a dashed level."""
+    """Test accuracy against the run's ε (PLD, log x); the non-private run as a dashed level.
+
+    Several records at one ε (seeds) are drawn as their mean with a ± std bar."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     # PLD: it accounts every DP-SGD sampler (RDP cannot analyse truncated Poisson).
-    finite = [(float(r["epsilon_pld"]), 100 * r["test_accuracy"]) for r in records
-              if r["epsilon_pld"] != "inf"]
-    if finite:
-        xs, ys = zip(*sorted(finite))
-        ax.plot(xs, ys, marker="o", label="DP-SGD (ε at δ, PLD)")
-        ax.set_xscale("log")
+    by_eps: dict[str, list[float]] = {}
     for r in records:
-        if r["epsilon_pld"] == "inf":
-            ax.axhline(100 * r["test_accuracy"], ls="--", c="gray",
-                       label=f"non-private ({100 * r['test_accuracy']:.1f}%)")
+        by_eps.setdefault(r["epsilon_pld"], []).append(100 * r["test_accuracy"])
+    finite = sorted((float(e), np.mean(a), np.std(a)) for e, a in by_eps.items() if e != "inf")
+    if finite:
+        xs, ys, es = zip(*finite)
+        ax.errorbar(xs, ys, yerr=es if max(es) > 0 else None, marker="o", capsize=3,
+                    label="DP-SGD (ε at δ, PLD)")
+        ax.set_xscale("log")
+    if "inf" in by_eps:
+        level = float(np.mean(by_eps["inf"]))
+        ax.axhline(level, ls="--", c="gray", label=f"non-private ({level:.1f}%)")
     ax.set_xlabel("ε")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def time_to_accuracy(curves: Mapping[str, Sequence[Sequence[dict]]], path: str | os.PathLike) -> None:
+    """Test accuracy against training wall time, one line per run (label -> runs, each a list
+    of {"seconds", "test_accuracy"} points; seconds exclude the evaluations themselves)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for i, (label, runs) in enumerate(curves.items()):
+        for j, points in enumerate(runs):
+            ax.plot([p["seconds"] for p in points], [100 * p["test_accuracy"] for p in points],
+                    marker="o", ms=2, c=f"C{i}", alpha=0.8, label=label if j == 0 else None)
+    ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
