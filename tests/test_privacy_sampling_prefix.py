@@ -19,12 +19,12 @@ def test_prefix_buckets_cover_the_batch_and_end_at_the_slots():
     m = default_max_batch_size(n, b / n)  # 337: 81 padding slots
     sizes = prefix_buckets(m, b, n)
     assert sizes[-1] == m and list(sizes) == sorted(set(sizes))
-    assert all(s % 8 == 0 for s in sizes[:-1]) and b in sizes
-    # Expected rows computed over Binomial(N, q) batch sizes: q·N + well under 1 std (5 before).
+    assert all(s % 8 == 0 for s in sizes[:-1]) and len(sizes) == 5
+    # Expected rows computed over Binomial(N, q) batch sizes: q·N + under 1 std (5 before).
     counts = np.minimum(np.random.default_rng(0).binomial(n, b / n, 20_000), m)
     cost = np.asarray(sizes)[np.searchsorted(sizes, counts)]
     assert np.all(cost >= counts)
-    assert cost.mean() < b + 0.5 * np.sqrt(b)
+    assert cost.mean() < b + np.sqrt(b)
     # Little padding: one branch, nothing to gain.
     assert prefix_buckets(40, 20, 100) == (40,)
 
@@ -69,15 +69,15 @@ def test_prefix_step_equals_the_full_padded_step():
             np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=2e-5, atol=1e-6)
 
     # make_dp_step runs Poisson steps on prefixes once the padding is worth it (here M = 1050,
-    # q·N = 800 of N = 16,000: one branch per prefix length), and still counts every row.
+    # q·N = 800 of N = 16,000: one switch, a branch per prefix length), and still counts every row.
     config = dpsgd.DPSGDConfig(dataset_size=16_000, batch_size=800, l2_norm_clip=1.0,
                                noise_multiplier=1.0)
     m = config.sampler().max_batch_size
-    model = get_model("linear", 10)  # tracing 9 branches of a CNN step is slow; any model will do
+    model = get_model("linear", 10)  # tracing 5 CNN steps is slow; any model will do
     params = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 12, 12, 1), np.float32))
     init, update = dpsgd.make_dp_step(model, optax.sgd(0.1), config, key=jax.random.key(2))
     x, y = np.zeros((m, 12, 12, 1), np.float32), np.zeros(m, np.int32)
     mask = np.arange(m) < 700
     text = update.lower(init(params), x, y, mask).as_text()
     assert text.count("stablehlo.case") == 1
-    assert len(prefix_buckets(m, 800, 16_000)) > 5
+    assert len(prefix_buckets(m, 800, 16_000)) == 5

@@ -249,7 +249,7 @@ def make_dp_step(
 
     if config.sampling == "poisson":
         # Padding rows add exact zeros, and poisson_batch puts the sampled rows first: run on
-        # the shortest of a few static prefixes that holds them (q·N + ~0.35 std rows expected,
+        # the shortest of a few static prefixes that holds them (q·N + ~0.6 std rows expected,
         # not M = q·N + 5 std). Same batch, so the same sampler and ledger event.
         update_fn = on_shortest_prefix(update_fn, prefix_buckets(
             config.sampler().max_batch_size, config.expected_batch_size, config.dataset_size))
