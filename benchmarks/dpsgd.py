@@ -1,17 +1,23 @@
-"""DP-SGD step vs the non-private step of the same model, and vs Opacus, in one run.
+"""DP-SGD step vs the non-private step of the same model, and vs Opacus and jax_privacy, in one run.
 
-For each model (the small CNN of the DP-SGD literature, conv-relu-maxpool x2 + dense 64 + dense
-10; a wider one, 32/64 channels and dense 128; and the project's default CNN, which
-downsamples by stride-2 convs instead of pooling; 28x28x1 inputs, batch 256) this times, interleaved round by round so that load on a shared machine hits all of them
-alike:
+Models: the small CNN of the DP-SGD literature (conv-relu-maxpool x2 + dense 64 + dense 10), a
+wider one (32/64 channels, dense 128), the project's default CNN (stride-2 convs instead of
+pooling), all on 28x28x1 inputs, and logistic regression on ScatterNet-sized features (3,969
+inputs, the ScatterNet + linear setting). Batch sizes `--batches` (DP's published Fashion-MNIST
+settings use expected batches of 2048 for the CNN and 8192 for ScatterNet + linear). For each
+(model, batch) this times, interleaved round by round so that load on a shared machine hits all
+of them alike:
 
   jax_nonprivate           jax.grad of the mean loss + SGD (the plain formulation)
   jax_nonprivate_fastpool  the same with `fast_max_pool_grads` (same values)
   jax_nonprivate_layers    the same sum of gradients by `layer_grads.grad_sum`
   jax_dpsgd                DP-SGD step (`make_dp_step`, grad_method="layers"): per-example
                            clip, Gaussian noise on the sum, / expected batch, SGD
-  jax_dpsgd_poisson_pad    the same step at the padded Poisson batch shape (q·N + 5 std slots,
-                           256 of them real): what a Poisson-sampled run pays per step
+  jax_dpsgd_poisson_pad    the same step at the padded Poisson shape (M = q·N + 5 std slots)
+                           holding a real Poisson draw: each call takes the next of 8 seeded
+                           n ~ Binomial(N, q) (sampled rows first, as `poisson_batch` gives
+                           them), so its median is what a Poisson-sampled run pays per step
+                           (the step runs on the shortest prefix holding the n rows)
   jax_dpsgd_vmap           DP-SGD step with vmap(grad) per-example gradients
   jax_privacy              jax_privacy 2.0 (if installed): `clipping.clipped_grad` of the
                            per-example loss (vmap of grad inside), `noise_addition.
@@ -24,17 +30,25 @@ alike:
 
 Ratios: DP-SGD over the *fastest* JAX non-private step, DP-SGD throughput over jax_privacy's
 (plain and fastpool), and over the best Opacus mode, both among the classic per-sample modes
-(hooks/functorch/ew) and including ghost clipping. Every number is the median over `--repeats` rounds of `--inner` steps each.
+(hooks/functorch/ew) and including ghost clipping. Every number is the median over `--repeats`
+rounds of `--inner` steps each; the load average is recorded per configuration.
 
-    python benchmarks/dpsgd.py --models=cnn,wide_cnn,cnn_stride   # 3 min on 2 idle cores
-                                                       # (16 min at load 10); JSON to
-                                                       # benchmarks/results/dpsgd.json
+Peak memory (`--memory-batches`, default 8192): for the fastest non-private step, our DP steps
+and each peer's fastest DP step, a fresh process builds that one step and runs it twice;
+`step_peak_mb` is its peak RSS (VmHWM, reset once the data and model exist) above the RSS then,
+so compile-time and run-time buffers both count. `--microbatch=K` makes the DP steps chunk any
+batch larger than K (bounded memory; the non-private steps take the whole batch).
+
+    python benchmarks/dpsgd.py --models=cnn,wide_cnn,cnn_stride,linear --batches=256,2048,8192
     python benchmarks/dpsgd.py --models=cnn --repeats=3 --out=/tmp/dpsgd.json   # quick
+    python benchmarks/dpsgd.py --models=linear --batches=2048,8192 \
+        --skip=jax_privacy_fastpool,jax_dpsgd_vmap             # skip rows by label
 
-Opacus and jax_privacy are optional (`pip install 'ecos_jax[bench]'`, with torch pinned as in
-pyproject.toml); without them their rows are left out and the JSON says why.
-Torch gets as many intra-op threads as JAX's XLA CPU pool uses (the cores this process may run
-on), reported in the JSON.
+The JSON (default benchmarks/results/dpsgd.json, rewritten after every configuration) holds
+`models[name][batch]`. Opacus and jax_privacy are optional (`pip install 'ecos_jax[bench]'`,
+with torch pinned as in pyproject.toml); without them their rows are left out and the JSON says
+why. Torch gets as many intra-op threads as JAX's XLA CPU pool uses (the cores this process may
+run on), reported in the JSON.
 """
 
 from __future__ import annotations
@@ -44,6 +58,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -62,25 +77,39 @@ from ecos_jax.privacy import dpsgd, layer_grads  # noqa: E402
 from ecos_jax.privacy.pooling import fast_max_pool_grads  # noqa: E402
 from ecos_jax.privacy.sampling import default_max_batch_size  # noqa: E402
 
-# name -> (ecos_jax model name, kwargs, torch channels, torch embed dim)
+# name -> (ecos_jax model name, kwargs, torch channels (None: linear), torch embed dim)
 MODELS = {
     "cnn": ("cnn", {"pooling": "max"}, (16, 32), 64),
     "wide_cnn": ("wide_cnn", {"pooling": "max"}, (32, 64), 128),
     "cnn_stride": ("cnn", {"pooling": "stride"}, (16, 32), 64),
+    # Logistic regression on ScatterNet-sized features (81 x 7 x 7 = 3,969 per image).
+    "linear": ("linear", {}, None, None),
 }
+IMAGE_SHAPE, FEATURE_SHAPE = (28, 28, 1), (3969,)
 DATASET_SIZE = 60_000
 LR, CLIP, SIGMA = 0.1, 1.0, 1.0
 OPACUS_MODES = ("hooks", "functorch", "ew", "ghost")
 CLASSIC_MODES = ("hooks", "functorch", "ew")
+NONPRIVATE = ("jax_nonprivate", "jax_nonprivate_fastpool", "jax_nonprivate_layers")
+POISSON_DRAWS = 8  # Poisson batch sizes the padded step cycles through
 
 
-def _jax_steps(name: str, batch: int) -> dict[str, Callable[[], None]]:
-    """Zero-argument closures, each running one full training step (blocking)."""
+def _input_shape(name: str) -> tuple[int, ...]:
+    return FEATURE_SHAPE if MODELS[name][2] is None else IMAGE_SHAPE
+
+
+def _jax_steps(name: str, batch: int, microbatch: int | None = None,
+               skip: frozenset = frozenset()) -> dict[str, Callable[[], None]]:
+    """Zero-argument closures, each running one full training step (blocking).
+
+    DP steps split the batch into chunks of `microbatch` rows (bounded memory) when it is
+    larger; the non-private steps take the whole batch."""
     model_name, kw, _, _ = MODELS[name]
     model = get_model(model_name, 10, **kw)
     rng = np.random.default_rng(0)
-    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    x = jnp.asarray(rng.random((batch, 28, 28, 1), np.float32))
+    shape = _input_shape(name)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *shape)))
+    x = jnp.asarray(rng.random((batch, *shape), np.float32))
     y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
     tx = optax.sgd(LR)
 
@@ -113,30 +142,41 @@ def _jax_steps(name: str, batch: int) -> dict[str, Callable[[], None]]:
 
         steps[label] = run
 
+    # The padded Poisson step: M = q·N + 5 std slots, of which a real Poisson draw fills the
+    # first n ~ Binomial(N, q) (sampled rows come first, as from `poisson_batch`); each call
+    # takes the next of POISSON_DRAWS seeded draws, so the median is over real batch sizes.
     max_b = default_max_batch_size(DATASET_SIZE, batch / DATASET_SIZE)
-    pad = max_b - batch
-    x_pad = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-    y_pad = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
-    mask_pad = jnp.concatenate([jnp.ones(batch), jnp.zeros(pad)])
+    x_pad = jnp.asarray(rng.random((max_b, *shape), np.float32))
+    y_pad = jnp.asarray(rng.integers(0, 10, max_b), jnp.int32)
+    draws = np.minimum(rng.binomial(DATASET_SIZE, batch / DATASET_SIZE, POISSON_DRAWS), max_b)
+    masks = [jnp.asarray(np.arange(max_b) < n) for n in draws]
+    mb = microbatch if microbatch is not None and microbatch < batch else None
     for label, method, xs, ys, mask in [
-        ("jax_dpsgd", "layers", x, y, jnp.ones(batch)),
-        ("jax_dpsgd_poisson_pad", "layers", x_pad, y_pad, mask_pad),
-        ("jax_dpsgd_vmap", "vmap", x, y, jnp.ones(batch)),
+        ("jax_dpsgd", "layers", x, y, [jnp.ones(batch)]),
+        ("jax_dpsgd_poisson_pad", "layers", x_pad, y_pad, masks),
+        ("jax_dpsgd_vmap", "vmap", x, y, [jnp.ones(batch)]),
     ]:
+        if label in skip:
+            continue
         config = dpsgd.DPSGDConfig(dataset_size=DATASET_SIZE, batch_size=batch, l2_norm_clip=CLIP,
-                                   noise_multiplier=SIGMA, grad_method=method)
+                                   noise_multiplier=SIGMA, grad_method=method, microbatch_size=mb)
         init, update = dpsgd.make_dp_step(model, tx, config, key=jax.random.key(1))
-        state = [init(params)]
+        state = [init(params), 0]
 
         def run(update=update, state=state, xs=xs, ys=ys, mask=mask):
-            state[0] = jax.block_until_ready(update(state[0], xs, ys, mask)[0])
+            m = mask[state[1] % len(mask)]
+            state[0] = jax.block_until_ready(update(state[0], xs, ys, m)[0])
+            state[1] += 1
 
         steps[label] = run
-    steps.update(_jax_privacy_steps(model, params, x, y, batch))
-    return steps
+    steps.update(_jax_privacy_steps(model, params, x, y, batch, skip))
+    return {k: v for k, v in steps.items() if k not in skip}, {
+        "poisson_slots": max_b, "poisson_draws": draws.tolist(),
+        "poisson_mean_draw": float(draws.mean()), "dp_microbatch": mb}
 
 
-def _jax_privacy_steps(model, params, x, y, batch: int) -> dict[str, Callable[[], None]]:
+def _jax_privacy_steps(model, params, x, y, batch: int,
+                       skip: frozenset = frozenset()) -> dict[str, Callable[[], None]]:
     """jax_privacy 2.0's clip + Gaussian noise + optax SGD on the same model, params and batch;
     {} if jax_privacy is not installed."""
     try:
@@ -151,6 +191,8 @@ def _jax_privacy_steps(model, params, x, y, batch: int) -> dict[str, Callable[[]
 
     steps = {}
     for label, fn in [("jax_privacy", loss), ("jax_privacy_fastpool", fast_max_pool_grads(loss))]:
+        if label in skip:
+            continue
         grad_fn = jp_clipping.clipped_grad(fn, l2_clip_norm=CLIP, batch_argnums=(1, 2))
         privatizer = jp_noise.gaussian_privatizer(stddev=SIGMA * grad_fn.sensitivity(),
                                                   prng_key=jax.random.key(1))
@@ -172,7 +214,8 @@ def _jax_privacy_steps(model, params, x, y, batch: int) -> dict[str, Callable[[]
     return steps
 
 
-def _torch_steps(name: str, batch: int, threads: int) -> tuple[dict, dict]:
+def _torch_steps(name: str, batch: int, threads: int,
+                 skip: frozenset = frozenset()) -> tuple[dict, dict]:
     """Torch non-private and Opacus steps of the same architecture; ({}, info) if unavailable."""
     try:
         import opacus
@@ -188,6 +231,8 @@ def _torch_steps(name: str, batch: int, threads: int) -> tuple[dict, dict]:
     stride = kw.get("pooling") == "stride"
 
     def build():
+        if channels is None:
+            return nn.Linear(FEATURE_SHAPE[0], 10)
         layers, c_in, size = [], 1, 28
         for c in channels:
             if stride:
@@ -199,7 +244,8 @@ def _torch_steps(name: str, batch: int, threads: int) -> tuple[dict, dict]:
                    nn.Linear(embed, 10)]
         return nn.Sequential(*layers)
 
-    x = torch.rand(batch, 1, 28, 28)
+    in_shape = FEATURE_SHAPE if channels is None else (1, 28, 28)
+    x = torch.rand(batch, *in_shape)
     y = torch.randint(0, 10, (batch,))
     steps = {}
     model = build()
@@ -211,14 +257,17 @@ def _torch_steps(name: str, batch: int, threads: int) -> tuple[dict, dict]:
         criterion(model(x), y).backward()
         opt.step()
 
-    steps["torch_nonprivate"] = nonprivate
+    if "torch_nonprivate" not in skip:
+        steps["torch_nonprivate"] = nonprivate
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(torch.zeros(DATASET_SIZE, 1, 28, 28),
+        torch.utils.data.TensorDataset(torch.zeros(DATASET_SIZE, *in_shape),
                                        torch.zeros(DATASET_SIZE, dtype=torch.long)),
         batch_size=batch)
     info = {"available": True, "torch": torch.__version__, "opacus": opacus.__version__,
             "threads": torch.get_num_threads(), "failed_modes": {}}
     for mode in OPACUS_MODES:
+        if f"opacus_{mode}" in skip:
+            continue
         try:
             m = build()
             o = torch.optim.SGD(m.parameters(), lr=LR)
@@ -259,37 +308,46 @@ def _measure(steps: dict[str, Callable[[], None]], repeats: int, inner: int) -> 
     return times
 
 
-def run_model(name: str, batch: int, repeats: int, inner: int, threads: int, opacus: bool) -> dict:
-    steps = _jax_steps(name, batch)
+def _build(name: str, batch: int, threads: int, opacus: bool, microbatch: int | None,
+           skip: frozenset) -> tuple[dict, dict, dict]:
+    steps, jax_info = _jax_steps(name, batch, microbatch, skip)
     torch_info = {"available": False, "reason": "--no-opacus"}
     if opacus:
-        t_steps, torch_info = _torch_steps(name, batch, threads)
+        t_steps, torch_info = _torch_steps(name, batch, threads, skip)
         steps.update(t_steps)
+    return steps, jax_info, torch_info
+
+
+def run_model(name: str, batch: int, repeats: int, inner: int, threads: int, opacus: bool,
+              microbatch: int | None = None, skip: frozenset = frozenset()) -> dict:
+    steps, jax_info, torch_info = _build(name, batch, threads, opacus, microbatch, skip)
     times = _measure(steps, repeats, inner)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = {k: {"median_s": med[k], "min_s": min(v), "samples_per_s": batch / med[k], "all_s": v}
             for k, v in times.items()}
-    np_keys = ["jax_nonprivate", "jax_nonprivate_fastpool", "jax_nonprivate_layers"]
-    best_np = min(np_keys, key=med.get)
-    ratios = {
-        "dp_over_fastest_nonprivate": med["jax_dpsgd"] / med[best_np],
-        "fastest_nonprivate": best_np,
-        "dp_over_plain_nonprivate": med["jax_dpsgd"] / med["jax_nonprivate"],
-        "poisson_pad_over_fastest_nonprivate": med["jax_dpsgd_poisson_pad"] / med[best_np],
-        "vmap_dp_over_fastest_nonprivate": med["jax_dpsgd_vmap"] / med[best_np],
-    }
+    best_np = min([k for k in NONPRIVATE if k in med], key=med.get)
+    ratios = {"fastest_nonprivate": best_np}
+    if "jax_dpsgd" in med:
+        ratios["dp_over_fastest_nonprivate"] = med["jax_dpsgd"] / med[best_np]
+        ratios["dp_over_plain_nonprivate"] = med["jax_dpsgd"] / med["jax_nonprivate"]
+    if "jax_dpsgd_poisson_pad" in med:
+        ratios["poisson_pad_over_fastest_nonprivate"] = (
+            med["jax_dpsgd_poisson_pad"] / med[best_np])
+    if "jax_dpsgd_vmap" in med:
+        ratios["vmap_dp_over_fastest_nonprivate"] = med["jax_dpsgd_vmap"] / med[best_np]
     for peer in ("jax_privacy", "jax_privacy_fastpool"):
-        if peer in med:
+        if peer in med and "jax_dpsgd" in med:
             ratios[f"dp_throughput_over_{peer}"] = med[peer] / med["jax_dpsgd"]
     for label, modes in [("classic", CLASSIC_MODES), ("any", OPACUS_MODES)]:
         present = [f"opacus_{m}" for m in modes if f"opacus_{m}" in med]
-        if present:
+        if present and "jax_dpsgd" in med:
             best = min(present, key=med.get)
             ratios[f"dp_throughput_over_opacus_best_{label}"] = med[best] / med["jax_dpsgd"]
             ratios[f"opacus_best_{label}"] = best
     if "torch_nonprivate" in med:
         ratios["jax_fastest_nonprivate_over_torch_nonprivate"] = med[best_np] / med["torch_nonprivate"]
-    return {"batch_size": batch, "steps": rows, "ratios": ratios, "torch": torch_info,
+    return {"batch_size": batch, "input_shape": list(_input_shape(name)), "steps": rows,
+            "ratios": ratios, "padding": jax_info, "torch": torch_info,
             "jax_privacy": _jax_privacy_info()}
 
 
@@ -301,59 +359,158 @@ def _jax_privacy_info() -> dict:
     return {"available": True, "version": getattr(jax_privacy, "__version__", "unknown")}
 
 
+def _rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident set now (VmRSS) or its peak (VmHWM), MB; Linux /proc, else 0."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _reset_peak_rss() -> None:
+    """Resets VmHWM to the current RSS (Linux ≥ 4.0), so the peak read later is the step's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _memory_probe(spec: str, threads: int, microbatch: int | None) -> None:
+    """Child process: build one step, run it twice, print its peak RSS above the RSS before."""
+    name, batch, label = spec.split(":")
+    others = frozenset(k for k in _all_labels() if k != label)
+    steps, _, _ = _build(name, int(batch), threads, label.startswith(("opacus", "torch")),
+                         microbatch, others)
+    if label not in steps:
+        print(json.dumps({"error": f"{label} did not build"}))
+        return
+    # Not ru_maxrss: a forked child starts with its parent's maximum, so every probe read the
+    # benchmark's own peak. VmHWM, reset here, is this process's peak from now on.
+    _reset_peak_rss()
+    before = _rss_mb()
+    steps[label]()
+    steps[label]()
+    peak = _rss_mb("VmHWM")
+    print(json.dumps({"before_mb": before, "peak_mb": peak, "step_peak_mb": peak - before}))
+
+
+def _all_labels() -> list[str]:
+    return [*NONPRIVATE, "jax_dpsgd", "jax_dpsgd_poisson_pad", "jax_dpsgd_vmap", "jax_privacy",
+            "jax_privacy_fastpool", "torch_nonprivate", *(f"opacus_{m}" for m in OPACUS_MODES)]
+
+
+def peak_memory(name: str, batch: int, labels: list[str], microbatch: int | None) -> dict:
+    """Peak RSS of each step, each in its own fresh process (so one step's buffers cannot hide
+    another's): `step_peak_mb` = the peak while compiling and running two steps, above the
+    process's RSS once its data and model were built."""
+    out = {}
+    for label in labels:
+        cmd = [sys.executable, __file__, f"--memory-probe={name}:{batch}:{label}"]
+        if microbatch is not None:
+            cmd.append(f"--microbatch={microbatch}")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        out[label] = (json.loads(lines[-1]) if proc.returncode == 0 and lines else
+                      {"error": (proc.stderr or proc.stdout)[-300:]})
+    return out
+
+
 def _print(name: str, result: dict) -> None:
     rows = result["steps"]
-    print(f"\n{name} (batch {result['batch_size']}, 28x28x1)")
-    print(f"  {'step':26s} {'median ms':>10s} {'min ms':>8s} {'samples/s':>10s}")
+    print(f"\n{name} (batch {result['batch_size']}, input {result['input_shape']})", flush=True)
+    print(f"  {'step':26s} {'median ms':>10s} {'min ms':>8s} {'samples/s':>10s} {'peak MB':>8s}")
+    mem = result.get("memory", {})
     for k, r in rows.items():
+        peak = mem.get(k, {}).get("step_peak_mb")
         print(f"  {k:26s} {1e3 * r['median_s']:10.1f} {1e3 * r['min_s']:8.1f} "
-              f"{r['samples_per_s']:10.0f}")
+              f"{r['samples_per_s']:10.0f} {'' if peak is None else f'{peak:8.0f}'}")
     for k, v in result["ratios"].items():
         print(f"  {k:44s} {v:.2f}" if isinstance(v, float) else f"  {k:44s} {v}")
     for mode, why in result["torch"].get("failed_modes", {}).items():
         print(f"  opacus {mode} failed: {why[:120]}")
 
 
+def _memory_labels(result: dict) -> list[str]:
+    """The fastest non-private step, our DP steps, and each peer's fastest DP step."""
+    med = {k: r["median_s"] for k, r in result["steps"].items()}
+    labels = [result["ratios"]["fastest_nonprivate"]]
+    labels += [k for k in ("jax_dpsgd", "jax_dpsgd_poisson_pad") if k in med]
+    for group in (("jax_privacy", "jax_privacy_fastpool"),
+                  tuple(f"opacus_{m}" for m in OPACUS_MODES)):
+        present = [k for k in group if k in med]
+        if present:
+            labels.append(min(present, key=med.get))
+    return labels
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="cnn,wide_cnn",
                         help=f"comma-separated, from {sorted(MODELS)}")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batches", default="256", help="comma-separated batch sizes")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--inner", type=int, default=2, help="steps per timed sample")
+    parser.add_argument("--microbatch", type=int, default=None,
+                        help="DP steps chunk batches larger than this (bounded memory)")
+    parser.add_argument("--skip", default="", help="comma-separated step labels not to run")
+    parser.add_argument("--memory-batches", default="8192",
+                        help="batch sizes whose peak memory is measured (a process per step); "
+                             "'' for none")
     parser.add_argument("--no-opacus", action="store_true", help="skip torch / Opacus")
+    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "dpsgd.json"))
     args = parser.parse_args(argv)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if args.memory_probe:
+        _memory_probe(args.memory_probe, threads, args.microbatch)
+        return
     names = [m for m in args.models.split(",") if m]
+    batches = [int(b) for b in args.batches.split(",") if b]
+    memory_batches = {int(b) for b in args.memory_batches.split(",") if b}
+    skip = frozenset(k for k in args.skip.split(",") if k)
     unknown = [m for m in names if m not in MODELS]
     if unknown:
         raise SystemExit(f"unknown model(s) {unknown}; choose from {sorted(MODELS)}")
-    if args.batch < 1 or args.repeats < 1 or args.inner < 1:
-        raise SystemExit("--batch, --repeats and --inner must be >= 1")
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if min(batches, default=0) < 1 or args.repeats < 1 or args.inner < 1:
+        raise SystemExit("--batches, --repeats and --inner must be >= 1")
     report = {
         "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cores": threads,
                     "jax_backend": jax.default_backend(), "jax": jax.__version__,
                     "xla_flags": os.environ.get("XLA_FLAGS", "")},
         "settings": {"repeats": args.repeats, "inner": args.inner, "dataset_size": DATASET_SIZE,
                      "l2_norm_clip": CLIP, "noise_multiplier": SIGMA, "optimizer": f"sgd({LR})",
-                     "torch_threads": threads, "jax_threads": f"XLA CPU pool over {threads} cores"},
+                     "torch_threads": threads, "jax_threads": f"XLA CPU pool over {threads} cores",
+                     "microbatch": args.microbatch, "skip": sorted(skip),
+                     "command": " ".join(["python benchmarks/dpsgd.py", *sys.argv[1:]])},
         "models": {},
     }
     report["machine"]["loadavg_start"] = _loadavg()
     start = time.time()
-    for name in names:
-        report["models"][name] = run_model(name, args.batch, args.repeats, args.inner, threads,
-                                           not args.no_opacus)
-        _print(name, report["models"][name])
-    report["wall_s"] = time.time() - start
-    report["machine"]["loadavg_end"] = _loadavg()
     out = Path(args.out)
+    for name in names:
+        for batch in batches:
+            result = run_model(name, batch, args.repeats, args.inner, threads,
+                               not args.no_opacus, args.microbatch, skip)
+            result["loadavg"] = _loadavg()
+            if batch in memory_batches:
+                result["memory"] = peak_memory(name, batch, _memory_labels(result),
+                                               args.microbatch)
+            report["models"].setdefault(name, {})[str(batch)] = result
+            _print(name, result)
+            report["wall_s"] = time.time() - start
+            report["machine"]["loadavg_end"] = _loadavg()
+            _write(out, report)  # after every configuration: a long run keeps what it measured
+    print(f"\nwrote {out} ({report['wall_s']:.0f} s)")
+
+
+def _write(out: Path, report: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, out)
-    print(f"\nwrote {out} ({report['wall_s']:.0f} s)")
 
 
 def _loadavg() -> list[float] | None:
