@@ -152,7 +152,8 @@ def test_pick_selects_through_each_methods_sampler(monkeypatch):
     assert set(ecos_runner.SAMPLERS) == set(ecos_runner.POOL_METHODS)
     by_hand = {
         "ecos": samplers.ecos_sample(key, x, 20, centroids=clusters.centroids, noisy_counts=counts,
-                                     assignments=clusters.assignments, proximity=config.ecos.proximity),
+                                     assignments=clusters.assignments, proximity=config.ecos.proximity,
+                                     rule=config.ecos.within_cluster),
         "random": samplers.random_sample(key, 300, 20),
         "kcenter": samplers.kcenter_greedy(key, x, 20),
         "oracle": task.oracle_indices[np.asarray(samplers.random_sample(key, 15, 15))],  # 15 in-domain
