@@ -35,6 +35,10 @@ def common(c: ml_collections.ConfigDict, *, seed: int = 0, num_seeds: int | None
     if num_seeds is not None:
         c.num_seeds = num_seeds
     c.progress = progress
+    # Local devices the run may spread its training over (ecos_jax.parallel.mesh.local_mesh):
+    # 0 = all of them, n = the first n. An execution option like `progress`: results equal
+    # the one-device run (to float tolerance where a gradient is summed across devices).
+    c.num_devices = 0
     return c
 
 

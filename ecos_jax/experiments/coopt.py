@@ -40,6 +40,7 @@ from ecos_jax.coopt.training import TrainRun, regression_objective, train_epochs
 from ecos_jax.data import ArrayDataset, load, train_test_split
 from ecos_jax.experiments import progress
 from ecos_jax.models import get_model
+from ecos_jax.parallel.mesh import device_report
 from ecos_jax.reporting import plots
 from ecos_jax.reporting.tables import markdown_table
 from ecos_jax.training import (
@@ -365,6 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "coopt_beats_simclr": (methods["coopt"]["final_mean"] > methods["simclr"]["final_mean"]
                                if "simclr" in methods else None),
         "devices": len(jax.devices()), "wall_seconds": time.perf_counter() - start,
+        "device_report": device_report(),
     }
     write_json(os.path.join(workdir, "results.json"), results)
     write_text(os.path.join(workdir, "results.md"), _markdown(results))

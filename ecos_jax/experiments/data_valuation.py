@@ -45,6 +45,7 @@ import numpy as np
 from ecos_jax import models, training
 from ecos_jax.data import load, train_test_split
 from ecos_jax.experiments import progress
+from ecos_jax.parallel.mesh import device_report
 from ecos_jax.privacy import accounting
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
@@ -308,7 +309,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
                f"{c.consistency.top_fraction:.0%} of the scored samples)\n\n" + table)
     results = {"config": c.to_dict() | {"epsilons": [eps_label(e) for e in epsilons]},
                "epsilon_note": EPSILON_NOTE, "runs": runs, "consistency": pairs, "headline": headline,
-               "seconds": round(time.perf_counter() - t_start, 1)}
+               "seconds": round(time.perf_counter() - t_start, 1),
+               "device_report": device_report()}  # the scores and training use one device
     write_json(os.path.join(workdir, "results.json"), results)
     log.info("wrote %s (%.0f s)", workdir, results["seconds"])
     return results

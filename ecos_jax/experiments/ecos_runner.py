@@ -64,6 +64,7 @@ from ecos_jax import data as data_lib
 from ecos_jax import features as features_lib
 from ecos_jax.ecos import protocol
 from ecos_jax.experiments import progress as progress_lib
+from ecos_jax.parallel.mesh import device_report, local_mesh
 from ecos_jax.privacy.ledger import LedgerEntry, PrivacyLedger, event_to_json
 from ecos_jax.reporting import plots, tables
 from ecos_jax.samplers import Sampler, ecos_sampler, kcenter_sampler, random_sampler
@@ -181,9 +182,11 @@ class Application(Protocol):
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
-    """A hash of every field that changes results (not `progress`)."""
+    """A hash of every field that changes results (not `progress`, nor `num_devices`: k-means
+    and the picks are bit-identical on any number of devices)."""
     c = config.to_dict()
     c.pop("progress", None)
+    c.pop("num_devices", None)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -204,6 +207,7 @@ def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset,
         raise ValueError(f"Unknown methods {sorted(unknown)}; choose from {supported}.")
     if not config.methods:
         raise ValueError("methods cannot be empty.")
+    local_mesh(config.get("num_devices", 0))  # more devices than there are: refused before work
     if config.num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}.")
     if not config.ecos.epsilon > 0:
@@ -586,7 +590,8 @@ def write_outputs(config, workdir: Path, records: list[dict], ledgers: dict, com
     io.write_json(workdir / "results.json", {"config": config.to_dict(), "records": records,
                                              "average": [{"method": m, "budget": b, "mean": s[0], "std": s[1]}
                                                          for (m, b), s in avg.items()],
-                                             "communication": comm, "client_lifetime": lifetime})
+                                             "communication": comm, "client_lifetime": lifetime,
+                                             "device_report": device_report(local_mesh(config.get("num_devices", 0)))})
     io.write_text(workdir / "results.md", text)
     if ledgers:
         io.write_json(workdir / "ledgers.json", ledgers)

@@ -20,6 +20,7 @@ import time
 
 import ml_collections
 
+from ecos_jax.parallel.mesh import device_report
 from ecos_jax.privacy import audit
 from ecos_jax.reporting import plots, tables
 from ecos_jax.utils import io, overrides
@@ -99,7 +100,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     out = {"config": c.to_dict(), "records": records, "all_real_below_claim": real_ok,
            "all_controls_caught": controls_ok if c.controls else None,
            "seconds": round(time.perf_counter() - t_start, 1),
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+           "device_report": device_report()}
     io.write_json(os.path.join(workdir, "results.json"), out)
     io.write_text(os.path.join(workdir, "results.md"), md)
     plots.audit_bounds(records, os.path.join(workdir, "privacy_audit.png"))

@@ -28,6 +28,7 @@ import numpy as np
 from ecos_jax import models, training
 from ecos_jax.experiments import progress
 from ecos_jax.experiments.data_valuation import eps_label, prepare_data, score_run
+from ecos_jax.parallel.mesh import device_report
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting.tables import markdown_table
 from ecos_jax.utils.io import write_json, write_text
@@ -107,7 +108,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     write_text(os.path.join(workdir, "pruning.md"),
                "# Scoring models\n\n" + score_table + "\n# Retraining after removal\n\n" + table)
     results = {"config": c.to_dict() | {"epsilons": [eps_label(v) for v in floats(c.epsilons, "epsilons")]},
-               "scoring": scoring, "rows": rows, "seconds": round(time.perf_counter() - t_start, 1)}
+               "scoring": scoring, "rows": rows, "seconds": round(time.perf_counter() - t_start, 1),
+               "device_report": device_report()}  # scoring and retraining use one device
     write_json(os.path.join(workdir, "results.json"), results)
     log.info("wrote %s (%.0f s)", workdir, results["seconds"])
     return results

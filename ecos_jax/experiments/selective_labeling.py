@@ -22,6 +22,7 @@ from ecos_jax import models, training
 from ecos_jax.ecos import semi_supervised
 from ecos_jax.experiments import ecos_runner
 from ecos_jax.experiments.ecos_runner import METHODS, POOL_METHODS, ClientTask, Selection  # noqa: F401  (re-exported)
+from ecos_jax.parallel.mesh import local_mesh
 
 
 def fit_for_steps(config: ml_collections.ConfigDict, x: np.ndarray, targets: np.ndarray, *, seed: int,
@@ -29,8 +30,10 @@ def fit_for_steps(config: ml_collections.ConfigDict, x: np.ndarray, targets: np.
     """Trains `model_name` (default `train.model`) for about `train.steps` optimiser steps.
 
     Every method gets the same number of steps whatever its budget, so budgets compare data,
-    not compute. Returns (model, FitResult).
+    not compute. Returns (model, FitResult). Trains data-parallel over `num_devices` local
+    devices (0 = all; the batch split over them, the same run to float tolerance).
     """
+    fit_kwargs.setdefault("mesh", local_mesh(config.get("num_devices", 0)))
     model = models.get_model(model_name or config.train.model, num_classes)
     batch = min(config.train.batch_size, len(x))
     epochs = max(1, math.ceil(config.train.steps * batch / len(x)))
