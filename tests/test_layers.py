@@ -47,7 +47,7 @@ def test_pure_packages_import_no_orchestration_and_no_plotting(path):
 
 
 @pytest.mark.parametrize("path", list(_modules("experiments", "reporting", "valuation", "ecos", "utils", "training", "privacy",
-                                                 "coopt")),
+                                                 "coopt", "parallel", "samplers", "data", "sweep")),
                          ids=_rel)
 def test_no_private_name_is_imported_across_modules(path):
     for module, names in _imports(path):
