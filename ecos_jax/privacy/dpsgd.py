@@ -58,13 +58,7 @@ from ecos_jax.privacy import accounting, clipped_grads, clipping, dpsgd_checkpoi
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.privacy.noise import add_gaussian_noise
-from ecos_jax.privacy.sampling import (
-    PoissonSampler,
-    ShuffleSampler,
-    on_shortest_prefix,
-    poisson_batch,
-    prefix_buckets,
-)
+from ecos_jax.privacy.sampling import PoissonSampler, ShuffleSampler, poisson_batch
 from ecos_jax.training.loop import Hook, train_loop
 from ecos_jax.training.state import TrainState, init_state
 from ecos_jax.training.steps import clipped_gradient_step
@@ -247,12 +241,6 @@ def make_dp_step(
     def update_fn(state: TrainState, x: jax.Array, y: jax.Array, mask: jax.Array):
         return step(state, (x, y, mask))
 
-    if config.sampling == "poisson":
-        # Padding rows add exact zeros, and poisson_batch puts the sampled rows first: run on
-        # the shortest of a few static prefixes that holds them (q·N + ~0.6 std rows expected,
-        # not M = q·N + 5 std). Same batch, so the same sampler and ledger event.
-        update_fn = on_shortest_prefix(update_fn, prefix_buckets(
-            config.sampler().max_batch_size, config.expected_batch_size, config.dataset_size))
     return init_fn, jax.jit(update_fn)
 
 
