@@ -329,7 +329,8 @@ def run_model(name: str, batch: int, repeats: int, inner: int, threads: int, opa
     ratios = {"fastest_nonprivate": best_np}
     if "jax_dpsgd" in med:
         ratios["dp_over_fastest_nonprivate"] = med["jax_dpsgd"] / med[best_np]
-        ratios["dp_over_plain_nonprivate"] = med["jax_dpsgd"] / med["jax_nonprivate"]
+        if "jax_nonprivate" in med:
+            ratios["dp_over_plain_nonprivate"] = med["jax_dpsgd"] / med["jax_nonprivate"]
     if "jax_dpsgd_poisson_pad" in med:
         ratios["poisson_pad_over_fastest_nonprivate"] = (
             med["jax_dpsgd_poisson_pad"] / med[best_np])
