@@ -451,7 +451,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="cnn,wide_cnn",
                         help=f"comma-separated, from {sorted(MODELS)}")
-    parser.add_argument("--batches", default="256", help="comma-separated batch sizes")
+    parser.add_argument("--batches", "--batch", default="256", help="comma-separated batch sizes")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--inner", type=int, default=2, help="steps per timed sample")
     parser.add_argument("--microbatch", type=int, default=None,
