@@ -51,6 +51,7 @@ from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.privacy.noise import add_gaussian_noise
 from ecos_jax.privacy.sampling import PoissonSampler, poisson_batch
+from ecos_jax.training.steps import dp_step_metrics
 
 PyTree = Any
 BatchLoss = Callable[[jax.Array, jax.Array], jax.Array]
@@ -154,18 +155,7 @@ def make_dp_step(
         # After the psum: grads is the global clipped sum, noised here once (replicated).
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        norms, losses = aux["norms"], aux["losses"]
-        sampled = mask.astype(bool)
-        finite = jnp.isfinite(norms)
-        kept = sampled & finite
-        n = jnp.maximum(jnp.sum(kept), 1).astype(jnp.float32)
-        metrics = {
-            "loss": jnp.sum(jnp.where(kept, losses, 0.0)) / n,
-            "grad_norm": jnp.sum(jnp.where(kept, norms, 0.0)) / n,
-            "clipped_fraction": jnp.sum(kept & (norms > c)) / n,
-            "batch_size": jnp.sum(sampled).astype(jnp.float32),
-            "nonfinite": jnp.sum(sampled & ~finite).astype(jnp.float32),
-        }
+        metrics = dp_step_metrics(aux["norms"], aux["losses"], mask.astype(bool), c)
         return DPTrainState(params, opt_state, state.step + 1), metrics
 
     return init_fn, jax.jit(update_fn)

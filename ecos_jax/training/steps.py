@@ -65,18 +65,27 @@ def clipped_gradient_step(grad_fn, tx: optax.GradientTransformation) -> Step:
         grads, aux = grad_fn(state.params, x, y, mask)
         norms, losses = aux["norms"], aux["losses"]
         state = _apply(state, grads, tx)
-        # Padding and non-finite rows are selected away (0 · NaN would keep the NaN).
-        sampled = mask != 0
-        finite = jnp.isfinite(norms)
-        kept = sampled & finite
-        n = jnp.maximum(jnp.sum(kept), 1).astype(jnp.float32)
-        metrics = {
-            "loss": jnp.sum(jnp.where(kept, losses, 0.0)) / n,
-            "grad_norm": jnp.sum(jnp.where(kept, norms, 0.0)) / n,
-            "clipped_fraction": jnp.sum(kept & (norms > c)) / n,
-            "batch_size": jnp.sum(sampled).astype(jnp.float32),
-            "nonfinite": jnp.sum(sampled & ~finite).astype(jnp.float32),
-        }
-        return state, metrics
+        return state, dp_step_metrics(norms, losses, mask != 0, c)
 
     return step
+
+
+def dp_step_metrics(norms: jax.Array, losses: jax.Array, sampled: jax.Array,
+                    l2_norm_clip: float) -> dict[str, jax.Array]:
+    """A DP step's metrics from its per-example norms and losses [B] and sampled mask [B] bool.
+
+    Padding and non-finite rows are selected away with `where` (0 · NaN would keep the NaN):
+    loss and grad_norm are means over the kept rows, clipped_fraction the share of them whose
+    norm exceeded `l2_norm_clip`, batch_size the sampled count, nonfinite the sampled rows whose
+    gradient was zeroed before clipping.
+    """
+    finite = jnp.isfinite(norms)
+    kept = sampled & finite
+    n = jnp.maximum(jnp.sum(kept), 1).astype(jnp.float32)
+    return {
+        "loss": jnp.sum(jnp.where(kept, losses, 0.0)) / n,
+        "grad_norm": jnp.sum(jnp.where(kept, norms, 0.0)) / n,
+        "clipped_fraction": jnp.sum(kept & (norms > l2_norm_clip)) / n,
+        "batch_size": jnp.sum(sampled).astype(jnp.float32),
+        "nonfinite": jnp.sum(sampled & ~finite).astype(jnp.float32),
+    }
