@@ -190,15 +190,24 @@ def _prepare_lock(data_dir: str, name: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _load_embedded(data_dir: str, image_size: int) -> ArrayDataset:
-    builder = builders.builder_for(image_size, data_dir)
+def _prepared(make_builder, data_dir: str):
+    """make_builder()'s dataset, built once (offline) under the cache lock if it is not yet.
+
+    The builder is made again inside the lock: another process may have prepared it meanwhile.
+    """
+    builder = make_builder()
     if not builder.is_prepared():
         with _prepare_lock(data_dir, builder.name):
-            builder = builders.builder_for(image_size, data_dir)
+            builder = make_builder()
             if not builder.is_prepared():
                 builder.download_and_prepare(
                     download_config=tfds.download.DownloadConfig(try_download_gcs=False)
                 )
+    return builder
+
+
+def _load_embedded(data_dir: str, image_size: int) -> ArrayDataset:
+    builder = _prepared(lambda: builders.builder_for(image_size, data_dir), data_dir)
     records = _read_all(builder.as_data_source(split="train"))
     order = np.argsort(records["id"], kind="stable")
     return ArrayDataset(
@@ -217,14 +226,7 @@ def _load_fashion(name: str, data_dir: str, image_size: int, split: str) -> Arra
         raise ValueError(
             f"{name!r} has splits {splits}; got split={split!r} (or 'all' for every image)"
         )
-    builder = fashion.builder_for(name, data_dir)
-    if not builder.is_prepared():
-        with _prepare_lock(data_dir, builder.name):
-            builder = fashion.builder_for(name, data_dir)
-            if not builder.is_prepared():
-                builder.download_and_prepare(
-                    download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-                )
+    builder = _prepared(lambda: fashion.builder_for(name, data_dir), data_dir)
     return _fashion_dataset(builder, image_size, split)
 
 

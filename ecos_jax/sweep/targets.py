@@ -180,17 +180,24 @@ class DriverTarget:
         if not os.path.isfile(self.driver):
             raise ConfigError(f"No driver script at {self.driver!r}.")
         c = _parse_driver_config(self.config_arg, point.overrides, self.root)
-        if self.check is not None:
-            try:
-                self.check(c)
-            except ValueError as e:
-                raise ConfigError(str(e)) from e
+        _run_check(self.check, c)
         return c
 
     def job(self, point: Point, workdir: str, config: ml_collections.ConfigDict | None = None) -> Job:
         argv = (os.path.abspath(self.driver), f"--config={self.config_arg}",
                 *[f"--config.{k}={cli_value(v)}" for k, v in point.overrides.items()])
         return Job(point.name, workdir, argv=argv, cwd=self.root)
+
+
+def _run_check(check: Callable[[ml_collections.ConfigDict], None] | None,
+               config: ml_collections.ConfigDict) -> None:
+    """The experiment's own validation of a point's config; its ValueError as a ConfigError."""
+    if check is None:
+        return
+    try:
+        check(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,11 +225,7 @@ class FunctionTarget:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ConfigError(one_line(e)) from e
         c.lock()
-        if self.check is not None:
-            try:
-                self.check(c)
-            except ValueError as e:
-                raise ConfigError(str(e)) from e
+        _run_check(self.check, c)
         return c
 
     def job(self, point: Point, workdir: str, config: ml_collections.ConfigDict | None = None) -> Job:
