@@ -33,6 +33,9 @@ import ml_collections
 
 from configs import base
 
+# Every digits_mnist_c domain (ecos_jax.coopt.priors.ALL_DIGITS): the fashion priors' data.
+ALL_DIGITS = ("digits", "mnist", "mnist_rotate", "mnist_invert", "mnist_noise", "mnist_blur", "mnist_texture")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base.common(ml_collections.ConfigDict(), num_seeds=3)   # training seeds of every method
@@ -45,6 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         public_domains=("digits", "mnist_texture"),  # priors train here; anchors come from here
         test_fraction=0.2,
         max_pool=0,                 # 0 = the whole pool
+        prior_name="",              # the priors' and public anchors' dataset; "" = data.name
+        test_domains=(),            # held-out labelled test domains; () = test_fraction of the pool
+        max_test=0,                 # at most this many test images (0 = all)
     )
 
     c.participants = ml_collections.ConfigDict()
@@ -84,6 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ssl.out_dim = 64
     c.ssl.head_hidden = 128
     c.ssl.learning_rate = 1e-3
+    c.ssl.byol_tau = 0.99           # BYOL's target moving average (method 'byol')
     c.ssl.augment = ml_collections.ConfigDict(dict(
         max_rotate_deg=20.0, scale=0.15, max_shift=3.0, brightness=0.2, contrast=0.4, noise_std=0.1,
         invert_prob=0.0))
@@ -141,6 +148,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.priors.names = ("mlp_broad", "mlp_wide_noise_blur", "mlp_deep_broad", "cnn_small_broad")
         c.baselines.distill_prior = "mlp_broad"
         c.ablation.homogeneous_prior = "mlp_broad"
+    elif arg in ("fashion", "fashion_quick"):
+        # A Fashion-MNIST pool (the official train images, no labels) among 4 IID participants;
+        # priors trained with labels on every digits_mnist_c domain (other data, other task);
+        # the probe trains on the pool's labels and scores the official 10,000 test images.
+        c.name = arg
+        c.data.name = "fashion_mnist"
+        c.data.prior_name = "digits_mnist_c"
+        c.data.pool_domains = ("train",)
+        c.data.test_domains = ("test",)
+        c.data.public_domains = ALL_DIGITS
+        c.data.max_pool = 10_000     # of 60,000: SimCLR on all of them does not fit a 2-core CPU budget
+        c.participants.scheme = "iid"   # one pool domain: "domain" would give one participant
+        c.priors.names = ("mlp_alldigits", "mlp_wide_alldigits", "cnn_small_alldigits", "mlp_deep_alldigits_1ep")
+        c.anchors.source = "pool"    # digits anchors say little about how priors map clothes
+        c.baselines.distill_prior = "mlp_alldigits"
+        c.reuse.model = "mlp"
+        c.reuse.model_kwargs = ml_collections.ConfigDict({"hidden": (128, 128, 64)})
+        c.ablation.enabled = False
+        if arg == "fashion_quick":
+            c.num_seeds = 1
+            c.data.max_pool = 800
+            c.data.max_test = 500
+            c.priors.names = ("mlp_digits_1ep", "mlp_wide_texture_1ep", "mlp_random")
+            c.baselines.distill_prior = "mlp_digits_1ep"
+            c.anchors.num = 64
+            c.alignment.shared_dim = 16
+            c.train.epochs = 4
+            c.train.augment = False
+            c.probe.steps = 100
+            c.reuse.epochs = 2
     elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; use 'quick', 'broad' or nothing.")
+        raise ValueError(f"unknown config variant {arg!r}; use 'quick', 'broad', 'fashion', 'fashion_quick' "
+                         "or nothing.")
     return c

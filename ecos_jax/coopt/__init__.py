@@ -6,7 +6,7 @@ targets       embed, participant_targets: batched, device-sharded, cached prior 
 alignment     fit_alignment (standardise, PCA, Procrustes / linear map on anchors), disagreement
 optimised_data OptimisedDataset: the reusable {(x, aligned target)} set, save / load
 pipeline      build_optimised_dataset: the three steps above in one call
-ssl           SimCLR: Augment, nt_xent, simclr_objective
+ssl           SimCLR and BYOL: Augment, nt_xent, simclr_objective, byol_objective, byol_optimizer
 training      train_epochs: the one epoch loop every method (and baseline) trains with
 probe         linear_probe on frozen features
 (the CoOpt-vs-baselines experiment is ecos_jax.experiments.coopt; it only calls these)

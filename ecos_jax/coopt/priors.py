@@ -101,6 +101,8 @@ _MLP_DEEP = (("hidden", (256, 128, 64)),)
 _RESNET64 = (("stage_channels", (16, 32, 64)),)
 _HELD_OUT = ("digits", "mnist_texture")  # the default pool never contains these domains
 _BROAD = ("digits", "mnist_texture", "mnist_noise", "mnist_blur")  # held out by configs/coopt.py:broad
+# Every digits_mnist_c domain: for a pool of other data (configs/coopt.py:fashion, Fashion-MNIST).
+ALL_DIGITS = ("digits", "mnist", "mnist_rotate", "mnist_invert", "mnist_noise", "mnist_blur", "mnist_texture")
 
 # Convolutions are ~100x slower than dense layers on a small CPU, so the default experiment
 # uses the MLP priors and the small CNN; the larger convolutional ones are for accelerators.
@@ -118,6 +120,11 @@ REGISTRY: dict[str, PriorSpec] = {s.name: s for s in [
     _spec("mlp_wide_noise_blur", "mlp", _MLP_WIDE, domains=("mnist_noise", "mnist_blur"), epochs=30),
     _spec("mlp_deep_broad", "mlp", _MLP_DEEP, domains=_BROAD, epochs=20),
     _spec("cnn_small_broad", "cnn", _CNN_SMALL, domains=_BROAD, epochs=2),
+    # Digits priors for a pool of OTHER data (Fashion-MNIST): every digits domain, with labels.
+    _spec("mlp_alldigits", "mlp", _MLP, domains=ALL_DIGITS, epochs=15),
+    _spec("mlp_wide_alldigits", "mlp", _MLP_WIDE, domains=ALL_DIGITS, epochs=15),
+    _spec("cnn_small_alldigits", "cnn", _CNN_SMALL, domains=ALL_DIGITS, epochs=3),
+    _spec("mlp_deep_alldigits_1ep", "mlp", _MLP_DEEP, domains=ALL_DIGITS, epochs=1, learning_rate=3e-4),
     # Task-agnostic: trained on half of the classes only.
     _spec("mlp_half_classes", "mlp", _MLP, domains=_HELD_OUT, classes=(0, 1, 2, 3, 4), epochs=30),
     # Self-supervised, no labels anywhere.

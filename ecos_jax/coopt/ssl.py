@@ -1,4 +1,5 @@
-"""SimCLR (Chen et al., 2020) in JAX: jitted image augmentations and the NT-Xent loss.
+"""SimCLR (Chen et al., 2020) and BYOL (Grill et al., 2020) in JAX: jitted image augmentations,
+the NT-Xent loss, and BYOL's predictor, loss and moving-average target (at the end of the module).
 
 The self-supervised baseline of CoOpt (docs/algorithms.md#coopt-baselines): two augmented
 views of each image go through the same backbone + MLP projector (`HeadNet(hidden>0)`), and
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from ecos_jax.coopt.training import Objective
 
@@ -121,3 +124,85 @@ def simclr_objective(model: nn.Module, *, temperature: float, augment: Augment) 
         return nt_xent(model.apply(params, views), temperature)
 
     return objective
+
+
+# BYOL (Grill et al., 2020): no negatives. An online network (backbone + projector) and a
+# predictor regress a slowly moving target network's projection of the other view; the target
+# is an exponential moving average of the online network, never a gradient step.
+
+
+class Predictor(nn.Module):
+    """BYOL's predictor: `[B, d] -> [B, out_dim]` through one hidden ReLU layer of `hidden` units."""
+
+    hidden: int
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        return nn.Dense(self.out_dim, name="out")(nn.relu(nn.Dense(self.hidden, name="hidden")(z)))
+
+
+def byol_init(model: nn.Module, predictor: Predictor, key: jax.Array, x: jax.Array) -> dict:
+    """BYOL's parameters `{"online", "predictor", "target"}`; the target starts as the online copy.
+
+    model: backbone + projector (`HeadNet(hidden>0)`); x: an example batch `[B, H, W, C]`.
+    """
+    k_net, k_pred = jax.random.split(key)
+    online = model.init(k_net, x)
+    z = model.apply(online, x)
+    return {"online": online, "predictor": predictor.init(k_pred, z),
+            "target": jax.tree.map(jnp.array, online)}
+
+
+def byol_regression(p: jax.Array, t: jax.Array) -> jax.Array:
+    """BYOL's loss per row, `2 - 2 cos(p, t)` in [0, 4], of `p, t: [B, d]` -> `[B]`."""
+    p = p / (jnp.linalg.norm(p, axis=-1, keepdims=True) + 1e-8)
+    t = t / (jnp.linalg.norm(t, axis=-1, keepdims=True) + 1e-8)
+    return 2.0 - 2.0 * jnp.sum(p * t, axis=-1)
+
+
+@functools.cache
+def byol_objective(model: nn.Module, predictor: Predictor, *,
+                   augment: Callable[[jax.Array, jax.Array], jax.Array]) -> Objective:
+    """BYOL's symmetrised objective for `train_epochs` on `byol_init`'s parameters (targets ignored).
+
+    augment: `augment(key, x) -> x'`, one random view (an `Augment`, hashable for the cache).
+    The target network's outputs pass through `stop_gradient`: its gradient is exactly zero, and
+    `byol_optimizer` moves it by the moving average alone.
+    """
+
+    def objective(params, xb, tb, key):
+        del tb  # self-supervised
+        k1, k2 = jax.random.split(key)
+        views = jnp.concatenate([augment(k1, xb), augment(k2, xb)])
+        p = predictor.apply(params["predictor"], model.apply(params["online"], views))
+        t = jax.lax.stop_gradient(model.apply(params["target"], views))
+        half = xb.shape[0]
+        swapped = jnp.concatenate([t[half:], t[:half]])  # view 1 predicts view 2's target and back
+        return jnp.mean(byol_regression(p, swapped))
+
+    return objective
+
+
+@functools.cache
+def byol_optimizer(inner: optax.GradientTransformation, tau: float) -> optax.GradientTransformation:
+    """`inner` on the online network and predictor; the target moves to `tau·target + (1-tau)·online'`,
+    online' the online parameters after this step's update. Cached, so runs reuse one compilation."""
+    if not 0.0 <= tau < 1.0:
+        raise ValueError(f"tau must lie in [0, 1), got {tau}.")
+
+    def trainable(tree):
+        return {"online": tree["online"], "predictor": tree["predictor"]}
+
+    def init(params):
+        return inner.init(trainable(params))
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("byol_optimizer needs the parameters to move the target network.")
+        updates, state = inner.update(trainable(grads), state, trainable(params))
+        online = optax.apply_updates(params["online"], updates["online"])
+        target = jax.tree.map(lambda t, o: (1.0 - tau) * (o - t), params["target"], online)
+        return {**updates, "target": target}, state
+
+    return optax.GradientTransformation(init, update)

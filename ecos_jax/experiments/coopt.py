@@ -7,9 +7,12 @@ batch size and optimiser:
   * distill_single   one prior's targets for the whole pool (centralised distillation; by
                      default standardised and projected like CoOpt's, nothing to align);
   * simclr           self-supervised SimCLR on the pool's images;
+  * byol             self-supervised BYOL (no negatives; moving-average target network);
   * supervised       cross-entropy on the pool's labels (a reference, not a competitor);
 each evaluated by a linear probe on the labelled pool-train features, scored on the held-out
-pool-test set, every `train.eval_every` epochs (epoch 0 = the random initialisation). Then it
+test set (a split of the pool, or `data.test_domains`), every `train.eval_every` epochs (epoch
+0 = the random initialisation). The pool may come from another dataset than the priors
+(`data.prior_name`: a Fashion-MNIST pool, digits priors). Equal wall time: `time_budgets`. Then it
 saves the optimised dataset, reloads it and trains another architecture on it, and runs the
 ablation over P, prior strength and alignment. Writes results.json, results.md and
 curves.png into `workdir`.
@@ -18,6 +21,8 @@ curves.png into `workdir`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import time
@@ -34,7 +39,14 @@ from ecos_jax.coopt.networks import HeadNet
 from ecos_jax.coopt.optimised_data import OptimisedDataset
 from ecos_jax.coopt.priors import load_prior
 from ecos_jax.coopt.probe import linear_probe
-from ecos_jax.coopt.ssl import Augment, simclr_objective
+from ecos_jax.coopt.ssl import (
+    Augment,
+    Predictor,
+    byol_init,
+    byol_objective,
+    byol_optimizer,
+    simclr_objective,
+)
 from ecos_jax.coopt.targets import data_mesh, participant_targets
 from ecos_jax.coopt.training import TrainRun, regression_objective, train_epochs
 from ecos_jax.data import ArrayDataset, load, train_test_split
@@ -55,35 +67,74 @@ from ecos_jax.utils.io import write_json, write_text
 
 log = logging.getLogger(__name__)
 
-METHODS = ("coopt", "coopt_no_align", "distill_single", "simclr", "supervised")
+METHODS = ("coopt", "coopt_no_align", "distill_single", "simclr", "byol", "supervised")
+TIME_FRACTIONS = (0.25, 0.5, 1.0, 2.0)  # equal-time budgets, as multiples of CoOpt's training seconds
 LOSSES = {"cosine": cosine_regression, "mse": mse_regression}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Setting:
     """The data every method shares: unlabeled pool-train (+ labels for probing only),
-    labelled pool-test, the shared anchors, the participants' shards and the caches."""
+    labelled held-out test images, the shared anchors, the participants' shards and the caches.
+
+    full: the pool's dataset (its `num_classes` is the probe's). prior_data: the dataset the
+    priors train on (their `domains`), the pool's own unless `data.prior_name` names another.
+    """
 
     train: ArrayDataset
     test: ArrayDataset
     anchors: np.ndarray
     shards: list[np.ndarray]
     full: ArrayDataset
+    prior_data: ArrayDataset
     cache_dir: str
 
 
-def _make_setting(config: ml_collections.ConfigDict, workdir: str) -> Setting:
-    ds = load(config.data.name, data_dir=config.data.data_dir, image_size=config.data.image_size)
-    pool_domains = list(config.data.pool_domains)
-    public = ds.select_domains(list(config.data.public_domains))
-    overlap = set(pool_domains) & set(config.data.public_domains)
-    if overlap:
-        raise ConfigError(f"domains {sorted(overlap)} are both pool and public (prior / anchor) domains.")
+def _load_data(config: ml_collections.ConfigDict) -> tuple[ArrayDataset, ArrayDataset]:
+    """(pool dataset, priors' dataset): the second is the first unless `data.prior_name` is set."""
+    d = config.data
+    ds = load(d.name, data_dir=d.data_dir, image_size=d.image_size)
+    prior_name = d.get("prior_name", "")
+    if not prior_name or prior_name == d.name:
+        return ds, ds
+    return ds, load(prior_name, data_dir=d.data_dir, image_size=d.image_size)
+
+
+def make_setting(config: ml_collections.ConfigDict, ds: ArrayDataset,
+                 prior_ds: ArrayDataset | None = None) -> Setting:
+    """The pool, test set, anchors and shards of `config` from the loaded datasets.
+
+    ds: the pool's dataset (`data.pool_domains`; `data.test_domains` too when set).
+    prior_ds: where the priors train and public anchors come from (`data.public_domains`);
+      None = `ds`. When it is another dataset its domains may share names with nothing in
+      the pool, and no pool image is ever a prior's training image.
+    Test set: `data.test_domains` of `ds` (e.g. Fashion-MNIST's official test split), at most
+    `data.max_test` of them, when set; otherwise a stratified `data.test_fraction` of the pool.
+    """
+    d = config.data
+    prior_ds = ds if prior_ds is None else prior_ds
+    pool_domains = list(d.pool_domains)
+    test_domains = list(d.get("test_domains", ()))
+    if set(pool_domains) & set(test_domains):
+        raise ConfigError(f"domains {sorted(set(pool_domains) & set(test_domains))} are both pool and test domains.")
+    public = prior_ds.select_domains(list(d.public_domains))
+    if prior_ds is ds:
+        overlap = set(pool_domains) & set(d.public_domains)
+        if overlap:
+            raise ConfigError(f"domains {sorted(overlap)} are both pool and public (prior / anchor) domains.")
+    if prior_ds.image_shape != ds.image_shape:
+        raise ConfigError(f"the priors' images {prior_ds.image_shape} and the pool's {ds.image_shape} differ in shape.")
     pool = ds.select_domains(pool_domains)
-    rng = np.random.default_rng(config.data.split_seed)
-    if config.data.max_pool and len(pool) > config.data.max_pool:
-        pool = pool.subset(np.sort(rng.choice(len(pool), config.data.max_pool, replace=False)))
-    train, test = train_test_split(pool, test_fraction=config.data.test_fraction, seed=config.data.split_seed)
+    rng = np.random.default_rng(d.split_seed)
+    if d.max_pool and len(pool) > d.max_pool:
+        pool = pool.subset(np.sort(rng.choice(len(pool), d.max_pool, replace=False)))
+    if test_domains:
+        train, test = pool, ds.select_domains(test_domains)
+        max_test = d.get("max_test", 0)
+        if max_test and len(test) > max_test:
+            test = test.subset(np.sort(rng.choice(len(test), max_test, replace=False)))
+    else:
+        train, test = train_test_split(pool, test_fraction=d.test_fraction, seed=d.split_seed)
     if config.anchors.source == "public":
         anchors = public.images[rng.choice(len(public), min(config.anchors.num, len(public)), replace=False)]
     elif config.anchors.source == "pool":  # a few unlabeled pool images all participants share
@@ -92,14 +143,15 @@ def _make_setting(config: ml_collections.ConfigDict, workdir: str) -> Setting:
         raise ConfigError(f"anchors.source must be 'public' or 'pool', got {config.anchors.source!r}.")
     shards = participants_lib.split_pool(
         num_examples=len(train), num_participants=config.participants.num, scheme=config.participants.scheme,
-        seed=config.data.split_seed, domains=train.domains, labels=train.labels,
+        seed=d.split_seed, domains=train.domains, labels=train.labels,
         dirichlet_alpha=config.participants.dirichlet_alpha)
     cache_dir = config.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "ecos_jax", "coopt")
-    return Setting(train=train, test=test, anchors=anchors, shards=shards, full=ds, cache_dir=cache_dir)
+    return Setting(train=train, test=test, anchors=anchors, shards=shards, full=ds, prior_data=prior_ds,
+                   cache_dir=cache_dir)
 
 
 def _priors(names, setting: Setting, config) -> list:
-    return [load_prior(n, setting.full, cache_dir=os.path.join(setting.cache_dir, "priors"),
+    return [load_prior(n, setting.prior_data, cache_dir=os.path.join(setting.cache_dir, "priors"),
                        pool_domains=config.data.pool_domains,
                        hooks=progress.bar(config.progress, f"prior {n}")) for n in names]
 
@@ -125,8 +177,11 @@ def _build(setting: Setting, config, prior_names, alignment: str, num_participan
         cache_dir=os.path.join(setting.cache_dir, "targets"), mesh=data_mesh())
 
 
-def _probe_fn(net: HeadNet, setting: Setting, config):
+def _probe_fn(net: HeadNet, setting: Setting, config, select=lambda params: params):
+    """The probe of `net`'s backbone; `select` picks `net`'s parameters out of a run's (BYOL's online)."""
+
     def probe(params) -> dict[str, float]:
+        params = select(params)
         f_train = predict(net, params, setting.train.images, features=True)
         f_test = predict(net, params, setting.test.images, features=True)
         res = linear_probe(f_train, setting.train.labels, f_test, setting.test.labels,
@@ -164,6 +219,15 @@ def _train_method(method: str, setting: Setting, config, seed: int, data: Optimi
         return train_epochs(objective, net.init(key, x0), setting.train.images, None,
                             optimizer=make_optimizer(t.optimizer, float(s.learning_rate)),
                             eval_fn=_probe_fn(net, setting, config), **common)
+    if method == "byol":  # SimCLR's network, augmentations and learning rate; no negatives
+        s = config.ssl
+        net = HeadNet(backbone=_backbone(model_config), out_dim=s.out_dim, hidden=s.head_hidden)
+        predictor = Predictor(hidden=s.head_hidden, out_dim=s.out_dim)
+        objective = byol_objective(net, predictor, augment=Augment(**dict(s.augment)))
+        tx = byol_optimizer(make_optimizer(t.optimizer, float(s.learning_rate)), float(s.byol_tau))
+        return train_epochs(objective, byol_init(net, predictor, key, x0), setting.train.images, None,
+                            optimizer=tx, eval_fn=_probe_fn(net, setting, config, select=lambda p: p["online"]),
+                            **common)
     # Every method sees the same augmentations (SimCLR's); off by train.augment=False.
     augment = Augment(**dict(config.ssl.augment)) if t.augment else None
     if method == "supervised":
@@ -190,6 +254,69 @@ def _prior_probe(setting: Setting, config) -> dict[str, float]:
     return out
 
 
+def _pixel_probe(setting: Setting, config) -> float:
+    """The linear probe on raw pixels: what a representation must beat to be worth learning."""
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    return linear_probe(flat(setting.train.images), setting.train.labels, flat(setting.test.images),
+                        setting.test.labels, num_classes=setting.full.num_classes, l2=config.probe.l2,
+                        steps=config.probe.steps, learning_rate=config.probe.learning_rate).test_accuracy
+
+
+def _target_seconds(setting: Setting, config) -> float:
+    """Seconds the participants spend embedding their shards with their priors (warm: compiled
+    and priors loaded first), what CoOpt pays before training and SimCLR does not."""
+    names = [config.priors.names[p % len(config.priors.names)] for p in range(len(setting.shards))]
+    priors = _priors(names, setting, config)
+    shards = [setting.train.images[s] for s in setting.shards]
+    # Compile first: embed's batch is min(512, a power of two >= n), so 512 rows compile what n needs.
+    participant_targets(priors, [s[:512] for s in shards], cache_dir=None, mesh=data_mesh())
+    start = time.perf_counter()
+    participant_targets(priors, shards, cache_dir=None, mesh=data_mesh())
+    return time.perf_counter() - start
+
+
+# Fields that change no trained run: output options, how many seeds or which methods (each
+# run is stored by its own method and seed) and the parts after the main table.
+_NOT_IN_RUN_FINGERPRINT = ("progress", "num_devices", "num_seeds", "methods", "reuse", "ablation", "name")
+
+
+def run_fingerprint(config: ml_collections.ConfigDict) -> str:
+    """A hash of every config field a main-table (method, seed) run depends on."""
+    d = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_RUN_FINGERPRINT}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_run(path: str, fingerprint: str) -> dict | None:
+    """A finished run stored at `path` by this config, or None (absent or another config's)."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        done = json.load(f)
+    if done.get("fingerprint") != fingerprint:
+        log.info("%s was run by another config; rerunning it", path)
+        return None
+    return done
+
+
+def accuracy_at_seconds(evals: list[dict], seconds: float) -> float | None:
+    """The last probe accuracy evaluated within `seconds` of training, None if none was."""
+    within = [e["probe_accuracy"] for e in evals if e["seconds"] <= seconds + 1e-9]
+    return within[-1] if within else None
+
+
+def time_budgets(curves: dict[str, list[list[dict]]], budgets: list[float]) -> dict[str, list[float | None]]:
+    """Per method, the seed-mean accuracy at each budget (training seconds); None where some seed's
+    run ended before that budget (it cannot say what more time would give)."""
+    out = {}
+    for m, runs in curves.items():
+        row = []
+        for b in budgets:
+            accs = [accuracy_at_seconds(r, b) if r[-1]["seconds"] >= b - 1e-9 else None for r in runs]
+            row.append(float(np.mean(accs)) if all(a is not None for a in accs) else None)
+        out[m] = row
+    return out
+
+
 def time_to_accuracy(evals: list[dict], target: float) -> tuple[int | None, float | None]:
     """(epoch, cumulative training seconds) of the first evaluation reaching `target`, else (None, None)."""
     for e in evals:
@@ -198,8 +325,10 @@ def time_to_accuracy(evals: list[dict], target: float) -> tuple[int | None, floa
     return None, None
 
 
-def _speedup(curves: dict[str, list[list[dict]]]) -> dict[str, Any]:
-    """CoOpt's speed-up over SimCLR to reach SimCLR's best accuracy, per seed and averaged."""
+def _speedup(curves: dict[str, list[list[dict]]], target_seconds: float = 0.0) -> dict[str, Any]:
+    """CoOpt's speed-up over SimCLR to reach SimCLR's best accuracy, per seed and averaged, and
+    SimCLR at CoOpt's whole training time, without and with the `target_seconds` CoOpt's
+    participants spent embedding their shards (SimCLR given that time too)."""
     per_seed = []
     for ssl_run, coopt_run in zip(curves["simclr"], curves["coopt"]):
         target = max(e["probe_accuracy"] for e in ssl_run)
@@ -207,9 +336,11 @@ def _speedup(curves: dict[str, list[list[dict]]]) -> dict[str, Any]:
         co_epoch, co_sec = time_to_accuracy(coopt_run, target)
         budget = coopt_run[-1]["seconds"]  # CoOpt's whole training time
         ssl_same_time = max(e["probe_accuracy"] for e in ssl_run if e["seconds"] <= budget)
+        ssl_with_targets = max(e["probe_accuracy"] for e in ssl_run if e["seconds"] <= budget + target_seconds)
         per_seed.append({
             "coopt_final_accuracy": coopt_run[-1]["probe_accuracy"], "coopt_seconds_total": budget,
             "simclr_accuracy_at_coopt_seconds": ssl_same_time,
+            "simclr_accuracy_at_coopt_seconds_with_targets": ssl_with_targets,
             "target_accuracy": target, "simclr_epochs": ssl_epoch, "simclr_seconds": ssl_sec,
             "coopt_epochs": co_epoch, "coopt_seconds": co_sec,
             "speedup_epochs": (ssl_epoch / co_epoch) if co_epoch else None,
@@ -220,7 +351,9 @@ def _speedup(curves: dict[str, list[list[dict]]]) -> dict[str, Any]:
         vals = [r[k] for r in per_seed]
         # An epoch-0 hit (CoOpt's init already beats SSL) has no finite ratio: report it as such.
         out[k] = float(np.mean(vals)) if all(v is not None for v in vals) else None
-    out["simclr_accuracy_at_coopt_seconds"] = float(np.mean([r["simclr_accuracy_at_coopt_seconds"] for r in per_seed]))
+    for k in ("simclr_accuracy_at_coopt_seconds", "simclr_accuracy_at_coopt_seconds_with_targets"):
+        out[k] = float(np.mean([r[k] for r in per_seed]))
+    out["target_seconds"] = float(target_seconds)
     out["coopt_final_accuracy"] = float(np.mean([r["coopt_final_accuracy"] for r in per_seed]))
     out["coopt_reached_ssl_best"] = all(r["coopt_epochs"] is not None for r in per_seed)
     return out
@@ -259,7 +392,9 @@ def _fmt(v, scale=100.0, digits=1):
 def _markdown(results: dict[str, Any]) -> str:
     lines = [f"# CoOpt experiment ({results['config_name']})\n",
              f"Pool: {results['data']['pool_train']} train / {results['data']['pool_test']} test images from "
-             f"{', '.join(results['data']['pool_domains'])}; {results['data']['participants']} participants "
+             f"{results['data'].get('name', '')} {', '.join(results['data']['pool_domains'])}"
+             + (f" (test: {', '.join(results['data']['test_domains'])})" if results['data'].get('test_domains') else "")
+             + f"; priors trained on {results['data'].get('prior_data', '')}; {results['data']['participants']} participants "
              f"({results['data']['scheme']}); target model `{results['model']}`, {results['epochs']} epochs, "
              f"seeds {results['seeds']}.\n",
              "## Linear-probe accuracy (%) at the epoch budget\n"]
@@ -280,6 +415,18 @@ def _markdown(results: dict[str, Any]) -> str:
     if "simclr_accuracy_at_coopt_seconds" in sp:
         lines.append(f"\nAt equal training time (CoOpt's whole run, compile excluded): CoOpt "
                      f"{_fmt(sp['coopt_final_accuracy'])}%, SimCLR {_fmt(sp['simclr_accuracy_at_coopt_seconds'])}%.\n")
+    if "target_seconds" in sp:
+        lines.append(f"\nCoOpt's participants embed their shards in {sp['target_seconds']:.1f} s; given that time "
+                     f"too, SimCLR reaches {_fmt(sp['simclr_accuracy_at_coopt_seconds_with_targets'])}%.\n")
+    tb = results.get("time_budgets")
+    if tb:
+        lines.append("\n## Equal wall time: probe accuracy (%) after a training-time budget (seed mean; "
+                     "n/a: a run ended before it)\n")
+        header = ["method"] + [f"{f:g}x CoOpt ({sec:.0f} s)" for f, sec in zip(tb["fractions_of_coopt_seconds"],
+                                                                            tb["seconds"])]
+        lines.append(markdown_table(header, [[m] + [_fmt(a) for a in accs] for m, accs in tb["accuracy"].items()]))
+    if results.get("pixel_probe_accuracy") is not None:
+        lines.append(f"\nThe same probe on raw pixels: {_fmt(results['pixel_probe_accuracy'])}%.\n")
     lines.append("\nEach prior's own embedding, probed the same way (%): "
                  + ", ".join(f"{k} {_fmt(v)}" for k, v in results["prior_probe_accuracy"].items()) + "\n")
     inc = results["inconsistency"]
@@ -300,13 +447,15 @@ def _markdown(results: dict[str, Any]) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs the whole CoOpt experiment and writes results.json, results.md, curves.png."""
+    """Runs the whole CoOpt experiment and writes results.json, results.md, curves.png,
+    time_to_accuracy.png; each finished (method, seed) run is kept under runs/ and read back on
+    a rerun with the same settings (`run_fingerprint`)."""
     unknown = set(config.methods) - set(METHODS)
     if unknown or "coopt" not in config.methods:
         raise ConfigError(f"methods must include 'coopt' and be among {METHODS}; got {list(config.methods)}.")
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
-    setting = _make_setting(config, workdir)
+    setting = make_setting(config, *_load_data(config))
     log.info("pool train %d, test %d, anchors %d, shards %s", len(setting.train), len(setting.test),
              len(setting.anchors), [len(s) for s in setting.shards])
 
@@ -320,15 +469,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                             config.baselines.distill_alignment,
                                             centralised=True).data
 
+    target_seconds = _target_seconds(setting, config)
+    pixel_probe = _pixel_probe(setting, config)
+
     curves: dict[str, list[list[dict]]] = {m: [] for m in config.methods}
     timing: dict[str, list[float]] = {m: [] for m in config.methods}
+    fingerprint = run_fingerprint(config)
     for seed in seeds(config):
         for method in config.methods:
-            run = _train_method(method, setting, config, seed, datasets.get(method),
-                                eval_every=config.train.eval_every)
-            curves[method].append(run.evals)
-            timing[method].append(float(np.mean([h["seconds"] for h in run.history])))
-            log.info("%s seed %d: probe %.4f", method, seed, run.evals[-1]["probe_accuracy"])
+            path = os.path.join(workdir, "runs", f"{method}-seed{seed}.json")
+            done = _read_run(path, fingerprint)
+            if done is None:
+                run = _train_method(method, setting, config, seed, datasets.get(method),
+                                    eval_every=config.train.eval_every)
+                done = {"fingerprint": fingerprint, "evals": run.evals,
+                        "seconds_per_epoch": float(np.mean([h["seconds"] for h in run.history])),
+                        "compile_seconds": run.compile_seconds}
+                write_json(path, done)  # a killed run resumes after its last finished (method, seed)
+            curves[method].append(done["evals"])
+            timing[method].append(done["seconds_per_epoch"])
+            log.info("%s seed %d: probe %.4f", method, seed, done["evals"][-1]["probe_accuracy"])
 
     methods = {}
     for m, runs in curves.items():
@@ -351,16 +511,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              "init_probe_accuracy": reuse_run.evals[0]["probe_accuracy"]}
 
     ablation = _ablation(setting, config) if config.ablation.enabled else []
-    speedup = _speedup(curves) if "simclr" in curves else None
+    speedup = _speedup(curves, target_seconds) if "simclr" in curves else None
+    # Equal wall time: every method at fractions of CoOpt's mean training time, compile excluded.
+    coopt_total = float(np.mean([r[-1]["seconds"] for r in curves["coopt"]]))
+    budgets = [coopt_total * f for f in TIME_FRACTIONS]
     results = {
         "config_name": config.name,
         "config": config.to_dict(),
-        "data": {"pool_domains": list(config.data.pool_domains), "pool_train": len(setting.train),
+        "data": {"name": config.data.name, "prior_data": config.data.get("prior_name", "") or config.data.name,
+                 "test_domains": list(config.data.get("test_domains", ())),
+                 "pool_domains": list(config.data.pool_domains), "pool_train": len(setting.train),
                  "pool_test": len(setting.test), "participants": len(setting.shards),
                  "shard_sizes": [len(s) for s in setting.shards], "scheme": config.participants.scheme,
                  "anchors": len(setting.anchors)},
         "model": config.train.model, "epochs": config.train.epochs, "seeds": seeds(config),
-        "methods": methods, "prior_probe_accuracy": prior_probe, "speedup": speedup, "inconsistency": coopt.inconsistency,
+        "methods": methods, "prior_probe_accuracy": prior_probe, "pixel_probe_accuracy": pixel_probe,
+        "time_budgets": {"fractions_of_coopt_seconds": list(TIME_FRACTIONS), "seconds": budgets,
+                         "accuracy": time_budgets(curves, budgets)}, "speedup": speedup, "inconsistency": coopt.inconsistency,
         "target_stats": dataclasses.asdict(coopt.target_stats), "reuse": reuse,
         "ablation": ablation, "ablation_epochs": config.ablation.epochs,
         "coopt_beats_simclr": (methods["coopt"]["final_mean"] > methods["simclr"]["final_mean"]
@@ -371,4 +538,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_json(os.path.join(workdir, "results.json"), results)
     write_text(os.path.join(workdir, "results.md"), _markdown(results))
     plots.probe_curves(curves, os.path.join(workdir, "curves.png"))
+    ssl = {m: curves[m] for m in ("coopt", "simclr", "byol") if m in curves}
+    plots.probe_time_to_accuracy(ssl, os.path.join(workdir, "time_to_accuracy.png"), offsets={"coopt": target_seconds})
     return results

@@ -281,6 +281,26 @@ def probe_curves(curves: dict[str, list[list[dict]]], path: str | os.PathLike) -
     save_figure(fig, path)
 
 
+def probe_time_to_accuracy(curves: dict[str, list[list[dict]]], path: str | os.PathLike,
+                           offsets: dict[str, float] | None = None) -> None:
+    """Linear-probe accuracy against training seconds per method (mean over seeds, band = min..max);
+    `offsets[m]` seconds a method pays before training (CoOpt's prior targets) shift a dashed copy."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, runs in curves.items():
+        acc = np.array([[e["probe_accuracy"] for e in r] for r in runs]) * 100
+        sec = np.mean([[e["seconds"] for e in r] for r in runs], axis=0)
+        (line,) = ax.plot(sec, acc.mean(0), marker="o", ms=3, label=method)
+        ax.fill_between(sec, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.15)
+        if offsets and offsets.get(method):
+            ax.plot(sec + offsets[method], acc.mean(0), "--", color=line.get_color(),
+                    label=f"{method} + {offsets[method]:.0f} s of targets")
+    ax.set(xlabel="training seconds (compile excluded)", ylabel="linear-probe accuracy (%)",
+           title=f"Time to accuracy (mean of {len(runs)} seed(s), band: min to max)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
 def audit_bounds(records: list[dict], path: str | os.PathLike) -> None:
     """Empirical ε lower bound against claimed ε per mechanism, controls dotted, the diagonal dashed."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
