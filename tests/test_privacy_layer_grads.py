@@ -81,6 +81,7 @@ def _check(out):
         ("cnn", {}, 28, False),  # the default CNN: stride-2 SAME convs
         pytest.param("cnn", {"pooling": "max"}, 28, False, marks=pytest.mark.slow),
         ("mlp", {"hidden": (16, 8)}, 8, True),  # clipping modes, micro-batches, plain sum
+        ("linear", {}, 12, False),  # one dense layer, K = 144 > C = 10: the transposed product
     ],
 )
 def test_matches_vmap_grad_on_real_models(name, kw, size, full):
