@@ -10,7 +10,7 @@
 #                   (jacfwd, jacrev): time per sample, agreement, peak memory
 #   sampling.json   benchmarks/sampling.py: streamed k-means (and the ECOS path) at 200k x 64
 #   scaling.json    benchmarks/scaling.py --platform=<backend>: DP-SGD steps/s on 1..n devices
-#   train_dp.json   a short DP-SGD run (parallel.dpsgd.train on all devices): steps/s,
+#   train_dp.json   a short DP-SGD run (privacy.dpsgd.train, mesh of all devices): steps/s,
 #                   test accuracy and the ledger's epsilon
 #   summary.json    every step's exit status and seconds (124 = hit its timeout)
 #
@@ -105,9 +105,8 @@ import jax, numpy as np, optax
 from ecos_jax.data import load
 from ecos_jax.data.split import train_test_split
 from ecos_jax.models import get_model
-from ecos_jax.parallel import dpsgd as pdp
 from ecos_jax.parallel.mesh import device_report, local_mesh
-from ecos_jax.privacy.dpsgd import DPSGDConfig
+from ecos_jax.privacy.dpsgd import DPSGDConfig, train as dp_train
 from ecos_jax.privacy.ledger import PrivacyLedger
 
 out, steps, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -119,8 +118,8 @@ config = DPSGDConfig(dataset_size=len(train), batch_size=batch, l2_norm_clip=1.0
 ledger = PrivacyLedger(delta=1e-5, reproducible_seed=0)
 mesh = local_mesh()
 start = time.perf_counter()
-run = pdp.train(model, params, train.images, train.labels, config, optax.adam(1e-3),
-                steps=steps, mesh=mesh, seed=0, ledger=ledger)
+run = dp_train(model, params, train.images, train.labels, config, optax.adam(1e-3),
+               steps=steps, mesh=mesh, seed=0, ledger=ledger)
 seconds = time.perf_counter() - start
 params = jax.tree.map(lambda a: np.asarray(a), run.params)
 apply = jax.jit(model.apply)

@@ -3,7 +3,7 @@
 Each device count runs in its own subprocess (on CPU, `--xla_force_host_platform_device_count`
 must be set before JAX starts), timing on a mesh of all its devices:
 
-  dp_step          `parallel.dpsgd.make_dp_step`: per-example clipping on each device's rows
+  dp_step          `privacy.dpsgd.make_dp_step(mesh=)`: per-example clipping on each device's rows
                    (grad_method "layers"), psum of the clipped sums, noise once, SGD
   nonprivate_step  the same model and batch, mean loss gradient on each device's rows, psum,
                    SGD (the plain data-parallel step)
@@ -47,9 +47,8 @@ def child(args) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from ecos_jax.models import get_model
-    from ecos_jax.parallel import dpsgd as pdp
     from ecos_jax.parallel import mesh as mesh_lib
-    from ecos_jax.privacy.dpsgd import DPSGDConfig
+    from ecos_jax.privacy.dpsgd import DPSGDConfig, make_dp_step
     from ecos_jax.privacy.layer_grads import softmax_xent
 
     mesh = mesh_lib.local_mesh(args.num)
@@ -60,8 +59,8 @@ def child(args) -> dict:
     params = model.init(jax.random.key(0), x[:1])
     config = DPSGDConfig(dataset_size=10 * args.batch, batch_size=args.batch, l2_norm_clip=1.0,
                          noise_multiplier=1.0, grad_method="layers")
-    init, dp_step = pdp.make_dp_step(model, optax.sgd(0.1), config, key=jax.random.key(1),
-                                     mesh=mesh)
+    init, dp_step = make_dp_step(model, optax.sgd(0.1), config, key=jax.random.key(1),
+                                 mesh=mesh)
     (xs, ys), mask = mesh_lib.shard_batch(mesh, x, y)
     dp_state = init(params)
 

@@ -74,7 +74,7 @@ def test_two_processes_equal_one_process(tmp_path):
     address = f"127.0.0.1:{free_port()}"
     workers = [_launch(address, 2, i, 2, tmp_path / f"p{i}.npz") for i in range(2)]
     for proc in [ref, *workers]:
-        out, _ = proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-3000:]
     want = np.load(tmp_path / "ref.npz")
     assert int(want["devices"]) == 4 and int(want["processes"]) == 1
@@ -94,9 +94,9 @@ def _worker(coordinator, num_processes, process_id, out):
 
     from ecos_jax.models import get_model
     from ecos_jax.parallel import distributed, scores
-    from ecos_jax.parallel import dpsgd as pdp
     from ecos_jax.parallel import mesh as mesh_lib
     from ecos_jax.privacy.dpsgd import DPSGDConfig
+    from ecos_jax.privacy.dpsgd import train as dp_train
     from ecos_jax.samplers.kmeans import kmeans
 
     if coordinator != "-":
@@ -108,8 +108,8 @@ def _worker(coordinator, num_processes, process_id, out):
     model = get_model("mlp", 3, hidden=(8,))
     params = model.init(jax.random.key(0), x[:1])
     config = DPSGDConfig(dataset_size=40, batch_size=10, l2_norm_clip=1.0, noise_multiplier=1.0)
-    run = pdp.train(model, params, x, y, config, optax.sgd(0.2), steps=3, mesh=mesh, seed=1,
-                    accumulation_steps=2)
+    run = dp_train(model, params, x, y, config, optax.sgd(0.2), steps=3, mesh=mesh, seed=1,
+                   accumulation_steps=2, log_every=1)
     leaves = {f"param_{i}": np.asarray(a.addressable_data(0))
               for i, a in enumerate(jax.tree.leaves(run.params))}
     checkpoints = [model.init(jax.random.key(i), x[:1]) for i in range(3)]

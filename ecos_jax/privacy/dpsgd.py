@@ -22,10 +22,15 @@ sensitivity stays C under adding or removing one example and the accounting is u
 
 Large logical batches: `train` draws one Poisson batch of expected size `batch_size` per step
 and `microbatch_size` bounds the memory of its per-example work, so a step is one logical
-batch, noised once, and the event has `steps` steps at rate q = batch_size / N. A loop of its
-own can instead feed k micro-batches of one logical batch through `optax.MultiSteps` (see
-`noise`); it is accounted the same way: T applied updates, q = E[logical batch] / N, i.e.
-`DPSGDConfig(batch_size=<logical batch>).event(T)`.
+batch, noised once, and the event has `steps` steps at rate q = batch_size / N. With
+`accumulation_steps=k` it instead feeds k micro-batches of one logical batch through
+`optax.MultiSteps` (see `noise`); it is accounted the same way: T applied updates,
+q = E[logical batch] / N, i.e. `DPSGDConfig(batch_size=<logical batch>).event(T)`.
+
+Several devices: `make_dp_step(..., mesh=)` and `train(..., mesh=)` are the same step and run
+data-parallel over a `jax.sharding.Mesh` (each device clips its own rows, one psum adds the
+sums, the noise is added once after it: `parallel.dpsgd`); the ledger entry is the one-device
+entry. `mesh=None` is one device.
 
 `train(..., checkpoint_dir=...)` checkpoints the whole run state with orbax and resumes a
 killed run to the same parameters (`dpsgd_checkpoint`; the checkpoint holds the secret noise
@@ -53,7 +58,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from ecos_jax.parallel import dpsgd as parallel_dpsgd
+from ecos_jax.parallel import mesh as mesh_lib
 from ecos_jax.privacy import accounting, clipped_grads, clipping, dpsgd_checkpoint, layer_grads
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
@@ -203,6 +211,33 @@ class DPSGDConfig:
 DPTrainState = TrainState
 
 
+def noisy_optimizer(config: DPSGDConfig, grad_fn: clipped_grads.ClippedGrad,
+                    optimizer: optax.GradientTransformation, *, key: jax.Array,
+                    accumulation_steps: int = 1) -> optax.GradientTransformation:
+    """noise (σ, Δ from `grad_fn`, q·N = config.batch_size, the logical batch) then `optimizer`;
+    inside `optax.MultiSteps(every_k_schedule=k)` when `accumulation_steps` k > 1 (each call
+    is then one of k micro-batches of a logical batch, noised once per logical batch)."""
+    k = _accumulation(accumulation_steps)
+    tx = optax.chain(
+        add_gaussian_noise(config.noise_multiplier, grad_fn,
+                           expected_batch_size=config.expected_batch_size, key=key,
+                           accumulation_steps=k),
+        optimizer)
+    return optax.MultiSteps(tx, every_k_schedule=k) if k > 1 else tx
+
+
+def _accumulation(accumulation_steps) -> int:
+    k = int(accumulation_steps)
+    if isinstance(accumulation_steps, bool) or k < 1 or k != accumulation_steps:
+        raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}.")
+    return k
+
+
+def _devices(mesh: Mesh | None, axis: str) -> int:
+    """How many devices the batch is split over: 1 without a mesh (or a mesh of one)."""
+    return 1 if mesh is None else mesh_lib.check_axis(mesh, axis)
+
+
 def make_dp_step(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
@@ -210,6 +245,9 @@ def make_dp_step(
     *,
     key: jax.Array,
     loss: BatchLoss = layer_grads.softmax_xent,
+    mesh: Mesh | None = None,
+    axis: str = mesh_lib.DATA_AXIS,
+    accumulation_steps: int = 1,
 ) -> tuple[Callable[[PyTree], TrainState], Callable]:
     """Builds `(init_fn, update_fn)` for DP-SGD with `optimizer` after clip and noise.
 
@@ -221,24 +259,37 @@ def make_dp_step(
     `metrics`: `loss`, `grad_norm`, `clipped_fraction` (means over the rows that contributed),
     `batch_size` (examples sampled) and `nonfinite` (sampled examples zeroed), all float32 [].
 
-    One path for both grad methods: `grad_fn = clipped_grad(model, method=config.grad_method,
-    ...)` gives the param-shaped clipped sum (sensitivity C), then the training loop's
+    One path for both grad methods and any device count: `grad_fn = clipped_grad(model,
+    method=config.grad_method, ...)` gives the param-shaped clipped sum (sensitivity C), on a
+    mesh of n > 1 devices computed on each device's rows and summed with one psum
+    (`parallel.dpsgd.sharded_clipped_grad`), then the training loop's
     `clipped_gradient_step(grad_fn, optax.chain(add_gaussian_noise(σ, grad_fn,
-    expected_batch_size=q·N), optimizer))`.
+    expected_batch_size=q·N), optimizer))`: the noise is added once, after the sum.
+
+    Args:
+      mesh: None: one device. A mesh: `init_fn` replicates the state over it and, with n > 1
+        devices on `axis`, M must be a multiple of n (`parallel.mesh.shard_batch` pads and
+        masks) and each device clips its own rows.
+      accumulation_steps: k > 1 wraps noise and optimiser in `optax.MultiSteps`: each call is
+        one of k micro-batches of a logical batch; the parameters move on every k-th call.
     """
     grad_fn = clipped_grads.clipped_grad(
         model, l2_norm_clip=config.l2_norm_clip, loss=loss, method=config.grad_method,
         clipping=config.clipping, microbatch_size=config.microbatch_size)
-    tx = optax.chain(
-        add_gaussian_noise(config.noise_multiplier, grad_fn,
-                           expected_batch_size=config.expected_batch_size, key=key),
-        optimizer)
+    sharded = _devices(mesh, axis) > 1
+    if sharded:
+        grad_fn = parallel_dpsgd.sharded_clipped_grad(grad_fn, mesh, axis=axis)
+    tx = noisy_optimizer(config, grad_fn, optimizer, key=key,
+                         accumulation_steps=accumulation_steps)
     step = clipped_gradient_step(grad_fn, tx)
 
     def init_fn(params: PyTree) -> TrainState:
-        return init_state(params, tx)
+        state = init_state(params, tx)
+        return state if mesh is None else mesh_lib.replicate(mesh, state)
 
     def update_fn(state: TrainState, x: jax.Array, y: jax.Array, mask: jax.Array):
+        if sharded:
+            x, y, mask = parallel_dpsgd.constrain_batch(mesh, axis, x, y, mask)
         return step(state, (x, y, mask))
 
     return init_fn, jax.jit(update_fn)
@@ -251,6 +302,7 @@ class DPTrainResult:
 
     `nonfinite_examples`: sampled examples whose gradient had a NaN/inf and was zeroed (see
     `train`). `resumed_from`: the step the run was restored at from a checkpoint (0: fresh).
+    `devices`: what the run ran on (`parallel.mesh.device_report` of its mesh).
     """
 
     params: PyTree
@@ -264,24 +316,45 @@ class DPTrainResult:
     compilations: int
     nonfinite_examples: int = 0
     resumed_from: int = 0
+    devices: dict = dataclasses.field(default_factory=dict)
 
 
 def _run_chunk(update_fn, state, sample_key, x_all, y_all, active, *, chunk, sampler_kind, n, q, m,
-               shuffle_idx):
-    """Up to `chunk` DP-SGD steps in one scan (the first `active` run; the rest are skipped so
-    every chunk has one compiled shape). Poisson batches are drawn inside, shuffled ones given.
+               shuffle_idx, accumulation_steps=1, padded=None):
+    """Up to `chunk` logical DP-SGD steps in one scan (the first `active` run; the rest are
+    skipped so every chunk has one compiled shape). Poisson batches are drawn inside, shuffled
+    ones given. Each logical batch of m slots is padded with masked slots to `padded` (a
+    multiple of k·devices) and run as k = `accumulation_steps` micro-batches.
 
     Returns (state, truncated examples, truncated batches, per-step metric means, per-step
     metric sums, whether every parameter is finite)."""
+    k = accumulation_steps
+    padded = m if padded is None else padded
 
     def one_step(state, t):
         if sampler_kind == "poisson":
-            b = poisson_batch(jax.random.fold_in(sample_key, state.step), dataset_size=n,
+            # The logical step: the state counts micro-batches, k per logical batch.
+            b = poisson_batch(jax.random.fold_in(sample_key, state.step // k), dataset_size=n,
                               sampling_rate=q, max_batch_size=m)
             idx, mask, dropped = b.indices, b.mask, b.truncated
         else:
             idx, mask, dropped = shuffle_idx[t], jnp.ones(m, bool), jnp.zeros([], jnp.int32)
-        state, metrics = update_fn(state, x_all[idx], y_all[idx], mask)
+        if padded != m:  # padding slots point at row 0 and are masked out
+            idx, mask = jnp.pad(idx, (0, padded - m)), jnp.pad(mask, (0, padded - m))
+        if k == 1:
+            state, metrics = update_fn(state, x_all[idx], y_all[idx], mask)
+            return state, metrics, dropped
+        parts = []
+        for j in range(k):  # k is small and static: unrolled, one micro-batch per call
+            rows = slice(j * (padded // k), (j + 1) * (padded // k))
+            state, mj = update_fn(state, x_all[idx[rows]], y_all[idx[rows]], mask[rows])
+            parts.append(mj)
+        kept = [mj["batch_size"] - mj["nonfinite"] for mj in parts]
+        total = jnp.maximum(sum(kept), 1.0)
+        metrics = {name: sum(mj[name] * w for mj, w in zip(parts, kept)) / total
+                   for name in ("loss", "grad_norm", "clipped_fraction")}
+        metrics["batch_size"] = sum(mj["batch_size"] for mj in parts)
+        metrics["nonfinite"] = sum(mj["nonfinite"] for mj in parts)
         return state, metrics, dropped
 
     def body(carry, t):
@@ -326,6 +399,9 @@ def train(
     desc: str = "dp-sgd",
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    mesh: Mesh | None = None,
+    axis: str = mesh_lib.DATA_AXIS,
+    accumulation_steps: int = 1,
 ) -> DPTrainResult:
     """Trains with DP-SGD for `steps` steps and records the release in `ledger`.
 
@@ -356,6 +432,14 @@ def train(
     (also with `seed=None`, where it came from OS entropy): protect the directory like the
     training data (`dpsgd_checkpoint`).
 
+    Data parallelism (`mesh`): the same run over the devices of `mesh`. The data and the state
+    are replicated over it; each logical step draws the same Poisson batch as one device, pads
+    it with masked slots to a multiple of the devices (never dropping a row), and each device
+    clips its own rows; one psum adds the clipped sums and the noise is added once, after it
+    (`make_dp_step`). The ledger entry is the one-device entry: the event depends on q, σ and
+    T only. With several processes (`parallel.distributed`, a `parallel.mesh.global_mesh()`),
+    every process passes the same full data and process 0's keys are used everywhere.
+
     Args:
       model, params: flax model and its initial `{"params": ...}` variables.
       x: `[N, ...]` private inputs; y: `[N]` labels. N must equal `config.dataset_size`.
@@ -373,14 +457,17 @@ def train(
         the run there.
       checkpoint_dir: where to checkpoint and resume the run; None: no checkpoints.
       checkpoint_every: steps between checkpoints (default `log_every`).
+      mesh, axis: None: one device. A `jax.sharding.Mesh` (e.g. `parallel.mesh.local_mesh()`)
+        and the axis the batch is split over: data-parallel as above.
+      accumulation_steps: k micro-batches per logical batch (`optax.MultiSteps`; each again
+        split over the devices): a step's per-example memory is that of M/k rows; the
+        accounting is unchanged (T logical steps at rate q).
 
     Returns:
       `DPTrainResult` with the final params, per-chunk history (means per step, except
       `nonfinite`, `truncated_examples`, `truncated_batches`: the chunk's counts), the event
       and its ε.
     """
-    x = jnp.asarray(x)
-    y = jnp.asarray(y)
     if x.shape[0] != config.dataset_size or y.shape[0] != config.dataset_size:
         raise ValueError(
             f"config.dataset_size={config.dataset_size} but x has {x.shape[0]} and y "
@@ -402,14 +489,25 @@ def train(
             f"{config.sampling} sampling is accounted under {config.relation} but the ledger "
             f"composes {ledger.relation} releases: pass PrivacyLedger(..., "
             f"relation={config.relation!r}).")
+    k = _accumulation(accumulation_steps)
+    devices = _devices(mesh, axis)  # an unknown axis name is refused here, before any work
     key, reproducible = noise_key(seed)
+    if mesh is not None:
+        key = parallel_dpsgd.shared_key(key)  # several processes: process 0's key everywhere
     noise_k, sample_k = jax.random.split(key)
-    init_fn, update_fn = make_dp_step(model, optimizer, config, key=noise_k, loss=loss)
+    init_fn, update_fn = make_dp_step(model, optimizer, config, key=noise_k, loss=loss,
+                                      mesh=mesh, axis=axis, accumulation_steps=k)
     # A copy: the loop donates its state. The sampling key rides in the state, so a resumed
     # run continues with the checkpointed one (with seed=None a fresh OS draw would differ).
     state = init_fn(jax.tree.map(jnp.array, params))._replace(rng=sample_k)
+    if mesh is None:
+        x, y = jnp.asarray(x), jnp.asarray(y)
+    else:  # every device (every process) holds the whole dataset; batches are gathered from it
+        state = mesh_lib.replicate(mesh, state)
+        x, y = mesh_lib.replicate(mesh, (np.asarray(x), np.asarray(y)))
     sampler = config.sampler()
     kind = "poisson" if isinstance(sampler, PoissonSampler) else "shuffle"
+    padded = mesh_lib.padded_size(sampler.max_batch_size, devices * k)
     chunk = min(log_every, int(steps))
     num_chunks = -(-int(steps) // chunk)
 
@@ -428,7 +526,7 @@ def train(
         return _run_chunk(
             update_fn, state, state.rng, x_all, y_all, active, chunk=chunk, sampler_kind=kind,
             n=config.dataset_size, q=config.sampling_rate, m=sampler.max_batch_size,
-            shuffle_idx=shuffle_idx,
+            shuffle_idx=shuffle_idx, accumulation_steps=k, padded=padded,
         )
 
     epochs: dict[int, jax.Array] = {}
@@ -443,11 +541,12 @@ def train(
                 epoch, within = divmod(t, sampler.steps_per_epoch)
                 if epoch not in epochs:
                     epochs = {epoch: sampler.epoch(jax.random.fold_in(state.rng, epoch))}
-                rows.append(epochs[epoch][within])
-            shuffle_idx = jnp.stack(rows)
+                rows.append(np.asarray(epochs[epoch][within]))
+            shuffle_idx = np.stack(rows)
         else:
-            shuffle_idx = jnp.zeros((chunk, 1), jnp.int32)
-        state, trunc, trunc_b, metrics, totals, finite = run(state, x, y, shuffle_idx, jnp.int32(active))
+            shuffle_idx = np.zeros((chunk, 1), np.int32)
+        # numpy arguments: valid on any mesh, also one over several processes
+        state, trunc, trunc_b, metrics, totals, finite = run(state, x, y, shuffle_idx, np.int32(active))
         done = begin + active
         nonfinite = int(totals["nonfinite"])
         record = {"step": done, **{k: float(v) for k, v in metrics.items()}, "nonfinite": nonfinite,
@@ -467,7 +566,7 @@ def train(
 
     every = -(-int(checkpoint_every or log_every) // chunk)  # whole chunks
     out = train_loop(run_chunk, state, num_chunks=num_chunks, hooks=hooks, checkpointer=ckpt,
-                     checkpoint_every=every, desc=desc)
+                     checkpoint_every=every, mesh=mesh, desc=desc)
     if out.resumed_from:
         log.info("%s: resumed at step %d of %d from %s.", desc, min(out.resumed_from * chunk, steps),
                  steps, ckpt.directory)
@@ -486,6 +585,7 @@ def train(
                     "(max_batch_size=%d); the truncated-Poisson event accounts for it.",
                     desc, trunc_total, trunc_batches_total, sampler.max_batch_size)
     if ledger is not None:
+        # The same entry whatever the mesh: nothing in the release depends on the device count.
         ledger.record(
             name, event, sensitivity=config.sensitivity, relation=config.relation,
             mechanism="DP-SGD", sampling=config.sampling, sampling_rate=config.sampling_rate,
@@ -501,4 +601,5 @@ def train(
         reproducible=reproducible, compilations=len(traces),
         nonfinite_examples=nonfinite_total,
         resumed_from=min(out.resumed_from * chunk, int(steps)),
+        devices=mesh_lib.device_report(mesh),
     )
