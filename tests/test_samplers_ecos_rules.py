@@ -139,3 +139,50 @@ def test_validation_is_carved_from_the_clients_training_images(digits):
     assert carved.pool is split.pool and carved.oracle_pool is split.oracle_pool
     with pytest.raises(ValueError, match="n_client_validation must be in"):
         ecos_runner.carve_validation(split, 100, seed=0)
+
+
+def test_density_weights_by_the_kth_nearest_member(core_and_halo):
+    """density's score is −log(distance to the κ-th nearest other member) + Gumbel noise; the
+    picks equal a float64 reference with a full sort (κ = 10 here; κ = m − 1 for a tiny cluster)."""
+    x, a, c = core_and_halo
+    for m, k in ((64, 12), (6, 3)):
+        key = jax.random.key(4)
+        idx = np.asarray(samplers.select_within(key, x[:m], a[:m], c, np.array([k]), rule="density"))
+        d = np.sort(((x[:m, None, :].astype(np.float64) - x[None, :m, :]) ** 2).sum(-1), axis=1)
+        kappa = min(10, m - 1)
+        gumbel = np.asarray(jax.random.gumbel(jax.random.fold_in(key, 0), (64,)))[:m]
+        score = -np.log(np.sqrt(d[:, kappa]) + 1e-12) + gumbel
+        assert idx.tolist() == np.argsort(-score, kind="stable")[:k].tolist()
+
+
+def test_count_threshold_shrinks_the_counts_before_allocation(blobs):
+    x, c, a = blobs
+    noisy = np.array([20.0, 4.0, -3.0, 9.0])
+    assert ecos_lib.threshold_counts(noisy, 5.0).tolist() == [15.0, 0.0, 0.0, 4.0]
+    assert ecos_lib.threshold_counts(noisy, 0.0).tolist() == [20.0, 4.0, 0.0, 9.0]
+    # Every count under the threshold: the unthresholded weights, not nothing.
+    assert ecos_lib.threshold_counts(noisy, 25.0).tolist() == [20.0, 4.0, 0.0, 9.0]
+    for bad in (-1.0, float("inf"), float("nan"), True):
+        with pytest.raises(ValueError, match="count threshold"):
+            ecos_lib.threshold_counts(noisy, bad)
+    idx = np.asarray(samplers.ecos_sample(jax.random.key(0), x, 19, centroids=c, assignments=a,
+                                          noisy_counts=noisy, rule="density", count_threshold=5.0))
+    assert np.bincount(a[idx], minlength=4).tolist() == [15, 0, 0, 4]
+
+
+def test_count_threshold_reaches_the_sampler_in_noise_stds(blobs):
+    from configs import selective_labeling as sl_config
+    from ecos_jax.ecos import protocol
+    from ecos_jax.experiments import ecos_runner
+    from ecos_jax.utils.overrides import override
+
+    x, c, a = blobs
+    task = ecos_runner.ClientTask(domain="d", domain_index=0, split=None, num_classes=10, pool_features=x,
+                                  client_features=x[:20], extractor=None, oracle_indices=np.arange(10))
+    clusters = samplers.KMeansResult(centroids=c, assignments=a, inertia=0.0, iterations=0)
+    counts = np.array([20.0, 4.0, -3.0, 9.0], np.float32)
+    ecos_round = ecos_runner.EcosRound(clusters, protocol.NoisyCoverage(counts=counts, sigma=2.5))
+    for rule in ("density", "proximity_kcenter"):
+        config = override(sl_config.get_config("quick"), {"ecos.within_cluster": rule, "ecos.count_threshold": 2.0})
+        idx = ecos_runner.pick(config, "ecos", task, 19, jax.random.key(3), ecos_round)
+        assert np.bincount(a[idx], minlength=4).tolist() == [15, 0, 0, 4], rule  # shrunk by 2 · 2.5

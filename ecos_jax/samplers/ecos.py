@@ -5,7 +5,8 @@ The protocol (messages, DP noise, byte counts) lives in `ecos_jax.ecos`; this mo
 pure pieces it calls.
 
 Design choices (configurable):
-  * Allocation: weights max(s̃_r, 0); largest-remainder rounding (ties: larger remainder, then
+  * Allocation: weights max(s̃_r − t, 0) (`count_threshold=t`, default 0: the noisy counts
+    themselves; see `threshold_counts`); largest-remainder rounding (ties: larger remainder, then
     larger weight, then lower cluster index); a cluster gives at most what it holds and the
     overflow is re-allocated to the others in proportion to their weights. If every weight is
     <= 0 (the noise swamped the counts) the budget is spread uniformly over the non-empty
@@ -40,6 +41,8 @@ Bad input (each a ValueError before any work, or a documented fallback):
   * a budget larger than the pool (or than the candidates): ValueError naming both numbers.
   * all noisy counts <= 0 (the noise swamped the counts): the uniform fallback above, over the
     clusters that have points; the selection is then a diversity sample of the whole pool.
+    With a threshold t > 0 and every count <= t, the weights fall back to max(s̃, 0) first
+    (`threshold_counts`), and to uniform only if those are all 0 too.
 
 Example:
   >>> counts = allocate(noisy_counts, np.bincount(assignments, minlength=R), budget=1000)
@@ -106,6 +109,31 @@ def allocate(weights, cluster_sizes, budget: int) -> np.ndarray:
         counts[active] += give
         remaining -= int(give.sum())
     return counts
+
+
+def threshold_counts(noisy_counts, threshold: float = 0.0) -> np.ndarray:
+    """Allocation weights max(s̃_r − t, 0) from the client's noisy counts (soft threshold).
+
+    With Gaussian noise N(0, σ²) on every count, a cluster the client does not occupy still gets
+    a positive weight half the time (mean σ/√(2π) ≈ 0.4σ), which spends part of the budget
+    outside the client's domain; shrinking every count by t = kσ removes most of that mass and
+    keeps the large counts. Post-processing of the release (σ is public: a function of ε and δ
+    only), so it costs no privacy.
+
+    Args:
+      noisy_counts: [R] float, the released s̃.
+      threshold: t >= 0, in counts (the caller passes k·σ).
+    Returns:
+      [R] float64 weights >= 0. If every s̃_r <= t, max(s̃, 0) instead (documented fallback:
+      thresholding must not turn a weak signal into no signal); `allocate` spreads uniformly
+      only when those are all 0 too.
+    """
+    s = np.asarray(noisy_counts, np.float64)
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) \
+            or not np.isfinite(threshold) or threshold < 0:
+        raise ValueError(f"count threshold must be a finite number >= 0, got {threshold!r}")
+    w = np.maximum(s - float(threshold), 0.0)
+    return w if w.sum() > 0 else np.maximum(s, 0.0)
 
 
 def _bucket(m: int) -> int:
@@ -178,8 +206,11 @@ def _rule_cluster(key, x, m, k, rule: str):
     if rule == "density":
         # Distance to the κ-th nearest other member (index κ of the sorted row: index 0 is the
         # member itself); density ∝ 1 / that distance, sampled without replacement by Gumbel top-k.
+        # lax.top_k of the κ + 1 smallest gives the sorted row's first values exactly, and at
+        # M = 4096 it took 0.19 s against 2.8 s for a full sort per row (2-core CPU).
         kappa = jnp.clip(m - 1, 1, _DENSITY_K)
-        r_k = jnp.sqrt(jnp.take_along_axis(jnp.sort(d, axis=1), jnp.full((x.shape[0], 1), kappa), 1)[:, 0])
+        nearest = -jax.lax.top_k(-d, _DENSITY_K + 1)[0]  # [M, κ_max + 1] ascending
+        r_k = jnp.sqrt(jnp.take_along_axis(nearest, jnp.full((x.shape[0], 1), kappa), 1)[:, 0])
         logw = -jnp.log(jnp.where(jnp.isfinite(r_k), r_k, 1.0) + 1e-12)
         score = logw + jax.random.gumbel(key, (x.shape[0],))
         return jnp.argsort(jnp.where(valid, -score, jnp.inf), stable=True).astype(jnp.int32)
@@ -311,8 +342,8 @@ def select_within(key, features, assignments, centroids, counts, *, proximity: f
 
 
 def ecos_sample(key, features, budget: int, *, centroids, noisy_counts, assignments=None,
-                proximity: float = 0.5, rule: str = "proximity_kcenter", candidates=None,
-                chunk_size: int | None = None) -> jax.Array:
+                proximity: float = 0.5, rule: str = "proximity_kcenter", count_threshold: float = 0.0,
+                candidates=None, chunk_size: int | None = None) -> jax.Array:
     """The cloud's selection end to end, given the client's noisy coverage counts.
 
     Args:
@@ -323,6 +354,7 @@ def ecos_sample(key, features, budget: int, *, centroids, noisy_counts, assignme
       noisy_counts: [R] float, the client's released s̃.
       assignments: [N] int cluster of each pool row; computed with `assign` when None.
       proximity, rule: see `select_within`.
+      count_threshold: t >= 0 in counts; the budget follows max(s̃ − t, 0) (`threshold_counts`).
       candidates: optional pool indices to restrict the selection to.
       chunk_size: rows per device transfer when `assignments` must be computed.
     Returns:
@@ -340,7 +372,8 @@ def ecos_sample(key, features, budget: int, *, centroids, noisy_counts, assignme
     s = np.asarray(noisy_counts)
     if s.shape != (centroids.shape[0],):
         raise ValueError(f"noisy_counts must have shape [R={centroids.shape[0]}], got {s.shape}")
+    weights = threshold_counts(s, count_threshold)
     sizes = np.bincount(a[ids], minlength=centroids.shape[0])
-    counts = allocate(s, sizes, budget)
+    counts = allocate(weights, sizes, budget)
     return select_within(key, features, a, centroids, counts, proximity=proximity, rule=rule,
                          candidates=ids)
