@@ -12,7 +12,8 @@ np.memmap with --memmap, streamed to the device --chunk_size rows at a time):
     start that leaves clusters empty and so exercises their re-seeding), Lloyd k-means (R
     centroids, --iters), the
     client's coverage counts on its own features (+ Gaussian noise; the DP accounting of that
-    noise is the protocol's job, see ecos_jax/ecos), allocation, within-cluster selection.
+    noise is the protocol's job, see ecos_jax/ecos), allocation, within-cluster selection
+    (--within_cluster, by default the rule configs/selective_labeling.py's main job uses).
   * K-Center greedy (block-pruned, exact) for --kcenter_budget points.
   * scikit-learn KMeans (lloyd, n_init=1, tol=0) and faiss (if installed, `pip install
     faiss-cpu` or the `bench` extra) from the *same* initial centroids, the same R and max
@@ -36,6 +37,7 @@ import resource
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +46,15 @@ import numpy as np
 from ecos_jax import samplers
 from ecos_jax.samplers import kmeans as km_module  # the module
 from ecos_jax.samplers.pool import Pool, aligned_empty
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from configs import selective_labeling as sl_config  # noqa: E402  (the default rule, below)
+
+
+def default_rule() -> str:
+    """The within-cluster rule the main job's config picks with (`ecos.within_cluster`), so the
+    benchmark times the path `make run` runs."""
+    return sl_config.get_config().ecos.within_cluster
 
 
 def peak_rss_gib() -> float:
@@ -118,7 +129,7 @@ def ecos_path(key, pool, client, args, chunk_size):
     alloc = samplers.allocate(noisy, np.bincount(np.asarray(res.assignments),
                                                  minlength=args.clusters), args.budget)
     picks = samplers.select_within(k_sel, pool, res.assignments, res.centroids, alloc,
-                                   proximity=args.proximity)
+                                   proximity=args.proximity, rule=args.within_cluster)
     picks.block_until_ready()
     t["allocate_select_s"] = time.perf_counter() - t3
     t["total_s"] = time.perf_counter() - t0
@@ -223,7 +234,9 @@ def main(argv=None):
     ap.add_argument("--init", choices=["kmeans++", "random"], default="kmeans++",
                     help="k-means start shared by ours, scikit-learn and faiss")
     ap.add_argument("--chunk_size", type=int, default=65_536)
-    ap.add_argument("--proximity", type=float, default=0.5)
+    ap.add_argument("--within_cluster", choices=samplers.ecos.WITHIN_CLUSTER, default=default_rule(),
+                    help="ECOS's within-cluster rule (default: configs/selective_labeling.py's)")
+    ap.add_argument("--proximity", type=float, default=0.5, help="rule proximity_kcenter only")
     ap.add_argument("--sigma", type=float, default=5.0, help="noise std on the client counts")
     ap.add_argument("--client_size", type=int, default=2_000)
     ap.add_argument("--check_n", type=int, default=40_000)
@@ -341,7 +354,7 @@ def main(argv=None):
              f"distances computed, {res.reseeded} re-seeded, inertia {res.inertia:.6g}"),
             ("ECOS client response", f"{timings['client_response_s']:.2f} s", ""),
             ("ECOS allocate+select", f"{timings['allocate_select_s']:.2f} s",
-             f"{picks.size} picks"),
+             f"{picks.size} picks, rule {args.within_cluster}"),
             ("ECOS end to end", f"{timings['total_s']:.2f} s",
              f"peak RSS {report['ecos']['peak_rss_gib']:.2f} GiB"),
             ("  + Lloyd jit compile", f"{compile_s:.2f} s",

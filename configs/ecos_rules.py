@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.n_client_validation = 50        # of the 100 labelled client images; ECOS counts the other 50
     c.rules = ("proximity_kcenter", "random", "density", "coverage")
     c.centroid_grid = (30,)                # R values (ecos.num_centroids); every rule runs at each
+    c.threshold_grid = (0.0,)              # ecos.count_threshold values (k, in noise stds); every rule x R at each
     if arg == "quick":
         c.num_seeds = 1
         c.budgets = (100,)

@@ -76,6 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # How ECOS picks inside each cluster (samplers/ecos.py WITHIN_CLUSTER), chosen on validation
     # data: see "Within-cluster rule" in this module's docstring.
     c.ecos.within_cluster = "density"
+    # The budget follows max(s̃ − k·σ, 0): the noisy counts shrunk by k noise stds (σ public;
+    # post-processing, no privacy cost). 0: the noisy counts as released.
+    c.ecos.count_threshold = 0.0
 
     c.train = base.train(model="cnn", batch_size=64, learning_rate=1e-3,
                          steps=300)         # optimiser steps per run, the same for every budget

@@ -80,6 +80,7 @@ def test_quick_config_end_to_end_and_resume(tmp_path):
     ({"data.pool": "ood"}, "oracle"),
     ({"semi.mode": "fixmatchh"}, "semi.mode"),
     ({"semi.threshold": 1.5}, "semi.threshold"),
+    ({"ecos.count_threshold": -1.0}, "count_threshold"),
 ])
 def test_bad_config_fails_before_any_work(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -1,9 +1,11 @@
-"""ECOS's within-cluster rules (and numbers of centroids R) compared on the client's validation data.
+"""ECOS's within-cluster rules (numbers of centroids R, count thresholds) compared on the client's
+validation data.
 
-One point per (rule, R): the selective-labelling run with ECOS alone, `ecos.within_cluster =
-rule`, `ecos.num_centroids = R`, scored on the validation slice `ecos_runner.carve_validation`
-holds out of the client's labelled training images (the client answers ECOS from the rest; its
-test split is never read). Each point is a resumable runner workdir `<workdir>/<rule>_R<R>`;
+One point per (rule, R, k): the selective-labelling run with ECOS alone, `ecos.within_cluster =
+rule`, `ecos.num_centroids = R`, `ecos.count_threshold = k` (`threshold_grid`), scored on the
+validation slice `ecos_runner.carve_validation` holds out of the client's labelled training
+images (the client answers ECOS from the rest; its test split is never read). Each point is a
+resumable runner workdir `<workdir>/<rule>_R<R>` (`_t<k>` appended for k > 0);
 every ECOS response is a release in that point's client lifetime ledger, and `rules.md` gives
 each client's ε composed over all the points (one client answering every point).
 
@@ -32,16 +34,21 @@ from ecos_jax.utils.errors import validates
 
 
 def points(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
-    """[(name, the point's selective-labelling config)] for every rule x R, in run order."""
+    """[(name, the point's selective-labelling config)] for every rule x R x count threshold, in
+    run order. A point at threshold 0 is named `<rule>_R<R>`, as before thresholds existed."""
     out = []
     for rule in config.rules:
         for r in config.centroid_grid:
-            c = copy.deepcopy(config)
-            with c.unlocked():
-                c.ecos.within_cluster = rule
-                c.ecos.num_centroids = int(r)
-                del c.rules, c.centroid_grid
-            out.append((f"{rule}_R{r}", c))
+            for k in config.get("threshold_grid", (0.0,)):
+                c = copy.deepcopy(config)
+                with c.unlocked():
+                    c.ecos.within_cluster = rule
+                    c.ecos.num_centroids = int(r)
+                    c.ecos.count_threshold = float(k)
+                    del c.rules, c.centroid_grid
+                    if "threshold_grid" in c:
+                        del c.threshold_grid
+                out.append((f"{rule}_R{r}" + (f"_t{float(k):g}" if k else ""), c))
     return out
 
 
@@ -51,8 +58,8 @@ def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset) -> li
     if not config.data.get("n_client_validation", 0):
         raise ValueError("data.n_client_validation must be >= 1: rules are compared on validation "
                          "data, never on the client's test split.")
-    if not config.rules or not config.centroid_grid:
-        raise ValueError("rules and centroid_grid cannot be empty.")
+    if not config.rules or not config.centroid_grid or not config.get("threshold_grid", (0.0,)):
+        raise ValueError("rules, centroid_grid and threshold_grid cannot be empty.")
     for rule in config.rules:
         ecos_lib.check_rule(rule)
     if list(config.methods) != ["ecos"]:

@@ -95,17 +95,24 @@ def within_cluster_rule(config: ml_collections.ConfigDict) -> str:
     return config.ecos.get("within_cluster", DEFAULT_RULE)
 
 
+def count_threshold(config: ml_collections.ConfigDict) -> float:
+    """`ecos.count_threshold`: k, the budget follows max(s̃ − kσ, 0) (0 where a config has none)."""
+    return float(config.ecos.get("count_threshold", 0.0))
+
+
 def rule_sampler(config: ml_collections.ConfigDict) -> Sampler:
-    """ECOS's sampler for the config: `ecos_sampler` under the default rule, else the same stage
-    (same stage arguments) picking inside each cluster by `ecos.within_cluster`."""
-    rule = within_cluster_rule(config)
-    if rule == DEFAULT_RULE:
+    """ECOS's sampler for the config: `ecos_sampler` under the default rule and no count
+    threshold, else the same stage picking inside each cluster by `ecos.within_cluster` and
+    allocating by the noisy counts shrunk by `ecos.count_threshold` · σ (the response's public
+    noise scale, stage argument `noise_sigma`; post-processing, no privacy cost)."""
+    rule, k = within_cluster_rule(config), count_threshold(config)
+    if rule == DEFAULT_RULE and k == 0:
         return ecos_sampler(proximity=config.ecos.proximity)
 
-    def select(key, features, budget, candidates, *, centroids, noisy_counts, assignments=None):
+    def select(key, features, budget, candidates, *, centroids, noisy_counts, noise_sigma, assignments=None):
         return ecos_lib.ecos_sample(key, features, budget, centroids=centroids, noisy_counts=noisy_counts,
                                     assignments=assignments, proximity=config.ecos.proximity, rule=rule,
-                                    candidates=candidates)
+                                    count_threshold=k * float(noise_sigma), candidates=candidates)
     return stage(select, "ecos")
 
 
@@ -224,6 +231,9 @@ def validate(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset,
         if config.ecos[field] not in allowed:
             raise ValueError(f"ecos.{field} must be one of {allowed}, got {config.ecos[field]!r}.")
     ecos_lib.check_rule(within_cluster_rule(config))
+    k = config.ecos.get("count_threshold", 0.0)
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 <= k < float("inf"):
+        raise ValueError(f"ecos.count_threshold must be a finite number >= 0 (in units of the noise σ), got {k!r}.")
     if not config.budgets or any(b < 1 for b in config.budgets):
         raise ValueError(f"budgets must be positive integers, got {tuple(config.budgets)}.")
     domains = list(config.data.client_domains) or list(ds.domain_names)
@@ -322,9 +332,11 @@ class EcosRound:
     response: protocol.NoisyCoverage
 
     def stage_arguments(self) -> dict[str, Any]:
-        """What an ECOS sampling stage reads (`ecos_sampler`'s stage arguments)."""
+        """What an ECOS sampling stage reads (`ecos_sampler`'s stage arguments, and the response's
+        public noise scale σ for a stage that thresholds the counts)."""
         return {"centroids": self.clusters.centroids, "assignments": self.clusters.assignments,
-                "noisy_counts": np.asarray(self.response.counts, np.float32)}
+                "noisy_counts": np.asarray(self.response.counts, np.float32),
+                "noise_sigma": float(self.response.sigma)}
 
 
 def compress(config: ml_collections.ConfigDict, task: ClientTask, key: jax.Array
