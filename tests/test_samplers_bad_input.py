@@ -54,11 +54,13 @@ def test_budget_larger_than_the_pool(clustered):
 
 
 @pytest.mark.parametrize("rule", WITHIN_CLUSTER)
-def test_all_negative_noisy_counts_fall_back_to_uniform(clustered, rule):
+@pytest.mark.parametrize("threshold", [0.0, 2.0])
+def test_all_negative_noisy_counts_fall_back_to_uniform(clustered, rule, threshold):
     x, c, a = clustered
     sizes = np.bincount(a, minlength=4)
     idx = np.asarray(samplers.ecos_sample(jax.random.key(0), x, 20, centroids=c, assignments=a,
-                                          noisy_counts=np.array([-3.0, -0.5, -7.0, -1.0]), rule=rule))
+                                          noisy_counts=np.array([-3.0, -0.5, -7.0, -1.0]), rule=rule,
+                                          count_threshold=threshold))
     assert len(np.unique(idx)) == 20
     # Uniform over the non-empty clusters: 5 each from the four blobs.
     assert (sizes > 0).all()
