@@ -44,7 +44,7 @@ import optax
 from ecos_jax import data as data_lib
 from ecos_jax import models, scattering, training
 from ecos_jax.experiments import progress
-from ecos_jax.parallel.mesh import device_report
+from ecos_jax.parallel.mesh import device_report, local_mesh
 from ecos_jax.privacy import accounting, dpsgd
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting import plots, tables
@@ -172,6 +172,8 @@ class TimeToAccuracy:
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     """Trains at every target ε, writes the outputs into `workdir`, returns the records."""
     workdir = Path(workdir)
+    # Data-parallel over num_devices local devices (0: all); more than there are is refused here.
+    mesh = local_mesh(config.get("num_devices", 0))
     train_ds, test_ds = load_split(config.data)
     n = len(train_ds)
     steps = validate(config, n)
@@ -223,7 +225,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
         with JsonlWriter(workdir / "metrics.jsonl", run=tag) as metrics:
             result = dpsgd.train(
                 model, params, x_train, train_ds.labels, dp_config,
-                make_optimizer(config.train), steps=steps, seed=noise_seed, ledger=ledger,
+                make_optimizer(config.train), steps=steps, seed=noise_seed, ledger=ledger, mesh=mesh,
                 name=f"{config.train.model}_dpsgd", log_every=config.log_every,
                 hooks=[training.WriteMetrics(metrics, key="step"), curve,
                        *progress.bar(config.progress, f"ε={_label(target)}", steps, key="step")],
@@ -294,7 +296,7 @@ def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_te
         text += "\nNoise was seeded (privacy.noise_seed): reproducible research only.\n"
     io.write_json(workdir / "results.json",
                   {"config": _finite_json(config.to_dict()), "records": records,
-                   "device_report": device_report()})  # DP-SGD here runs on one device
+                   "device_report": device_report(local_mesh(config.get("num_devices", 0)))})
     io.write_text(workdir / "results.md", text)
     plots.accuracy_vs_epsilon(records, workdir / "accuracy_vs_epsilon.png")
     curves: dict[str, list] = {}
