@@ -81,8 +81,12 @@ def test_two_processes_equal_one_process(tmp_path):
     for i in range(2):
         got = np.load(tmp_path / f"p{i}.npz")
         assert int(got["devices"]) == 4 and int(got["processes"]) == 2 and int(got["index"]) == i
-        for name in ("vog", "centroids", "assignments", "batch_sizes"):
+        assert int(got["pool_processes"]) == 2  # the k-means pool spans both processes
+        for name in ("vog", "batch_sizes"):
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        # k-means on a pool over 2 processes is bit-identical to one process (fixed segments).
+        for name in ("centroids", "assignments", "inertia"):
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
         for name in [k for k in want.files if k.startswith("param_")]:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
@@ -98,6 +102,7 @@ def _worker(coordinator, num_processes, process_id, out):
     from ecos_jax.privacy.dpsgd import DPSGDConfig
     from ecos_jax.privacy.dpsgd import train as dp_train
     from ecos_jax.samplers.kmeans import kmeans
+    from ecos_jax.samplers.pool import Pool
 
     if coordinator != "-":
         distributed.initialize(coordinator, num_processes, process_id, timeout_s=60)
@@ -114,10 +119,17 @@ def _worker(coordinator, num_processes, process_id, out):
               for i, a in enumerate(jax.tree.leaves(run.params))}
     checkpoints = [model.init(jax.random.key(i), x[:1]) for i in range(3)]
     vog = scores.vog_scores(model.apply, checkpoints, x[:13], y[:13], mesh=mesh)
-    fit = kmeans(jax.random.key(0), rng.normal(size=(300, 4)).astype(np.float32), 4, iters=3,
-                 devices=jax.local_devices())
+    # k-means over a pool sharded across the processes: its mesh holds every process's devices
+    # (each process passes the same full pool and transfers the row blocks of its own devices),
+    # streamed in two chunks of one 2,048-row segment per device, so every reduction runs
+    # across both processes.
+    pool = rng.normal(size=(12000, 4)).astype(np.float32)
+    spread = len({d.process_index for d in Pool(pool, devices=jax.devices(), workers=1).devices})
+    fit = kmeans(jax.random.key(0), pool, 4, iters=5, chunk_size=8192, devices=jax.devices(),
+                 workers=1)
     np.savez(out, vog=vog, centroids=np.asarray(fit.centroids),
-             assignments=np.asarray(fit.assignments),
+             assignments=np.asarray(fit.assignments), inertia=fit.inertia,
+             pool_processes=spread,
              batch_sizes=np.array([h["batch_size"] for h in run.history]),
              devices=jax.device_count(), processes=jax.process_count(),
              index=jax.process_index(), **leaves)
