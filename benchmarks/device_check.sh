@@ -3,7 +3,8 @@
 # benchmarks/results/gpu/ (or $DEVICE_CHECK_OUT):
 #
 #   env.json        devices (parallel.mesh.device_report) and which per-example paths apply
-#                   here: whether the CPU-only max-pool rewrite is active (it must not be off CPU)
+#                   here (parallel.backend.per_example_paths) beside whether the CPU-only max-pool
+#                   rewrite is actually active (it must not be off CPU): the step fails if they differ
 #   dpsgd.json      benchmarks/dpsgd.py: our DP-SGD step against the non-private step of the
 #                   same model, and jax_privacy / Opacus rows where those are installed
 #   scores.json     benchmarks/scores.py --quick: matrix-free PLIS against materialised Jacobians
@@ -68,6 +69,8 @@ step env "$T_ENV" "$PYTHON" - "$OUT/env.json" <<'EOF'
 import json, sys
 import jax, jax.numpy as jnp
 import flax.linen as nn
+import dataclasses
+from ecos_jax.parallel.backend import per_example_paths
 from ecos_jax.parallel.mesh import device_report
 from ecos_jax.privacy.pooling import fast_max_pool_grads
 
@@ -81,10 +84,12 @@ report = {**device_report(), "default_backend": jax.default_backend(),
           # The rewrite swaps reduce_window_max (whose gradient is select_and_scatter) for
           # element-wise selects; off CPU the traced program must be the plain one.
           "maxpool_rewrite_applied": wrapped != plain,
-          "maxpool_rewrite_expected": jax.default_backend() == "cpu"}
+          "maxpool_rewrite_expected": jax.default_backend() == "cpu",
+          "per_example_paths": dataclasses.asdict(per_example_paths())}
 json.dump(report, open(sys.argv[1], "w"), indent=2)
 print(json.dumps(report, indent=2))
 assert report["maxpool_rewrite_applied"] == report["maxpool_rewrite_expected"], report
+assert report["maxpool_rewrite_applied"] == report["per_example_paths"]["maxpool_rewrite"], report
 EOF
 
 step dpsgd "$T_DPSGD" "$PYTHON" benchmarks/dpsgd.py "${DPSGD_ARGS[@]}" --out="$OUT/dpsgd.json"

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ecos_jax.privacy import pooling
+from ecos_jax.parallel.backend import per_example_paths
+from ecos_jax.privacy import dpsgd, pooling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,11 +23,22 @@ def _pooled(x):
 @pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
 def test_maxpool_rewrite_applies_on_cpu_only(monkeypatch, backend):
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    paths = per_example_paths()  # the documented choice for this backend
+    assert paths.backend == backend and paths.maxpool_rewrite == (backend == "cpu")
     x = jnp.arange(16.0).reshape(1, 4, 4, 1)
     jaxpr = str(jax.make_jaxpr(jax.grad(pooling.fast_max_pool_grads(_pooled)))(x))
     # XLA's own pooling gradient is select_and_scatter; the rewrite replaces it by selects.
-    assert ("select_and_scatter" in jaxpr) == (backend != "cpu"), jaxpr
+    # What the library does on this backend is what per_example_paths says it does.
+    assert ("select_and_scatter" in jaxpr) == (not paths.maxpool_rewrite), jaxpr
     assert jnp.allclose(jax.grad(pooling.fast_max_pool_grads(_pooled))(x), jax.grad(_pooled)(x))
+    # DP-SGD's default per-example path is the documented one on every backend.
+    assert dpsgd.DPSGDConfig(dataset_size=4, batch_size=2).grad_method == paths.grad_method
+    assert paths.measured["maxpool_rewrite"] == (backend == "cpu")  # GPU/TPU: reasoned only
+
+
+def test_per_example_paths_refuses_an_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        per_example_paths("metal")
 
 
 @pytest.mark.slow  # six cold JAX processes (benchmarks at tiny sizes): minutes on a loaded CPU
