@@ -65,3 +65,9 @@ def test_runs_that_do_not_fit_together_are_refused(tmp_path):
         ecos_budgets.combine(tmp_path / "out", [tmp_path / "d", tmp_path / "c"])
     # A run without ECOS never read the ecos section: it joins an ECOS run of any ε.
     assert len(ecos_budgets.combine(tmp_path / "out", [tmp_path / "a", tmp_path / "c"])) == 16
+    # Execution options change no record: a run from before `num_devices` existed still joins.
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    del res["config"]["num_devices"]
+    res["config"]["progress"] = not res["config"]["progress"]
+    io.write_json(tmp_path / "a" / "results.json", res)
+    assert len(ecos_budgets.combine(tmp_path / "out", [tmp_path / "a", tmp_path / "c"])) == 16

@@ -27,6 +27,9 @@ from ecos_jax.reporting import tables
 from ecos_jax.utils import io
 
 _FREE = ("methods", "budgets")  # what the combined runs may differ in
+# Execution options, which change no record (ecos_runner.config_hash leaves them out too): a
+# run made before `num_devices` existed joins one made after.
+_EXECUTION = ("progress", "num_devices")
 
 
 def _seed_means(records: list[dict], method: str, budget: int) -> list[float]:
@@ -77,7 +80,7 @@ def combine(out: str | Path, workdirs: list[str | Path]) -> list[dict]:
     # (its picks and training do not depend on it), so only its other sections must match.
     ref = next((r for r in results if "ecos" in r["config"]["methods"]), results[0])
     for w, r in zip(workdirs, results, strict=True):
-        free = _FREE if "ecos" in r["config"]["methods"] else (*_FREE, "ecos")
+        free = (*_FREE, *_EXECUTION) if "ecos" in r["config"]["methods"] else (*_FREE, *_EXECUTION, "ecos")
         base = {k: v for k, v in ref["config"].items() if k not in free}
         other = {k: v for k, v in r["config"].items() if k not in free}
         if json.dumps(other, sort_keys=True, default=str) != json.dumps(base, sort_keys=True, default=str):
