@@ -56,7 +56,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mechanism.vog_release = ml_collections.ConfigDict(dict(
         bound=1.0, per_class=50))                                 # control: min-max, bound 1
     c.mechanism.dpsgd = ml_collections.ConfigDict(dict(
-        dataset_size=100, batch_size=10, steps=10, control_factor=4.0))  # control: σ / 4
+        dataset_size=100, batch_size=10, steps=10, control_factor=4.0,   # control: σ / 4
+        # 1: the one-device step; n > 1 (0 = all local devices): the data-parallel step on a
+        # mesh of n devices, the one `privacy.dpsgd.train(..., mesh=)` runs.
+        num_devices=1))
 
     if arg == "quick":
         c.epsilons = (2.0,)

@@ -24,6 +24,12 @@ with the same config and T.
 
 The control runs the same audit with the noise multiplier divided by `control_factor` and
 keeps the claim of the real σ.
+
+Data-parallel path: `audit_dpsgd(..., num_devices=n)` with n > 1 audits the step the
+experiments run on a mesh (`make_dp_step(..., mesh=local_mesh(n))`: each device clips its rows
+of the Poisson batch, padded with masked slots to a multiple of n, one psum, noise once). The
+attack and the claim are the same; a step that added noise on each device before the psum, or
+lost the canary's contribution, would show here as a bound far from the one-device audit's.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ecos_jax.parallel import mesh as mesh_lib
 from ecos_jax.privacy import accounting
 from ecos_jax.privacy.audit.result import (
     AuditResult,
@@ -75,13 +82,14 @@ def canary_data(dataset_size: int, dim: int = 4, *, seed: int = 0):
 
 
 def dpsgd_trials(model, params, x, y, config: DPSGDConfig, optimizer, *, steps: int, keys,
-                 observe, loss=linear_loss, batch: int = 1024):
+                 observe, loss=linear_loss, batch: int = 1024, mesh=None):
     """`observe(params)` after each of `steps` DP-SGD steps, for each trial key.
 
     Each trial runs what `train(..., seed=s)` runs when its key is `jax.random.key(s)`: noise
     and sampling keys split from it, the library's `make_dp_step` and `poisson_batch`
     (Poisson sampling only). `batch` trials are vmapped at a time; one compilation serves
-    every call with the same model, optimiser, config, T, `observe` and shapes.
+    every call with the same model, optimiser, config, T, `observe` and shapes. With `mesh`
+    (n > 1 devices) each step is the data-parallel one, as `train(..., mesh=mesh)` runs it.
 
     Returns:
       `observe`'s pytree with leading axes `[K, T]`, as numpy arrays.
@@ -89,23 +97,30 @@ def dpsgd_trials(model, params, x, y, config: DPSGDConfig, optimizer, *, steps: 
     if config.sampling != "poisson":
         raise ValueError("dpsgd_trials audits Poisson sampling (the amplified claim).")
     x, y = jnp.asarray(x), jnp.asarray(y)
-    out = [_trials(model, optimizer, config, steps, observe, loss, params, x, y,
+    if mesh is not None and mesh.devices.size == 1:
+        mesh = None  # one device: the one-device step, as train runs it
+    out = [_trials(model, optimizer, config, steps, observe, loss, mesh, params, x, y,
                    keys[i:i + batch]) for i in range(0, keys.shape[0], batch)]
     return jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *out)
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def _trials(model, optimizer, config, steps, observe, loss, params, x, y, keys):
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
+def _trials(model, optimizer, config, steps, observe, loss, mesh, params, x, y, keys):
     n, q, m = config.dataset_size, config.sampling_rate, config.sampler().max_batch_size
+    # On a mesh the M slots are padded with masked ones to a multiple of the devices, as train
+    # pads them.
+    padded = mesh_lib.padded_size(m, 1 if mesh is None else mesh.devices.size)
 
     def one_trial(key):
         noise_k, sample_k = jax.random.split(key)
-        init_fn, update_fn = make_dp_step(model, optimizer, config, key=noise_k, loss=loss)
+        init_fn, update_fn = make_dp_step(model, optimizer, config, key=noise_k, loss=loss,
+                                          mesh=mesh)
 
         def step(state, _):
             b = poisson_batch(jax.random.fold_in(sample_k, state.step), dataset_size=n,
                               sampling_rate=q, max_batch_size=m)
-            state, _ = update_fn(state, x[b.indices], y[b.indices], b.mask)
+            idx, mask = jnp.pad(b.indices, (0, padded - m)), jnp.pad(b.mask, (0, padded - m))
+            state, _ = update_fn(state, x[idx], y[idx], mask)
             return state, observe(state.params)
 
         return jax.lax.scan(step, init_fn(params), None, length=steps)[1]
@@ -130,7 +145,8 @@ def _setup(x, learning_rate):
 
 
 @functools.lru_cache(maxsize=32)
-def _claim(epsilon, delta, dataset_size, batch_size, steps, l2_norm_clip, learning_rate, seed):
+def _claim(epsilon, delta, dataset_size, batch_size, steps, l2_norm_clip, learning_rate, seed,
+           mesh=None):
     """(σ, max batch size, the ledger of one real `train` run): what the run claims.
 
     Memoised: a control and its real audit share the claim (calibration and the `train`
@@ -149,7 +165,7 @@ def _claim(epsilon, delta, dataset_size, batch_size, steps, l2_norm_clip, learni
     ledger = PrivacyLedger(delta, accountant="pld", relation="add_or_remove_one",
                            dataset_size=dataset_size)
     train(model, params, pos_x, y, config, optimizer, steps=steps, ledger=ledger,
-          loss=linear_loss, log_every=steps)
+          loss=linear_loss, log_every=steps, mesh=mesh)
     return sigma, max_batch, ledger
 
 
@@ -168,6 +184,7 @@ def audit_dpsgd(
     control_factor: float = 4.0,
     strategy: str = "split",
     seed: int = 0,
+    num_devices: int = 1,
 ) -> AuditResult:
     """Audits Poisson DP-SGD calibrated to `epsilon` after `steps` steps at q = B/N.
 
@@ -179,16 +196,20 @@ def audit_dpsgd(
       confidence, strategy: passed to `epsilon_lower_bound`.
       control: audit with σ / `control_factor` instead (claim unchanged).
       seed: the other examples' features.
+      num_devices: 1 audits the one-device step; n > 1 the data-parallel step on the first n
+        local devices (`parallel.mesh.local_mesh(n)`; 0 = all of them), claim included.
     """
     trials = check_trials(trials)
     factor = check_control_factor(control_factor)
     q = batch_size / dataset_size
     if not q < 1.0:
         raise ValueError(f"the audit needs q = batch_size / dataset_size < 1, got {q}.")
+    mesh = None if num_devices == 1 else mesh_lib.local_mesh(num_devices)
+    devices = 1 if mesh is None else int(mesh.devices.size)
     pos_x, neg_x, y = canary_data(dataset_size, seed=seed)
     model, params, optimizer = _setup(pos_x, learning_rate)
     sigma, max_batch, ledger = _claim(epsilon, delta, dataset_size, batch_size, steps,
-                                      l2_norm_clip, learning_rate, seed)
+                                      l2_norm_clip, learning_rate, seed, mesh)
 
     run_sigma = sigma / factor if control else sigma
     run_config = DPSGDConfig(dataset_size=dataset_size, batch_size=batch_size,
@@ -198,7 +219,7 @@ def audit_dpsgd(
     scores = {}
     for name, x, k in (("pos", pos_x, keys[:trials]), ("neg", neg_x, keys[trials:])):
         w0 = dpsgd_trials(model, params, x, y, run_config, optimizer, steps=steps, keys=k,
-                          observe=_kernel0)
+                          observe=_kernel0, mesh=mesh)
         moves = np.diff(w0, axis=1, prepend=0.0) * q * dataset_size / (learning_rate * l2_norm_clip)
         scores[name] = subsampled_gaussian_llr(moves, q, run_sigma)
     return finish(
@@ -209,7 +230,7 @@ def audit_dpsgd(
         neighbours=f"N = {dataset_size} with / without a gradient canary (clipped to C e_0)",
         statistic="subsampled-Gaussian log-likelihood ratio of every iterate's move of w_0",
         details={"sigma_claimed": sigma, "sigma_run": run_sigma, "sampling_rate": q,
-                 "steps": steps, "max_batch_size": max_batch,
+                 "steps": steps, "max_batch_size": max_batch, "devices": devices,
                  "event": str(ledger.entries[0].event)})
 
 
