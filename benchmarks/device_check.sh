@@ -13,9 +13,12 @@
 #   scaling.json    benchmarks/scaling.py --platform=<backend>: DP-SGD steps/s on 1..n devices
 #   train_dp.json   a short DP-SGD run (privacy.dpsgd.train, mesh of all devices): steps/s,
 #                   test accuracy and the ledger's epsilon
-#   summary.json    every step's exit status and seconds (124 = hit its timeout)
+#   summary.json    every step's exit status and seconds (124 = hit its timeout), and what is
+#                   missing: a step that failed or wrote no JSON, no jax_privacy ratio (required),
+#                   no Opacus rows (a warning: Opacus is optional)
 #
 # Every step runs under `timeout`; a failed or timed-out step is recorded and the next one runs.
+# The script exits 1, printing one MISSING: line per gap, when anything required is missing.
 #
 #   bash benchmarks/device_check.sh                    # on the accelerator machine
 #   DEVICE_CHECK_TINY=1 DEVICE_CHECK_OUT=/tmp/dc bash benchmarks/device_check.sh   # CPU smoke test
@@ -139,15 +142,10 @@ json.dump(result, open(out, "w"), indent=2)
 print(json.dumps(result, indent=2))
 EOF
 
-"$PYTHON" - "$SUMMARY" "$OUT/summary.json" <<'EOF'
-import json, sys
-rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
-summary = {name: {"exit": int(rc), "seconds": int(s), "timed_out": rc in ("124", "137")}
-           for name, rc, s in rows}
-json.dump(summary, open(sys.argv[2], "w"), indent=2)
-print(json.dumps(summary))
-sys.exit(1 if any(step["exit"] for step in summary.values()) else 0)
-EOF
+# Every piece the check must show, named when it is missing (never a silent gap): each step's
+# JSON, our DP step against the non-private one and against jax_privacy (required: install it
+# with `pip install 'ecos_jax[bench]'`), and Opacus (optional: a warning when absent).
+"$PYTHON" benchmarks/device_check_summary.py "$SUMMARY" "$OUT" "$TINY"
 status=$?
 rm -f "$SUMMARY"
-exit "$status"  # 1 when any step failed or timed out (the others still ran)
+exit "$status"  # 1 when any step failed, timed out or a required piece is missing

@@ -50,8 +50,9 @@ def test_device_check_script_runs_at_tiny_sizes_on_cpu(tmp_path):
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.load(open(tmp_path / "summary.json"))
-    assert set(summary) == {"env", "dpsgd", "scores", "sampling", "scaling", "train_dp"}
-    assert all(step["exit"] == 0 for step in summary.values()), summary
+    assert set(summary["steps"]) == {"env", "dpsgd", "scores", "sampling", "scaling", "train_dp"}
+    assert all(step["exit"] == 0 for step in summary["steps"].values()), summary
+    assert summary["missing"] == [], summary  # jax_privacy ran (installed here)
     env_report = json.load(open(tmp_path / "env.json"))
     assert env_report["maxpool_rewrite_applied"] is True and env_report["platform"] == "cpu"
     train = json.load(open(tmp_path / "train_dp.json"))
@@ -71,3 +72,44 @@ def test_scaling_benchmark_writes_its_table(tmp_path):
     assert [r["devices"] for r in result["rows"]] == [1, 2]
     assert all(r["dp_steps_per_s"] > 0 and r["nonprivate_steps_per_s"] > 0 for r in result["rows"])
     assert result["rows"][1]["device_report"]["mesh_devices"] == 2
+
+
+STEPS = ("env", "dpsgd", "scores", "sampling", "scaling", "train_dp")
+
+
+def _summarise(tmp_path, *, exits=None, jax_privacy=True, opacus=True, tiny="0", absent=()):
+    """The check's last step on a made-up output folder: (exit status, stdout, summary.json)."""
+    exits = exits or {}
+    (tmp_path / "summary.tsv").write_text(
+        "".join(f"{name}\t{exits.get(name, 0)}\t5\n" for name in STEPS))
+    for name in STEPS:
+        (tmp_path / f"{name}.json").write_text("{}")
+    for name in absent:
+        (tmp_path / f"{name}.json").unlink()
+    ratios = {"dp_over_fastest_nonprivate": 1.1}
+    if jax_privacy:
+        ratios["dp_throughput_over_jax_privacy"] = 3.0
+    row = {"batch_size": 256, "ratios": ratios,
+           "jax_privacy": {"available": jax_privacy, "reason": "No module named 'jax_privacy'"},
+           "torch": {"available": opacus, "reason": "No module named 'opacus'"}}
+    (tmp_path / "dpsgd.json").write_text(json.dumps({"models": {"cnn": {"256": row}}}))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "device_check_summary.py"),
+                           str(tmp_path / "summary.tsv"), str(tmp_path), tiny],
+                          capture_output=True, text=True, timeout=60)
+    return proc.returncode, proc.stdout, json.loads((tmp_path / "summary.json").read_text())
+
+
+def test_device_check_names_what_is_missing(tmp_path):
+    rc, out, summary = _summarise(tmp_path)
+    assert rc == 0 and summary["missing"] == [] and "device check: complete" in out
+    # No jax_privacy: a required ratio is missing, said in one line, and the check fails.
+    rc, out, summary = _summarise(tmp_path, jax_privacy=False)
+    assert rc == 1 and "MISSING: dpsgd: jax_privacy is not installed" in out, out
+    # A step that timed out is named with its log; Opacus missing is a warning only.
+    rc, out, summary = _summarise(tmp_path, exits={"scores": 124}, opacus=False)
+    assert rc == 1 and summary["steps"]["scores"]["timed_out"]
+    assert any(m.startswith("scores: exit 124 (timed out)") for m in summary["missing"])
+    assert "WARNING: dpsgd: no Opacus rows" in out
+    # A step that exited 0 but wrote no JSON is a gap too.
+    rc, out, summary = _summarise(tmp_path, absent=("sampling",))
+    assert rc == 1 and summary["missing"] == ["sampling: no sampling.json written"], summary
