@@ -5,6 +5,8 @@ Run (about 3-4 minutes on 2 CPU cores at the default size; JSON to --out):
   python benchmarks/sampling.py --n 100000 --budget 2000 --kcenter_budget 1000   # quick
   python benchmarks/sampling.py --init random --skip_kcenter \
       --out benchmarks/results/sampling_random_init.json  # a start that empties clusters
+  python benchmarks/sampling.py --only_ecos --out benchmarks/results/sampling_ecos_only.json
+      # the ECOS path alone in a fresh process: its wall, CPU seconds and peak RSS
 
 What is timed, in one process, on one synthetic clustered pool (float32, host numpy array or
 np.memmap with --memmap, streamed to the device --chunk_size rows at a time):
@@ -109,7 +111,7 @@ def ecos_path(key, pool, client, args, chunk_size):
     dict, kmeans result, picks, initial centroids)."""
     t = {}
     k_init, k_noise, k_sel = jax.random.split(key, 3)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     p = Pool(pool, chunk_size=chunk_size)
     init = km_module.init_centroids(k_init, p, args.clusters, args.init)
     init.block_until_ready()
@@ -125,14 +127,17 @@ def ecos_path(key, pool, client, args, chunk_size):
                          minlength=args.clusters)
     noisy = counts + args.sigma * np.asarray(jax.random.normal(k_noise, (args.clusters,)))
     t["client_response_s"] = time.perf_counter() - t2
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), time.process_time()
     alloc = samplers.allocate(noisy, np.bincount(np.asarray(res.assignments),
                                                  minlength=args.clusters), args.budget)
     picks = samplers.select_within(k_sel, pool, res.assignments, res.centroids, alloc,
                                    proximity=args.proximity, rule=args.within_cluster)
     picks.block_until_ready()
     t["allocate_select_s"] = time.perf_counter() - t3
+    t["allocate_select_cpu_s"] = time.process_time() - c3
+    t["clusters_picked_from"] = int((alloc > 0).sum())
     t["total_s"] = time.perf_counter() - t0
+    t["total_cpu_s"] = time.process_time() - c0  # process CPU s (all threads): steadier under load
     return t, res, np.asarray(picks), init
 
 
@@ -243,6 +248,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--memmap", action="store_true", help="stream the pool from a .npy memmap")
     ap.add_argument("--skip_kcenter", action="store_true")
+    ap.add_argument("--only_ecos", action="store_true",
+                    help="the ECOS path alone (no exactness check, K-Center or references): its "
+                         "peak RSS is then that of a fresh process running only it")
     ap.add_argument("--sklearn_kmeanspp", action="store_true",
                     help="also time scikit-learn with its own k-means++ seeding")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
@@ -267,12 +275,32 @@ def main(argv=None):
     report["peak_rss_gib_after_pool"] = peak_rss_gib()
 
     check_rows = min(args.check_n, args.n)
-    report["exactness"] = exactness_check(np.asarray(x[:check_rows]), client, args)
-    report["peak_rss_gib_after_check"] = peak_rss_gib()
+    if not args.only_ecos:
+        report["exactness"] = exactness_check(np.asarray(x[:check_rows]), client, args)
+        report["peak_rss_gib_after_check"] = peak_rss_gib()
 
     compile_s = warm_up_lloyd(x, args, args.chunk_size)
     timings, res, picks, init = ecos_path(jax.random.key(args.seed), x, client, args,
                                           args.chunk_size)
+    if args.only_ecos:
+        report["ecos"] = {**timings, "lloyd_compile_warmup_s": compile_s,
+                          "kmeans_iterations": res.iterations, "inertia": res.inertia,
+                          "picks": int(picks.size), "unique_picks": int(np.unique(picks).size),
+                          "peak_rss_gib": peak_rss_gib(), "rule": args.within_cluster}
+        report["loadavg_end"] = os.getloadavg()
+        print(f"ECOS end to end ({args.within_cluster}): {timings['total_s']:.2f} s wall, "
+              f"{timings['total_cpu_s']:.1f} CPU s (Lloyd {timings['kmeans_lloyd_s']:.2f} s, "
+              f"allocate+select {timings['allocate_select_s']:.2f} s / "
+              f"{timings['allocate_select_cpu_s']:.1f} CPU s over "
+              f"{timings['clusters_picked_from']} clusters), +{compile_s:.2f} s compile; "
+              f"peak RSS {report['ecos']['peak_rss_gib']:.2f} GiB")
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.out}")
+        if tmp:
+            tmp.cleanup()
+        return
     # sklearn right after our Lloyd, so both see about the same machine load.
     report["sklearn"] = time_sklearn(np.asarray(x), init, args)
     timings["lloyd_compile_warmup_s"] = compile_s
