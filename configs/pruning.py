@@ -10,13 +10,27 @@ Run (from the repository root):
 
 Expected runtime on a shared 2-core CPU: default ~10-15 min (2 ε × (1 + 2 fractions × 9)
 retrains of a small CNN on 1000 samples); `quick` ~2 min. Output: results.json and pruning.md
-in the workdir; the measured table is in the README ("Results": pruning).
+in the workdir; the measured table is in the README ("Other results so far": pruning). A
+killed run resumes from partial.json (every finished retrain, with the config's fingerprint).
+
+Fashion-MNIST (`fashion`), after `configs/data_valuation.py:fashion` has run into
+runs/dv_fashion:
+
+  python experiments/pruning.py --config=configs/pruning.py:fashion --workdir=runs/pruning_fashion
+
+It REUSES that run's saved linear-model scores at every ε (loss, grad-norm, VoG over its
+10,000 scored training images; PLIS was scored on 300 only and is left out) instead of
+training scoring models again, removes 10 / 30 / 50% of the 10,000 by each score (highest and
+lowest first) and at random, and retrains the linear head on the kept samples' ScatterNet
+features without DP (Adam, lr 1e-3, batch 256, 15 epochs): the retrain measures what each
+ε-model's scores say about the data; a DP retrain of 5,000-10,000 samples would mostly measure
+the noise. The full-set retrain does not depend on ε and runs once.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
-from configs import base
+from configs import base, data_valuation
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -48,7 +62,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.scores.plis_max_iters = 20
     c.scores.plis_microbatch_size = 1
 
-    if arg == "quick":
+    c.scores_from = config_dict.placeholder(str)   # a data_valuation workdir: reuse its scores
+    c.retrain_private = True                # False: every retrain non-private (Adam)
+    c.data.official_split = False
+    c.data.n_scored = config_dict.placeholder(int)
+    c.features = data_valuation.get_config().features   # pixels
+    c.train.model_kwargs = ml_collections.ConfigDict()
+    c.train.dp_momentum = 0.0
+    c.train.dp_batch_size = config_dict.placeholder(int)
+
+    if arg == "fashion":
+        _fashion(c)
+    elif arg == "quick":
         c.epsilons = (float("inf"),)
         c.data.n_train = 300
         c.data.n_test = 300
@@ -56,6 +81,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.retrain_epochs = 2
         c.fractions = (0.2,)
     elif arg not in (None, ""):
-        raise ValueError(f"Unknown config variant {arg!r}; use nothing or 'quick'.")
+        raise ValueError(f"Unknown config variant {arg!r}; use nothing, 'quick' or 'fashion'.")
     c.lock()
     return c
+
+
+def _fashion(c: ml_collections.ConfigDict) -> None:
+    """Fashion-MNIST: prune the 10,000 samples `data_valuation.py:fashion` scored, by its saved
+    linear-model scores at each ε, and retrain the linear head on their ScatterNet features."""
+    dv = data_valuation.get_config("fashion")
+    c.data = dv.data                        # the same training set, scored rows and features
+    c.features = dv.features
+    c.scores_from = "runs/dv_fashion"
+    c.epsilons = dv.epsilons
+    c.metrics = ("loss", "grad_norm", "vog")   # PLIS was scored on 300 samples only
+    c.fractions = (0.1, 0.3, 0.5)
+    c.retrain_private = False
+    c.retrain_epochs = 15
+    c.train.model = "linear"
+    c.train.batch_size = 256
+    c.train.learning_rate = 1e-3

@@ -80,3 +80,39 @@ def test_pruning_end_to_end(tmp_path):
     assert {r["kept"] for r in rows} == {60, 48}
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
     assert "| ε |" in open(tmp_path / "pruning.md").read()
+
+
+@pytest.mark.slow  # 3 linear runs on ScatterNet features, scored through the scattering, x3: ~2-5 min
+def test_data_valuation_on_scattering_features_with_ceiling_and_resume(tmp_path):
+    from configs.data_valuation import get_config
+    from ecos_jax.experiments import data_valuation
+
+    c = _tiny(get_config("fashion_quick"), **{
+        "data.name": "digits_mnist_c", "data.official_split": False, "data.n_train": 150,
+        "data.n_test": 60, "data.n_scored": 100, "train.models": ("linear",),
+        "train.dp_batch_size": 75, "scores.plis_samples": 20, "scores.plis_max_iters": 5,
+        "privacy.noise_seed": 0})
+    res = data_valuation.run(c, str(tmp_path))
+    assert [r["label"] for r in res["runs"]] == ["linear_eps3", "linear_epsinf", "linear_epsinf_seed1"]
+    assert all(r["n_train"] == 150 and r["n_scored"] == 100 for r in res["runs"])
+    vs_inf = [p for p in res["consistency"] if p["kind"] == "epsilon" and p["pair"] == "3 vs inf"]
+    seed = {p["metric"]: p for p in res["consistency"] if p["kind"] == "seed"}
+    assert vs_inf and set(seed) >= {"loss", "vog", "plis"}
+    for p in vs_inf:   # each DP-vs-non-private figure carries its ceiling and chance
+        assert p["ceiling"]["top_k_overlap"] == seed[p["metric"]]["top_k_overlap"]
+        assert p["chance"]["top_k_overlap"] == pytest.approx(p["k"] / p["n"])
+    text = open(tmp_path / "consistency.md").read()
+    assert "ceiling" in text and "chance" in text and "relative to the seed ceiling" in text
+    saved = np.load(tmp_path / "scores" / "linear_eps3.npz")
+    assert len(saved["index"]) == 100 and len(saved["vog"]) == 100
+    # resume: a second call reads every finished run back (a marked record proves it was not
+    # retrained) and a changed setting trains again
+    done = tmp_path / "done" / "linear_eps3.json"
+    record = json.load(open(done))
+    record["record"]["test_accuracy"] = 0.123
+    json.dump(record, open(done, "w"))
+    again = data_valuation.run(c, str(tmp_path))
+    assert again["runs"][0]["test_accuracy"] == 0.123
+    assert again["headline"] == res["headline"]
+    changed = data_valuation.run(_tiny(c, **{"train.dp_learning_rate": 8.0}), str(tmp_path))
+    assert changed["runs"][0]["test_accuracy"] != 0.123

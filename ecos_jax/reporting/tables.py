@@ -49,3 +49,15 @@ def pivot(
             cols.append(c)
         cells[(r, c)] = s
     return rows, cols, cells
+
+
+def beside_references(value, ceiling=None, chance=None, digits: int = 2) -> str:
+    """'value (ceiling c, chance r)': a figure beside what it is read against. A number is
+    formatted with `digits`; anything else (e.g. 'n/a', 'inf') is written as is; a missing
+    reference (None) is left out."""
+    def fmt(v) -> str:
+        return f"{v:.{digits}f}" if isinstance(v, (float, int)) and not isinstance(v, bool) else str(v)
+
+    refs = [f"{name} {fmt(v)}" for name, v in (("ceiling", ceiling), ("chance", chance))
+            if v is not None]
+    return fmt(value) + (f" ({', '.join(refs)})" if refs else "")

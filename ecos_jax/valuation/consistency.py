@@ -9,6 +9,10 @@ On score vectors a, b: `[N]` (the same N samples scored twice)
 On the images the two selections pick, `[k, H, W, C]` in [0, 1]
   * `set_ssim(A, B)`                      SSIM of the mean images (or the mean of paired SSIMs)
   * `bhattacharyya_distance(A, B)`        −ln Σ_b sqrt(p_b q_b) over pixel-intensity histograms
+References a DP-vs-non-private figure is read against
+  * chance: `chance_scores(N, k)` (0, 0, k/N), `chance_images(x, k)` (two random k-subsets)
+  * ceiling: the same measure between two non-private runs that differ only in their seed
+  * `relative_agreement(v, ceiling, chance)`  (v − chance) / (ceiling − chance)
 
 Identical inputs give 1 (correlations, overlap, SSIM) and 0 (distance). Undefined cases are
 errors, never NaN in a table: NaN/inf scores, a constant score vector (correlation 0/0),
@@ -209,3 +213,49 @@ def bhattacharyya_distance(
     b = _check_images(images_b, "images_b", value_range)
     vr = (float(value_range[0]), float(value_range[1]))
     return float(_bhattacharyya(jnp.asarray(a), jnp.asarray(b), int(bins), vr))
+
+
+# ---- references: what a measure reads at chance, and where it sits between chance and ceiling --
+
+def chance_top_k_overlap(n: int, k: int) -> float:
+    """k / N: the expected top-k overlap of two k-subsets of N drawn uniformly and independently
+    (E|A ∩ B| = k · k/N, divided by k)."""
+    n, k = int(n), int(k)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, N = {n}], got {k}.")
+    return k / n
+
+
+def chance_images(images: jax.Array, k: int, *, seed: int = 0, ssim_mode: str = "mean_image",
+                  bins: int = 32) -> dict[str, float]:
+    """SSIM and Bhattacharyya distance between two independent uniform k-subsets of `images`
+    `[N, H, W, C]` (one seeded draw): what the two image measures read for selections that
+    share nothing but the data. Unlike the correlations (chance 0) and the overlap (k/N),
+    these have no closed form: a mean image of a random k-subset is close to the data's mean
+    image, so chance SSIM is near 1 for large k."""
+    x = _check_images(images, "images")
+    n = x.shape[0]
+    if not 1 <= int(k) <= n:
+        raise ValueError(f"k must be in [1, N = {n}], got {k}.")
+    rng = np.random.default_rng(seed)
+    ia, ib = rng.choice(n, int(k), replace=False), rng.choice(n, int(k), replace=False)
+    return {"ssim": set_ssim(x[ia], x[ib], mode=ssim_mode),
+            "bhattacharyya": bhattacharyya_distance(x[ia], x[ib], bins=bins)}
+
+
+def chance_scores(n: int, k: int) -> dict[str, float]:
+    """The closed-form chance levels of the score measures: Pearson and Spearman 0 (independent
+    scores), top-k overlap k/N."""
+    return {"pearson": 0.0, "spearman": 0.0, "top_k_overlap": chance_top_k_overlap(n, k)}
+
+
+def relative_agreement(value: float, ceiling: float, chance: float) -> float:
+    """(value − chance) / (ceiling − chance): 0 at chance, 1 at the ceiling (the agreement of
+    two runs that differ only in their seed). The same formula serves a distance (lower is
+    closer: ceiling < chance). Raises where the ceiling equals chance (no room to measure)."""
+    value, ceiling, chance = float(value), float(ceiling), float(chance)
+    if not all(np.isfinite(v) for v in (value, ceiling, chance)):
+        raise ValueError(f"relative agreement needs finite values, got {value}, {ceiling}, {chance}.")
+    if ceiling == chance:
+        raise ValueError(f"the ceiling equals chance ({ceiling}): a relative agreement is undefined.")
+    return (value - chance) / (ceiling - chance)

@@ -68,6 +68,8 @@ def train_at_epsilon(
     batch_size: int = 64,
     learning_rate: float = 1e-3,
     dp_learning_rate: float = 1.0,
+    dp_momentum: float = 0.0,
+    dp_batch_size: int | None = None,
     l2_norm_clip: float = 1.0,
     ledger: PrivacyLedger | None = None,
     accountant: str = "rdp",
@@ -84,6 +86,10 @@ def train_at_epsilon(
       batch_size: batch size (the expected Poisson batch size for DP-SGD).
       learning_rate: Adam step size of the non-private run.
       dp_learning_rate: SGD step size of DP-SGD (on the noisy mean of clipped gradients).
+      dp_momentum: SGD momentum of DP-SGD (0: plain SGD); post-processing of the noisy
+        gradients, so it costs no privacy.
+      dp_batch_size: the expected Poisson batch size of DP-SGD (None: `batch_size`); DP-SGD
+        wants far larger batches than the non-private run (Tramèr & Boneh use 8192).
       l2_norm_clip: DP-SGD clipping norm C.
       ledger: required for finite ε: the training release is recorded there (δ from it). Its
         relation must be add_or_remove_one (Poisson); truncated Poisson needs PLD to compose.
@@ -118,6 +124,7 @@ def train_at_epsilon(
 
     if ledger is None:
         raise ValueError("DP training must be recorded: pass ledger=PrivacyLedger(...).")
+    batch_size = min(dp_batch_size or batch_size, n)
     segments = epochs // checkpoints_every
     seg_steps = max(1, round(checkpoints_every * n / batch_size))
     steps = segments * seg_steps
@@ -128,7 +135,8 @@ def train_at_epsilon(
     params = model.init(jax.random.key(seed), x[:1])
     # One chunk per checkpoint: the snapshot is taken after each chunk of seg_steps steps.
     snaps = hooks_lib.Snapshots(seg_steps, key="step")
-    res = dpsgd.train(model, params, x, y, config, optax.sgd(dp_learning_rate), steps=steps,
+    res = dpsgd.train(model, params, x, y, config,
+                      optax.sgd(dp_learning_rate, momentum=dp_momentum or None), steps=steps,
                       ledger=ledger, name=name, seed=noise_seed, log_every=seg_steps,
                       hooks=[snaps, *hooks], desc=f"{name} ε={epsilon:g}")
     return TrainedModel(res.params, [p for _, p in snaps.snapshots], epsilon,
