@@ -17,7 +17,9 @@ of them alike:
                            holding a real Poisson draw: each call takes the next of 8 seeded
                            n ~ Binomial(N, q) (sampled rows first, as `poisson_batch` gives
                            them), so its median is what a Poisson-sampled run pays per step
-                           (the step runs on the shortest prefix holding the n rows)
+  jax_dpsgd_poisson_bucket the same draws, each step dispatched from the host on the shortest
+                           of a few static prefix lengths holding its n rows (one compiled
+                           step per length, no conditional inside the step)
   jax_dpsgd_vmap           DP-SGD step with vmap(grad) per-example gradients
   jax_privacy              jax_privacy 2.0 (if installed): `clipping.clipped_grad` of the
                            per-example loss (vmap of grad inside), `noise_addition.
@@ -33,11 +35,13 @@ Ratios: DP-SGD over the *fastest* JAX non-private step, DP-SGD throughput over j
 (hooks/functorch/ew) and including ghost clipping. Every number is the median over `--repeats`
 rounds of `--inner` steps each; the load average is recorded per configuration.
 
-Peak memory (`--memory-batches`, default 8192): for the fastest non-private step, our DP steps
-and each peer's fastest DP step, a fresh process builds that one step and runs it twice;
-`step_peak_mb` is its peak RSS (VmHWM, reset once the data and model exist) above the RSS then,
-so compile-time and run-time buffers both count. `--microbatch=K` makes the DP steps chunk any
-batch larger than K (bounded memory; the non-private steps take the whole batch).
+Peak memory, for every JAX step (ours and jax_privacy's) at every batch size: XLA's own
+accounting of the compiled step, `jax.jit(step).lower(*args).compile().memory_analysis()`
+(argument, output, temp and generated-code bytes; `peak_mb` = arguments + outputs + temp):
+deterministic and true to the backend's buffer assignment, where an RSS reading is not (a
+process reuses heap it freed). Torch / Opacus steps have no such analysis and get no memory
+number. `--microbatch=K` makes the DP steps chunk any batch larger than K (bounded memory;
+the non-private steps take the whole batch).
 
     python benchmarks/dpsgd.py --models=cnn,wide_cnn,cnn_stride,linear --batches=256,2048,8192
     python benchmarks/dpsgd.py --models=cnn --repeats=3 --out=/tmp/dpsgd.json   # quick
@@ -58,7 +62,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -75,7 +78,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ecos_jax.models import get_model  # noqa: E402
 from ecos_jax.privacy import dpsgd, layer_grads  # noqa: E402
 from ecos_jax.privacy.pooling import fast_max_pool_grads  # noqa: E402
-from ecos_jax.privacy.sampling import default_max_batch_size  # noqa: E402
+from ecos_jax.privacy.sampling import default_max_batch_size, prefix_buckets  # noqa: E402
 
 # name -> (ecos_jax model name, kwargs, torch channels (None: linear), torch embed dim)
 MODELS = {
@@ -131,7 +134,7 @@ def _jax_steps(name: str, batch: int, microbatch: int | None = None,
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
-    steps = {}
+    steps, compiled = {}, {}
     for label, fn in [("jax_nonprivate", nonprivate(plain_loss)),
                       ("jax_nonprivate_fastpool", nonprivate(fast_max_pool_grads(plain_loss))),
                       ("jax_nonprivate_layers", layers_step)]:
@@ -141,6 +144,7 @@ def _jax_steps(name: str, batch: int, microbatch: int | None = None,
             state[0], state[1] = jax.block_until_ready(fn(state[0], state[1], x, y))
 
         steps[label] = run
+        compiled[label] = (fn, (*state, x, y))
 
     # The padded Poisson step: M = q·N + 5 std slots, of which a real Poisson draw fills the
     # first n ~ Binomial(N, q) (sampled rows come first, as from `poisson_batch`); each call
@@ -169,27 +173,60 @@ def _jax_steps(name: str, batch: int, microbatch: int | None = None,
             state[1] += 1
 
         steps[label] = run
-    steps.update(_jax_privacy_steps(model, params, x, y, batch, skip))
-    return {k: v for k, v in steps.items() if k not in skip}, {
+        compiled[label] = (update, (state[0], xs, ys, mask[0]))
+    if "jax_dpsgd_poisson_bucket" not in skip:
+        steps["jax_dpsgd_poisson_bucket"] = _bucketed_step(model, params, tx, batch, mb, x_pad,
+                                                           y_pad, draws)
+    jp_steps, jp_compiled = _jax_privacy_steps(model, params, x, y, batch, skip)
+    steps.update(jp_steps)
+    compiled.update(jp_compiled)
+    keep = [k for k in steps if k not in skip]
+    return {k: steps[k] for k in keep}, {k: compiled[k] for k in keep if k in compiled}, {
         "poisson_slots": max_b, "poisson_draws": draws.tolist(),
         "poisson_mean_draw": float(draws.mean()), "dp_microbatch": mb}
 
 
+def _bucketed_step(model, params, tx, batch: int, mb: int | None, x_pad, y_pad,
+                   draws) -> Callable[[], None]:
+    """The padded Poisson step dispatched from the host on the shortest of a few static prefix
+    lengths (`sampling.prefix_buckets`) that holds the draw's n sampled rows: one compiled
+    step per length, chosen where n is known, with no `lax.switch` inside the step. The
+    batch, and so the recorded sampler, is the padded one's; only padding rows are skipped."""
+    buckets = prefix_buckets(x_pad.shape[0], batch, DATASET_SIZE)
+    config = dpsgd.DPSGDConfig(dataset_size=DATASET_SIZE, batch_size=batch, l2_norm_clip=CLIP,
+                               noise_multiplier=SIGMA, microbatch_size=mb)
+    init, update = dpsgd.make_dp_step(model, tx, config, key=jax.random.key(1))
+    shortest = [min(b for b in buckets if b >= n) for n in draws]
+    args = [(x_pad[:length], y_pad[:length], jnp.arange(length) < n)
+            for n, length in zip(draws, shortest)]
+    state = [init(params), 0]
+    for length in sorted(set(shortest)):  # compile every length the draws use, up front
+        i = shortest.index(length)
+        jax.block_until_ready(update(state[0], *args[i]))
+
+    def run():
+        i = state[1] % len(args)
+        state[0] = jax.block_until_ready(update(state[0], *args[i])[0])
+        state[1] += 1
+
+    return run
+
+
 def _jax_privacy_steps(model, params, x, y, batch: int,
-                       skip: frozenset = frozenset()) -> dict[str, Callable[[], None]]:
-    """jax_privacy 2.0's clip + Gaussian noise + optax SGD on the same model, params and batch;
-    {} if jax_privacy is not installed."""
+                       skip: frozenset = frozenset()) -> tuple[dict, dict]:
+    """jax_privacy 2.0's clip + Gaussian noise + optax SGD on the same model, params and batch,
+    as (steps, {label: (jitted step, its arguments)}); ({}, {}) without jax_privacy."""
     try:
         from jax_privacy import clipping as jp_clipping
         from jax_privacy import noise_addition as jp_noise
     except ImportError:
-        return {}
+        return {}, {}
     tx = optax.sgd(LR)
 
     def loss(p, xb, yb):  # xb [1, ...]: clipped_grad keeps the batch axis by default
         return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).sum()
 
-    steps = {}
+    steps, compiled = {}, {}
     for label, fn in [("jax_privacy", loss), ("jax_privacy_fastpool", fast_max_pool_grads(loss))]:
         if label in skip:
             continue
@@ -211,7 +248,8 @@ def _jax_privacy_steps(model, params, x, y, batch: int,
             state[:] = jax.block_until_ready(step(*state, x, y))
 
         steps[label] = run
-    return steps
+        compiled[label] = (step, (*state, x, y))
+    return steps, compiled
 
 
 def _torch_steps(name: str, batch: int, threads: int,
@@ -308,19 +346,28 @@ def _measure(steps: dict[str, Callable[[], None]], repeats: int, inner: int) -> 
     return times
 
 
-def _build(name: str, batch: int, threads: int, opacus: bool, microbatch: int | None,
-           skip: frozenset) -> tuple[dict, dict, dict]:
-    steps, jax_info = _jax_steps(name, batch, microbatch, skip)
-    torch_info = {"available": False, "reason": "--no-opacus"}
-    if opacus:
-        t_steps, torch_info = _torch_steps(name, batch, threads, skip)
-        steps.update(t_steps)
-    return steps, jax_info, torch_info
+def xla_memory(fn, args) -> dict:
+    """XLA's own accounting of one compiled step, MB: `jax.jit(step).lower(*args).compile()
+    .memory_analysis()`. Deterministic and true to the backend's buffer assignment, unlike an
+    RSS reading (a process reuses the heap it freed). `peak_mb` = arguments + outputs + temp
+    (minus buffers aliased between arguments and outputs): what the step needs resident at once;
+    `code_mb` is the generated code, beside it."""
+    m = fn.lower(*args).compile().memory_analysis()
+    if m is None:  # a backend without the analysis
+        return {"error": "memory_analysis() unavailable on this backend"}
+    mb = {k: getattr(m, f"{k}_size_in_bytes") / 2**20
+          for k in ("argument", "output", "temp", "alias", "generated_code")}
+    return {**{f"{k}_mb": v for k, v in mb.items()},
+            "peak_mb": mb["argument"] + mb["output"] + mb["temp"] - mb["alias"]}
 
 
 def run_model(name: str, batch: int, repeats: int, inner: int, threads: int, opacus: bool,
               microbatch: int | None = None, skip: frozenset = frozenset()) -> dict:
-    steps, jax_info, torch_info = _build(name, batch, threads, opacus, microbatch, skip)
+    steps, compiled, jax_info = _jax_steps(name, batch, microbatch, skip)
+    torch_info = {"available": False, "reason": "--no-opacus"}
+    if opacus:
+        t_steps, torch_info = _torch_steps(name, batch, threads, skip)
+        steps.update(t_steps)
     times = _measure(steps, repeats, inner)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = {k: {"median_s": med[k], "min_s": min(v), "samples_per_s": batch / med[k], "all_s": v}
@@ -331,9 +378,9 @@ def run_model(name: str, batch: int, repeats: int, inner: int, threads: int, opa
         ratios["dp_over_fastest_nonprivate"] = med["jax_dpsgd"] / med[best_np]
         if "jax_nonprivate" in med:
             ratios["dp_over_plain_nonprivate"] = med["jax_dpsgd"] / med["jax_nonprivate"]
-    if "jax_dpsgd_poisson_pad" in med:
-        ratios["poisson_pad_over_fastest_nonprivate"] = (
-            med["jax_dpsgd_poisson_pad"] / med[best_np])
+    for k in ("jax_dpsgd_poisson_pad", "jax_dpsgd_poisson_bucket"):
+        if k in med:
+            ratios[f"{k.removeprefix('jax_dpsgd_')}_over_fastest_nonprivate"] = med[k] / med[best_np]
     if "jax_dpsgd_vmap" in med:
         ratios["vmap_dp_over_fastest_nonprivate"] = med["jax_dpsgd_vmap"] / med[best_np]
     for peer in ("jax_privacy", "jax_privacy_fastpool"):
@@ -347,8 +394,14 @@ def run_model(name: str, batch: int, repeats: int, inner: int, threads: int, opa
             ratios[f"opacus_best_{label}"] = best
     if "torch_nonprivate" in med:
         ratios["jax_fastest_nonprivate_over_torch_nonprivate"] = med[best_np] / med["torch_nonprivate"]
+    memory = {k: xla_memory(*c) for k, c in compiled.items()}
+    if best_np in memory:
+        for k in ("jax_dpsgd", "jax_dpsgd_poisson_pad"):
+            if "peak_mb" in memory.get(k, {}):
+                ratios[f"{k}_peak_over_fastest_nonprivate"] = (
+                    memory[k]["peak_mb"] / memory[best_np]["peak_mb"])
     return {"batch_size": batch, "input_shape": list(_input_shape(name)), "steps": rows,
-            "ratios": ratios, "padding": jax_info, "torch": torch_info,
+            "ratios": ratios, "memory": memory, "padding": jax_info, "torch": torch_info,
             "jax_privacy": _jax_privacy_info()}
 
 
@@ -360,91 +413,19 @@ def _jax_privacy_info() -> dict:
     return {"available": True, "version": getattr(jax_privacy, "__version__", "unknown")}
 
 
-def _rss_mb(field: str = "VmRSS") -> float:
-    """This process's resident set now (VmRSS) or its peak (VmHWM), MB; Linux /proc, else 0."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _reset_peak_rss() -> None:
-    """Resets VmHWM to the current RSS (Linux ≥ 4.0), so the peak read later is the step's."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _memory_probe(spec: str, threads: int, microbatch: int | None) -> None:
-    """Child process: build one step, run it twice, print its peak RSS above the RSS before."""
-    name, batch, label = spec.split(":")
-    others = frozenset(k for k in _all_labels() if k != label)
-    steps, _, _ = _build(name, int(batch), threads, label.startswith(("opacus", "torch")),
-                         microbatch, others)
-    if label not in steps:
-        print(json.dumps({"error": f"{label} did not build"}))
-        return
-    # Not ru_maxrss: a forked child starts with its parent's maximum, so every probe read the
-    # benchmark's own peak. VmHWM, reset here, is this process's peak from now on.
-    _reset_peak_rss()
-    before = _rss_mb()
-    steps[label]()
-    steps[label]()
-    peak = _rss_mb("VmHWM")
-    print(json.dumps({"before_mb": before, "peak_mb": peak, "step_peak_mb": peak - before}))
-
-
-def _all_labels() -> list[str]:
-    return [*NONPRIVATE, "jax_dpsgd", "jax_dpsgd_poisson_pad", "jax_dpsgd_vmap", "jax_privacy",
-            "jax_privacy_fastpool", "torch_nonprivate", *(f"opacus_{m}" for m in OPACUS_MODES)]
-
-
-def peak_memory(name: str, batch: int, labels: list[str], microbatch: int | None) -> dict:
-    """Peak RSS of each step, each in its own fresh process (so one step's buffers cannot hide
-    another's): `step_peak_mb` = the peak while compiling and running two steps, above the
-    process's RSS once its data and model were built."""
-    out = {}
-    for label in labels:
-        cmd = [sys.executable, __file__, f"--memory-probe={name}:{batch}:{label}"]
-        if microbatch is not None:
-            cmd.append(f"--microbatch={microbatch}")
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        out[label] = (json.loads(lines[-1]) if proc.returncode == 0 and lines else
-                      {"error": (proc.stderr or proc.stdout)[-300:]})
-    return out
-
-
 def _print(name: str, result: dict) -> None:
     rows = result["steps"]
     print(f"\n{name} (batch {result['batch_size']}, input {result['input_shape']})", flush=True)
     print(f"  {'step':26s} {'median ms':>10s} {'min ms':>8s} {'samples/s':>10s} {'peak MB':>8s}")
     mem = result.get("memory", {})
     for k, r in rows.items():
-        peak = mem.get(k, {}).get("step_peak_mb")
+        peak = mem.get(k, {}).get("peak_mb")
         print(f"  {k:26s} {1e3 * r['median_s']:10.1f} {1e3 * r['min_s']:8.1f} "
               f"{r['samples_per_s']:10.0f} {'' if peak is None else f'{peak:8.0f}'}")
     for k, v in result["ratios"].items():
         print(f"  {k:44s} {v:.2f}" if isinstance(v, float) else f"  {k:44s} {v}")
     for mode, why in result["torch"].get("failed_modes", {}).items():
         print(f"  opacus {mode} failed: {why[:120]}")
-
-
-def _memory_labels(result: dict) -> list[str]:
-    """The fastest non-private step, our DP steps, and each peer's fastest DP step."""
-    med = {k: r["median_s"] for k, r in result["steps"].items()}
-    labels = [result["ratios"]["fastest_nonprivate"]]
-    labels += [k for k in ("jax_dpsgd", "jax_dpsgd_poisson_pad") if k in med]
-    for group in (("jax_privacy", "jax_privacy_fastpool"),
-                  tuple(f"opacus_{m}" for m in OPACUS_MODES)):
-        present = [k for k in group if k in med]
-        if present:
-            labels.append(min(present, key=med.get))
-    return labels
 
 
 def main(argv=None) -> None:
@@ -457,20 +438,14 @@ def main(argv=None) -> None:
     parser.add_argument("--microbatch", type=int, default=None,
                         help="DP steps chunk batches larger than this (bounded memory)")
     parser.add_argument("--skip", default="", help="comma-separated step labels not to run")
-    parser.add_argument("--memory-batches", default="8192",
-                        help="batch sizes whose peak memory is measured (a process per step); "
-                             "'' for none")
+    parser.add_argument("--memory-batches", default=None, help=argparse.SUPPRESS)  # unused:
+    # every JAX step's memory now comes from XLA's analysis at every batch size
     parser.add_argument("--no-opacus", action="store_true", help="skip torch / Opacus")
-    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "dpsgd.json"))
     args = parser.parse_args(argv)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if args.memory_probe:
-        _memory_probe(args.memory_probe, threads, args.microbatch)
-        return
     names = [m for m in args.models.split(",") if m]
     batches = [int(b) for b in args.batches.split(",") if b]
-    memory_batches = {int(b) for b in args.memory_batches.split(",") if b}
     skip = frozenset(k for k in args.skip.split(",") if k)
     unknown = [m for m in names if m not in MODELS]
     if unknown:
@@ -496,9 +471,6 @@ def main(argv=None) -> None:
             result = run_model(name, batch, args.repeats, args.inner, threads,
                                not args.no_opacus, args.microbatch, skip)
             result["loadavg"] = _loadavg()
-            if batch in memory_batches:
-                result["memory"] = peak_memory(name, batch, _memory_labels(result),
-                                               args.microbatch)
             report["models"].setdefault(name, {})[str(batch)] = result
             _print(name, result)
             report["wall_s"] = time.time() - start

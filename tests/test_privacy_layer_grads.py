@@ -200,3 +200,25 @@ def test_padding_and_nonfinite_rows_add_exact_zeros():
         np.testing.assert_allclose(u, w, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(v, w, rtol=2e-5, atol=1e-6)
     np.testing.assert_array_equal(aux["nonfinite"], [False, True, True, False, False, False])
+
+
+def test_nonfinite_recompute_in_row_chunks(monkeypatch):
+    # A non-finite total is recomputed with the rows selected away, chunk by chunk (here a
+    # chunk of 4 rows and a remainder of 2): the same sum as the clean batch without them.
+    monkeypatch.setattr(layer_grads, "_EXACT_ROWS", 4)
+    model = get_model("linear", 10)
+    x = RNG.normal(size=(B, 12, 12, 1)).astype(np.float32)
+    y = np.arange(B) % 10
+    params = jax.jit(model.init)(jax.random.key(0), x[:1])
+    bad = x.copy()
+    bad[4] = np.nan  # padding (MASK[4] = 0), in the remainder chunk
+    bad[0, 0, 0, 0] = np.inf  # sampled: zeroed and reported
+    keep = MASK * (np.arange(B) != 0)
+
+    def clipped(x, mask):  # traced here, so the patched chunk size applies
+        return layer_grads._clipped_chunk(model, layer_grads.softmax_xent, 0.3, "flat", params,
+                                          x, y, mask.astype(np.float32))
+
+    (got, aux), (want, _) = jax.jit(clipped)(bad, MASK), jax.jit(clipped)(x, keep)
+    _close(got, want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(aux["nonfinite"], [True, False, False, False, True, False])
