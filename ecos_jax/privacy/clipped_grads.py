@@ -18,9 +18,9 @@ of norm ≤ C. Under replace-one the bound doubles to 2C (one contribution leave
 arrives), `sensitivity_under("replace_one")`. This holds for both clippings: flat scales the
 whole gradient to ≤ C, per-layer scales each of the L layers to ≤ C/√L. Rows that do not
 count add exact zeros whatever their values: padding rows (mask 0) and examples whose gradient
-is not finite. Both are selected away with `jnp.where` (0 · NaN would still be NaN); a zeroed
-row has norm 0 ≤ C, so the bound is unchanged, and `aux["nonfinite"]` reports such rows so a
-caller can count them.
+is not finite. Both add exact zeros (0 · NaN would still be NaN, so each method makes sure: see
+`clipping` and `layer_grads`); a zeroed row has norm 0 ≤ C, so the bound is unchanged, and
+`aux["nonfinite"]` reports such rows so a caller can count them.
 
 Two ways to compute it, same numbers to float tolerance:
   method="layers"  per-example norms and the weighted sum from layer inputs and output

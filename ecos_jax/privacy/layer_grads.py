@@ -18,10 +18,12 @@ CPU backward-filter convolution, which is several times slower than its forward 
 patches and matrix products.
 
 Rows that do not count contribute exact zeros whatever their values: padding rows (mask 0) and
-examples whose gradient is not finite (a NaN/inf, or a norm overflowing float32). They are
-selected away with `jnp.where` in the weights and in the factors (a, δ) the sums are built
-from, because a weight of 0 times a NaN factor is still NaN. Zeroing a non-finite example keeps
-the sum's L2 sensitivity at C; `aux["nonfinite"]` reports such rows so callers can count them.
+examples whose gradient is not finite (a NaN/inf, or a norm overflowing float32). Their weight
+is exactly 0 (`jnp.where`); the factors (a, δ) are left as they are, since 0 · v = 0 for finite
+v, and a weight of 0 times a NaN/inf factor, which would be NaN, makes the whole total
+non-finite: then the total is recomputed with those rows selected away from the factors too,
+in row chunks. Zeroing a non-finite example keeps the sum's L2 sensitivity at C;
+`aux["nonfinite"]` reports such rows so callers can count them.
 
 Supported layers: `nn.Dense` and 2-D `nn.Conv` (any strides and padding; no dilation or
 feature groups), each called once per forward pass; every parameter must belong to one of
