@@ -43,6 +43,23 @@ centre, then its outliers. Density is the default: tied at the top, and steadier
 applications (model compression, client labelling) keep proximity_kcenter (their configs have
 no such field; not compared on their own validation data).
 
+Count threshold (`ecos.count_threshold = 0`, unchanged): allocating by max(s̃ − kσ, 0) instead of
+max(s̃, 0) (post-processing of the release, σ public) sends more of the budget into the client's
+domain but scores lower on validation, so it stays off. Density, R = 30, the validation split
+above, 2 seeds, validation accuracy % at budget 200 / 800 (share of picks in the client's domain):
+
+  digits_mnist_c   k = 0: 63.3 ± 0.7 / 77.3 ± 1.9 (32 / 31 %)   k = 1: 61.3 ± 1.0 / 74.0 ± 3.1 (51 / 38 %)
+                   k = 2: 62.9 ± 1.4 / 81.6 ± 1.3 (68 / 37 %)
+  fashion_mnist_c  k = 0: 56.3 ± 2.0 / 69.5 ± 1.2 (29 / 29 %)   k = 1: 48.5 ± 3.8 / 61.7 ± 1.7 (36 / 36 %)
+                   k = 2: 50.2 ± 5.8 / 65.0 ± 3.3 (47 / 42 %)
+
+  python experiments/ecos_rules.py --workdir=runs/ecos14_val_digits --config.rules='("density",)' \
+      --config.threshold_grid='(0.0,1.0,2.0)'     (and --config=configs/ecos_rules.py:fashion)
+
+k = 0 is best at 200 on both and at 800 on Fashion; k = 2 wins only digits at 800. The in-domain
+share rises but accuracy falls: zeroing the clusters where the client has few samples loses the
+classes that live there (the digits domain fell from 75 to 58 % at 200 with k = 1).
+
 Expected runtime on a 2-core CPU: default ~10 min (7 domains x 2 budgets x 3 seeds x 5 methods);
 `quick` under 2 min. Expected result: averaged over domains and seeds, ECOS > Random > K-Center
 at both budgets at ε = 0.58 (see README, "Results", for the measured table).
