@@ -77,12 +77,16 @@ def _evals(points):
     return [{"epoch": i, "seconds": sec, "probe_accuracy": acc} for i, (sec, acc) in enumerate(points)]
 
 
-def test_time_budgets_read_the_last_evaluation_within_each_budget():
-    curves = {"coopt": [_evals([(0, 0.5), (2, 0.7), (4, 0.8)])],
-              "simclr": [_evals([(0, 0.5), (5, 0.6), (10, 0.9)])]}
-    got = coopt_experiment.time_budgets(curves, [1.0, 4.0, 8.0])
-    assert got["coopt"] == [0.5, 0.8, None]   # CoOpt's run ended at 4 s: nothing said about 8 s
-    assert got["simclr"] == [0.5, 0.5, 0.6]
+def test_time_budgets_read_the_last_evaluation_within_each_seeds_budget():
+    curves = {"coopt": [_evals([(0, 0.5), (2, 0.7), (4, 0.8)]), _evals([(0, 0.4), (3, 0.6), (6, 0.9)])],
+              "simclr": [_evals([(0, 0.5), (5, 0.6), (10, 0.9)]), _evals([(0, 0.4), (5, 0.5)])]}
+    got = coopt_experiment.time_budgets(curves, (0.5, 1.0, 2.0))
+    # Seed 0's budgets are 2 / 4 / 8 s, seed 1's 3 / 6 / 12 s: CoOpt is defined up to 1x in every
+    # seed, and nothing is said about a budget some seed's run did not reach.
+    np.testing.assert_allclose(got["coopt"][:2], [0.65, 0.85])
+    assert got["coopt"][2] is None
+    assert got["simclr"][0] == pytest.approx(0.45)
+    assert got["simclr"][1:] == [None, None]  # seed 1's SimCLR ended at 5 s, before its 6 s budget
 
 
 def test_run_fingerprint_ignores_output_options_only():
