@@ -186,3 +186,20 @@ def test_count_threshold_reaches_the_sampler_in_noise_stds(blobs):
         config = override(sl_config.get_config("quick"), {"ecos.within_cluster": rule, "ecos.count_threshold": 2.0})
         idx = ecos_runner.pick(config, "ecos", task, 19, jax.random.key(3), ecos_round)
         assert np.bincount(a[idx], minlength=4).tolist() == [15, 0, 0, 4], rule  # shrunk by 2 · 2.5
+
+
+def test_dense_subset_of_clusters_of_different_sizes_is_reproducible(monkeypatch):
+    """Two clusters above DENSE_MAX with different sizes: each pick stays in its cluster, and the
+    same key gives the same picks (the subset is drawn at the bucketed shape, not per size)."""
+    monkeypatch.setattr(ecos_lib, "DENSE_MAX", 32)
+    rng = np.random.default_rng(2)
+    a = np.repeat([0, 1], [50, 61])
+    x = (rng.normal(size=(111, 3)) + 6 * a[:, None]).astype(np.float32)
+    c = np.stack([x[a == r].mean(0) for r in range(2)])
+
+    def picks(seed):
+        return np.asarray(samplers.select_within(jax.random.key(seed), x, a, c, np.array([7, 9]), rule="density"))
+
+    idx = picks(0)
+    assert np.bincount(a[idx], minlength=2).tolist() == [7, 9] and len(np.unique(idx)) == 16
+    assert idx.tolist() == picks(0).tolist() and idx.tolist() != picks(1).tolist()

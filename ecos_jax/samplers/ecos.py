@@ -313,8 +313,11 @@ def select_within(key, features, assignments, centroids, counts, *, proximity: f
         rkey = jax.random.fold_in(key, int(r))
         if rule in ("random", "density", "coverage"):
             if rule != "random" and m > DENSE_MAX:  # the documented subset fallback
-                keep = np.sort(np.asarray(jax.random.choice(
-                    jax.random.fold_in(rkey, 1), m, (DENSE_MAX,), replace=False)))
+                # The DENSE_MAX members with the smallest uniform draws: a uniform subset. The
+                # draw has the bucketed shape, not m: jax.random.choice(m, ...) compiled once
+                # per distinct cluster size (54 compilations, ~30 CPU s, at 1M rows, R = 100).
+                u = np.asarray(jax.random.uniform(jax.random.fold_in(rkey, 1), (_bucket(m),)))[:m]
+                keep = np.sort(np.argsort(u, kind="stable")[:DENSE_MAX])
                 if k > DENSE_MAX:  # more picks than the subset: uniform instead
                     keep = np.arange(m)
                     rule_r = "random"
