@@ -203,3 +203,15 @@ def test_dense_subset_of_clusters_of_different_sizes_is_reproducible(monkeypatch
     idx = picks(0)
     assert np.bincount(a[idx], minlength=2).tolist() == [7, 9] and len(np.unique(idx)) == 16
     assert idx.tolist() == picks(0).tolist() and idx.tolist() != picks(1).tolist()
+
+
+def test_rule_comparison_points_cover_every_threshold():
+    from configs import ecos_rules as rules_config
+    from ecos_jax.experiments import ecos_rules
+    from ecos_jax.utils.overrides import override
+
+    config = override(rules_config.get_config("quick"), {"threshold_grid": (0.0, 1.5)})
+    pts = ecos_rules.points(config)
+    assert [n for n, _ in pts] == ["proximity_kcenter_R30", "proximity_kcenter_R30_t1.5", "random_R30", "random_R30_t1.5"]
+    assert [c.ecos.count_threshold for _, c in pts] == [0.0, 1.5, 0.0, 1.5]
+    assert all("threshold_grid" not in c and "rules" not in c for _, c in pts)
