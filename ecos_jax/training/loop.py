@@ -83,7 +83,8 @@ def train_loop(
     if int(checkpoint_every) != checkpoint_every or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
     if mesh is not None:
-        # Imported here: ecos_jax.parallel builds on privacy, which builds on this package.
+        # Imported here: only mesh runs need it, and parallel.scores builds on valuation, which
+        # builds on this package; a lazy import keeps training free of that edge.
         from ecos_jax.parallel import mesh as mesh_lib
 
         state = mesh_lib.replicate(mesh, state)
