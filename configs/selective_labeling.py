@@ -87,6 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.features.kind = "autoencoder"         # "autoencoder" | "classifier" | "pca" | "raw"
     c.features.dim = 32
     c.features.epochs = 8
+    # > 0: low-level image statistics appended at this weight (features.with_image_statistics).
+    c.features.stats_weight = 0.0
     c.features.cache_dir = config_dict.placeholder(str)  # default: <data cache>/features
 
     c.ecos = base.ecos()                    # R = 30 centroids, ε = 0.58 at δ = 1e-5 (PLD)

@@ -11,6 +11,12 @@ Kinds (`kind=`):
   'pca'          PCA of raw pixels fit on the pool;
   'raw'          flattened pixels.
 
+`stats_weight=w > 0` appends to any kind's features the `image_statistics` of each image
+(intensity, high-frequency energy, a noise estimate, saturation, orientation), standardised
+on the pool and scaled so that at w = 1 the block carries the same total variance as the base
+features. They are functions of each image alone, the same on cloud and client, so they tell
+corruption domains (noise, blur, inversion) apart without seeing client data.
+
     >>> f = fit_extractor("pca", pool_images, dim=32, cache_dir="~/.cache/ecos_jax/features")
     >>> f(pool_images).shape
     (N, 32)
@@ -27,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
 from ecos_jax import models, training
 from ecos_jax.utils import io
@@ -79,6 +86,69 @@ class FeatureExtractor:
         return self.apply(images)
 
 
+STATISTICS = ("mean", "std", "laplacian_energy", "residual_mad", "gradient", "saturated_high",
+              "saturated_low", "border_mean", "orientation_cos", "orientation_sin")
+_LAPLACIAN = np.array([[[0, 1, 0], [1, -4, 1], [0, 1, 0]]], np.float64)
+
+
+def image_statistics(images: np.ndarray) -> np.ndarray:
+    """Low-level statistics of each image alone, `[N, H, W, C] -> [N, len(STATISTICS)]` float32.
+
+    Per image, on its channel mean (intensities in [0, 1]): mean and std of intensity;
+    log(1 + 100 Var(Laplacian)) (high-frequency energy: high under noise, low under blur);
+    log(1 + 100 MAD(x - 3x3 box blur)) (a noise level robust to edges); log(1 + 10 mean |∇x|);
+    the fractions of pixels > 0.95 and < 0.05 (saturation, inversion); the mean of the 2-pixel
+    border (inversion); and cos 2θ, sin 2θ of the intensity mass's second moments (its principal
+    axis; changes under rotation). No parameters and no other image is read, so a row depends on
+    its own image only.
+    """
+    x = np.asarray(images, np.float64).mean(-1)  # [N, H, W]
+    n, h, w = x.shape
+    flat = x.reshape(n, -1)
+    lap = ndimage.convolve(x, _LAPLACIAN, mode="reflect").reshape(n, -1)
+    resid = (x - ndimage.uniform_filter(x, size=(1, 3, 3), mode="reflect")).reshape(n, -1)
+    mad = np.median(np.abs(resid - np.median(resid, 1, keepdims=True)), 1)
+    grad = np.abs(np.diff(x, axis=2)).mean((1, 2)) + np.abs(np.diff(x, axis=1)).mean((1, 2))
+    border = np.ones((h, w), bool)
+    border[2:-2, 2:-2] = False
+    # Second central moments of the intensity mass; the 1e-8 keeps an all-zero image finite.
+    mass = flat.sum(1) + 1e-8
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = (x * yy).sum((1, 2)) / mass, (x * xx).sum((1, 2)) / mass
+    dy, dx = yy - cy[:, None, None], xx - cx[:, None, None]
+    mu20, mu02, mu11 = ((x * dx**2).sum((1, 2)) / mass, (x * dy**2).sum((1, 2)) / mass,
+                        (x * dx * dy).sum((1, 2)) / mass)
+    spread = mu20 + mu02 + 1e-8
+    cols = (flat.mean(1), flat.std(1), np.log1p(100 * lap.var(1)), np.log1p(100 * mad),
+            np.log1p(10 * grad), (flat > 0.95).mean(1), (flat < 0.05).mean(1), x[:, border].mean(1),
+            (mu20 - mu02) / spread, 2 * mu11 / spread)
+    return np.stack(cols, 1).astype(np.float32)
+
+
+def with_image_statistics(base: FeatureExtractor, pool_images: np.ndarray, weight: float
+                          ) -> FeatureExtractor:
+    """`base`'s features with `weight`-scaled, pool-standardised `image_statistics` appended.
+
+    The standardisation (mean, std of each statistic) and the scale (so that at weight 1 the
+    block's total variance equals that of `base` on the pool) are fit on the public pool only,
+    then fixed: f(x) = [base(x), weight * scale * (stats(x) - mean) / std], `[N, base.dim + 10]`.
+    """
+    if not weight > 0:
+        raise ValueError(f"stats weight must be > 0, got {weight}.")
+    stats = image_statistics(pool_images).astype(np.float64)
+    mean, std = stats.mean(0), stats.std(0)
+    varying = std > 0
+    std = np.where(varying, std, 1.0)  # a statistic constant over the pool stays 0, not NaN
+    base_var = float(np.asarray(base(pool_images), np.float64).var(0).sum())
+    scale = weight * np.sqrt(base_var / max(int(varying.sum()), 1))
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        block = scale * (image_statistics(x) - mean) / std
+        return np.concatenate([np.asarray(base(x), np.float32), block.astype(np.float32)], 1)
+
+    return FeatureExtractor(f"{base.kind}+stats", base.dim + stats.shape[1], apply)
+
+
 def _fit_pca(images: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     flat = images.reshape(len(images), -1).astype(np.float64)
     mean = flat.mean(0)
@@ -103,6 +173,7 @@ def fit_extractor(
     seed: int = 0,
     cache_dir: str | None = None,
     hooks: Sequence[training.loop.Hook] = (),
+    stats_weight: float = 0.0,
 ) -> FeatureExtractor:
     """Fits feature extractor `kind` on the public pool (cached under `cache_dir` by content hash).
 
@@ -114,9 +185,19 @@ def fit_extractor(
       epochs, batch_size, learning_rate, seed: training of the learned kinds.
       cache_dir: where fitted extractors are stored and reused; None disables caching.
       hooks: the training loop's hooks for the learned kinds (e.g. a progress bar).
+      stats_weight: > 0 appends `image_statistics` at that weight (`with_image_statistics`); the
+        cached base extractor is the same at every weight (the statistics have no fitted state
+        beyond the pool's mean, std and variance, recomputed here).
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown feature extractor {kind!r}; choose one of {KINDS}.")
+    if stats_weight < 0:
+        raise ValueError(f"stats_weight must be >= 0, got {stats_weight}.")
+    if stats_weight > 0:
+        base = fit_extractor(kind, pool_images, pool_labels=pool_labels, num_classes=num_classes, dim=dim,
+                             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                             cache_dir=cache_dir, hooks=hooks)
+        return with_image_statistics(base, np.asarray(pool_images, np.float32), stats_weight)
     pool_images = np.asarray(pool_images, np.float32)
     if pool_images.ndim != 4 or pool_images.shape[0] == 0:
         raise ValueError(f"pool_images must be a non-empty [N, H, W, C] array, got {pool_images.shape}.")

@@ -312,7 +312,7 @@ def client_task(config: ml_collections.ConfigDict, ds: data_lib.ArrayDataset, do
     f = features_lib.fit_extractor(
         config.features.kind, pool.images, pool_labels=pool.labels, num_classes=ds.num_classes,
         dim=config.features.dim, epochs=config.features.epochs, seed=config.data.split_seed,
-        cache_dir=feature_cache_dir(config),
+        cache_dir=feature_cache_dir(config), stats_weight=float(config.features.get("stats_weight", 0.0)),
         hooks=progress_lib.bar(config.progress, f"features[{config.features.kind}]", config.features.epochs))
     return ClientTask(
         domain=domain, domain_index=ds.domain_index(domain), split=split, num_classes=ds.num_classes,
