@@ -82,7 +82,7 @@ def test_pruning_end_to_end(tmp_path):
     assert "| ε |" in open(tmp_path / "pruning.md").read()
 
 
-@pytest.mark.slow  # 3 linear runs on ScatterNet features, scored through the scattering, x3: ~2-5 min
+@pytest.mark.slow  # 3 linear runs on ScatterNet features (x3 calls) and a pruning run on their scores: ~1.5-5 min
 def test_data_valuation_on_scattering_features_with_ceiling_and_resume(tmp_path):
     from configs.data_valuation import get_config
     from ecos_jax.experiments import data_valuation
@@ -116,3 +116,17 @@ def test_data_valuation_on_scattering_features_with_ceiling_and_resume(tmp_path)
     assert again["headline"] == res["headline"]
     changed = data_valuation.run(_tiny(c, **{"train.dp_learning_rate": 8.0}), str(tmp_path))
     assert changed["runs"][0]["test_accuracy"] != 0.123
+    # pruning reuses these scores: the scored rows only, retrained without DP
+    from configs.pruning import get_config as pruning_config
+    from ecos_jax.experiments import pruning
+
+    p = _tiny(pruning_config("fashion"), **{
+        "data.name": "digits_mnist_c", "data.official_split": False, "data.n_train": 150,
+        "data.n_test": 60, "data.n_scored": 100, "scores_from": str(tmp_path),
+        "epsilons": (3.0, math.inf), "fractions": (0.2,), "retrain_epochs": 1,
+        "features.cache_dir": None})
+    out = pruning.run(p, str(tmp_path / "pruning"))
+    assert {r["kept"] for r in out["rows"]} == {100, 80}
+    assert all(r["epsilon_retrain"] == "inf" for r in out["rows"])
+    assert len(out["rows"]) == 2 * (1 + 2 * 3 + 1)
+    assert [s["epsilon"] for s in out["scoring"]] == ["3", "inf"]
