@@ -361,6 +361,23 @@ def xla_memory(fn, args) -> dict:
             "peak_mb": mb["argument"] + mb["output"] + mb["temp"] - mb["alias"]}
 
 
+def memory_only(name: str, batch: int, microbatch: int | None, skip: frozenset) -> dict:
+    """Every JAX step's XLA memory at this batch, compiled but never run (`--memory-only`):
+    the DP and padded steps' peak over the smallest non-private peak."""
+    _, compiled, jax_info = _jax_steps(name, batch, microbatch,
+                                       skip | {"jax_dpsgd_poisson_bucket"})
+    memory = {k: xla_memory(*c) for k, c in compiled.items()}
+    np_peaks = {k: memory[k]["peak_mb"] for k in NONPRIVATE if "peak_mb" in memory.get(k, {})}
+    ratios = {}
+    if np_peaks:
+        least = min(np_peaks, key=np_peaks.get)
+        ratios["least_nonprivate_peak"] = least
+        for k in ("jax_dpsgd", "jax_dpsgd_poisson_pad"):
+            if "peak_mb" in memory.get(k, {}):
+                ratios[f"{k}_peak_over_least_nonprivate"] = memory[k]["peak_mb"] / np_peaks[least]
+    return {"batch_size": batch, "memory": memory, "ratios": ratios, "padding": jax_info}
+
+
 def run_model(name: str, batch: int, repeats: int, inner: int, threads: int, opacus: bool,
               microbatch: int | None = None, skip: frozenset = frozenset()) -> dict:
     steps, compiled, jax_info = _jax_steps(name, batch, microbatch, skip)
@@ -441,6 +458,8 @@ def main(argv=None) -> None:
     parser.add_argument("--memory-batches", default=None, help=argparse.SUPPRESS)  # unused:
     # every JAX step's memory now comes from XLA's analysis at every batch size
     parser.add_argument("--no-opacus", action="store_true", help="skip torch / Opacus")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="compile the JAX steps and report XLA's memory, no timing")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "dpsgd.json"))
     args = parser.parse_args(argv)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -468,6 +487,15 @@ def main(argv=None) -> None:
     out = Path(args.out)
     for name in names:
         for batch in batches:
+            if args.memory_only:
+                result = memory_only(name, batch, args.microbatch, skip)
+                print(name, batch, json.dumps({k: round(v["peak_mb"], 1)
+                                               for k, v in result["memory"].items()}),
+                      json.dumps(result["ratios"]), flush=True)
+                report["models"].setdefault(name, {})[str(batch)] = result
+                report["wall_s"] = time.time() - start
+                _write(out, report)
+                continue
             result = run_model(name, batch, args.repeats, args.inner, threads,
                                not args.no_opacus, args.microbatch, skip)
             result["loadavg"] = _loadavg()
