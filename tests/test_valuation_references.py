@@ -118,3 +118,24 @@ def test_pruning_refuses_scores_of_other_samples(tmp_path):
         _saved_scores(override(c, {"metrics": ("loss", "plis")}), labels, "3")
     with pytest.raises(FileNotFoundError):
         _saved_scores(c, labels, "8")
+
+
+@pytest.mark.slow  # three DP-SGD compilations: ~10 s idle, ~30 s at load 5
+def test_train_at_epsilon_takes_its_dp_batch_and_momentum_from_their_own_arguments():
+    from ecos_jax.privacy.ledger import PrivacyLedger
+    from ecos_jax.valuation.private_training import train_at_epsilon
+
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 4, 4, 1), dtype=np.float32)
+    y = (np.arange(64) % 10).astype(np.int32)
+    model = models.get_model("linear", 10)
+    runs = {}
+    for name, kw in {"plain": {}, "dp_batch": {"dp_batch_size": 16},
+                     "momentum": {"dp_momentum": 0.9}}.items():
+        runs[name] = train_at_epsilon(model, x, y, epsilon=8.0, epochs=2, batch_size=32,
+                                      ledger=PrivacyLedger(1e-3, accountant="pld", reproducible_seed=0),
+                                      noise_seed=0,
+                                      **kw)
+    assert runs["plain"].steps == 4 and runs["dp_batch"].steps == 8   # T = epochs · N / batch
+    p0, p1 = (jax.tree.leaves(runs[k].params)[0] for k in ("plain", "momentum"))
+    assert not np.allclose(p0, p1)          # same noise, same batches: only momentum differs
