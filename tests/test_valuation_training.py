@@ -46,6 +46,20 @@ def test_nonprivate_run_is_one_adam_run_through_its_checkpoints(tiny):
         np.testing.assert_array_equal(a, b)
 
 
+def test_mesh_run_equals_one_device_and_returns_host_arrays(tiny):
+    # data_valuation and pruning train over local_mesh(num_devices); what they score must be
+    # the same model, held once on the host (not replicated over the mesh's devices).
+    from ecos_jax.parallel.mesh import local_mesh
+    model, x, y = tiny
+    kw = dict(epsilon=math.inf, epochs=2, checkpoints_every=1, batch_size=16, seed=0)
+    one = train_at_epsilon(model, x, y, **kw)
+    two = train_at_epsilon(model, x, y, mesh=local_mesh(2), **kw)
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert all(isinstance(leaf, np.ndarray)
+               for c in (two.params, *two.checkpoints) for leaf in jax.tree.leaves(c))
+
+
 @pytest.mark.slow  # σ calibration + two DP-SGD compilations: ~25 s on a busy 2-core CPU
 def test_dp_segments_compose_to_target_epsilon(tiny):
     model, x, y = tiny

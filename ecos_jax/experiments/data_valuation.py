@@ -65,7 +65,7 @@ from ecos_jax import models, scattering, training
 from ecos_jax.data import load, train_test_split
 from ecos_jax.experiments import progress
 from ecos_jax.experiments.train_dp import model_inputs
-from ecos_jax.parallel.mesh import device_report
+from ecos_jax.parallel.mesh import device_report, local_mesh
 from ecos_jax.privacy import accounting
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
@@ -258,7 +258,7 @@ def _fingerprint(c: ml_collections.ConfigDict, arch: str, eps: float, seed: int)
     """What one run's record and scores depend on: the config less the fields that only choose
     which runs happen or how they are read (a rerun with more ε reuses the finished ones)."""
     d = c.to_dict()
-    for name in ("epsilons", "progress", "consistency", "ceiling"):
+    for name in ("epsilons", "progress", "consistency", "ceiling", "num_devices"):
         d.pop(name, None)
     d["train"] = {k: v for k, v in d["train"].items() if k != "models"}
     blob = json.dumps([d, arch, eps_label(eps), int(seed)], sort_keys=True, default=repr)
@@ -309,6 +309,9 @@ def _references(pairs_by_key: dict, ceiling: dict, chance: dict) -> None:
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the whole experiment; returns (and writes) the results dict."""
     t_start = time.perf_counter()
+    # Training runs data-parallel over num_devices local devices (0 = all); too many is refused
+    # here, before any work. The scores run on one device.
+    mesh = local_mesh(c.get("num_devices", 0))
     os.makedirs(workdir, exist_ok=True)
     d = prepare(c)
     x_all, y_all = d.inputs, d.labels
@@ -351,7 +354,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
                 dp_momentum=c.train.get("dp_momentum", 0.0),
                 dp_batch_size=c.train.get("dp_batch_size"),
                 l2_norm_clip=c.train.l2_norm_clip, ledger=ledger, accountant=c.privacy.accountant,
-                seed=seed, noise_seed=c.privacy.noise_seed, name=f"dpsgd/{label}",
+                seed=seed, noise_seed=c.privacy.noise_seed, name=f"dpsgd/{label}", mesh=mesh,
                 hooks=[training.WriteMetrics(metrics, key=unit), *progress.bar(c.progress, label, key=unit)])
         s, info = score_run(model, trained, x, y, c, images=images, apply_images=applies[arch])
         scores[(arch, eps_label(eps), seed)] = s
@@ -523,7 +526,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     results = {"config": c.to_dict() | {"epsilons": [eps_label(e) for e in epsilons]},
                "epsilon_note": EPSILON_NOTE, "runs": runs, "consistency": pairs, "headline": headline,
                "chance": chance, "seconds": round(time.perf_counter() - t_start, 1),
-               "device_report": device_report()}  # the scores and training use one device
+               "device_report": device_report(mesh)}  # training's mesh; the scores use one device
     write_json(os.path.join(workdir, "results.json"), results)
     log.info("wrote %s (%.0f s)", workdir, results["seconds"])
     return results

@@ -40,7 +40,7 @@ import numpy as np
 from ecos_jax import models, training
 from ecos_jax.experiments import progress
 from ecos_jax.experiments.data_valuation import eps_label, prepare, score_run
-from ecos_jax.parallel.mesh import device_report
+from ecos_jax.parallel.mesh import device_report, local_mesh
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting.tables import markdown_table
 from ecos_jax.utils.io import write_json, write_text
@@ -63,6 +63,7 @@ def _train(model, x, y, eps, epochs, c, seed, name):
                            l2_norm_clip=c.train.l2_norm_clip, ledger=ledger,
                            accountant=c.privacy.accountant, seed=seed,
                            noise_seed=c.privacy.noise_seed, name=name,
+                           mesh=local_mesh(c.get("num_devices", 0)),
                            hooks=progress.bar(c.progress, name, key="epoch" if math.isinf(eps) else "step"))
     # DP-SGD's truncated-Poisson event is PLD-only: fall back to PLD where RDP cannot compose.
     acc = c.privacy.accountant if c.privacy.accountant in ledger.accountants() else "pld"
@@ -101,6 +102,7 @@ def _saved_scores(c: ml_collections.ConfigDict, labels: np.ndarray, e: str):
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the pruning experiment; returns (and writes) the results dict."""
     t_start = time.perf_counter()
+    mesh = local_mesh(c.get("num_devices", 0))  # too many devices: refused before any work
     os.makedirs(workdir, exist_ok=True)
     d = prepare(c)
     x_all, y_all, x_test, y_test = d.inputs, d.labels, d.test_inputs, d.test_labels
@@ -196,7 +198,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
                "# Scoring models\n\n" + score_table + "\n# Retraining after removal\n\n" + table)
     results = {"config": c.to_dict() | {"epsilons": [eps_label(v) for v in floats(c.epsilons, "epsilons")]},
                "scoring": scoring, "rows": rows, "seconds": round(time.perf_counter() - t_start, 1),
-               "device_report": device_report()}  # scoring and retraining use one device
+               "device_report": device_report(mesh)}  # training's mesh; scoring uses one device
     write_json(os.path.join(workdir, "results.json"), results)
     log.info("wrote %s (%.0f s)", workdir, results["seconds"])
     return results

@@ -57,6 +57,12 @@ class TrainedModel:
     history: list[dict[str, float]]
 
 
+def _on_host(params, snaps: hooks_lib.Snapshots):
+    """The final parameters and the snapshots as host arrays (a mesh run leaves them replicated
+    over its devices; scoring them needs one copy)."""
+    return jax.device_get(params), [jax.device_get(p) for _, p in snaps.snapshots]
+
+
 def train_at_epsilon(
     model: nn.Module,
     x: np.ndarray,
@@ -77,6 +83,7 @@ def train_at_epsilon(
     noise_seed: int | None = None,
     name: str = "dpsgd_model",
     hooks: Sequence[Hook] = (),
+    mesh: jax.sharding.Mesh | None = None,
 ) -> TrainedModel:
     """Trains `model` on (x `[N,H,W,C]`, y `[N]`) at privacy level `epsilon` (inf = non-private).
 
@@ -99,6 +106,9 @@ def train_at_epsilon(
         seeded; see `PrivacyLedger(reproducible_seed=...)`).
       hooks: the training loop's hooks after each chunk (an epoch; a checkpoint's worth of
         DP-SGD steps): a progress bar, a metric writer.
+      mesh: train data-parallel over this mesh's devices (None: one device); the DP-SGD
+        release and its ledger entry do not depend on it. The returned parameters and
+        checkpoints are host arrays, so whatever scores them runs on one device.
     """
     epsilon = float(epsilon)
     if not epsilon > 0:
@@ -117,9 +127,9 @@ def train_at_epsilon(
         snaps = hooks_lib.Snapshots(checkpoints_every, key="epoch")
         res = supervised.fit(model, x, y, optimizer=make_optimizer("adam", float(learning_rate)),
                              epochs=epochs, batch_size=batch_size, seed=seed,
-                             hooks=[snaps, *hooks], desc=f"{name} ε=∞")
+                             hooks=[snaps, *hooks], desc=f"{name} ε=∞", mesh=mesh)
         steps = epochs * math.ceil(n / batch_size)
-        return TrainedModel(res.params, [p for _, p in snaps.snapshots], epsilon, 0.0, steps,
+        return TrainedModel(*_on_host(res.params, snaps), epsilon, 0.0, steps,
                             time.perf_counter() - t0, res.history)
 
     if ledger is None:
@@ -138,6 +148,6 @@ def train_at_epsilon(
     res = dpsgd.train(model, params, x, y, config,
                       optax.sgd(dp_learning_rate, momentum=dp_momentum or None), steps=steps,
                       ledger=ledger, name=name, seed=noise_seed, log_every=seg_steps,
-                      hooks=[snaps, *hooks], desc=f"{name} ε={epsilon:g}")
-    return TrainedModel(res.params, [p for _, p in snaps.snapshots], epsilon,
+                      hooks=[snaps, *hooks], desc=f"{name} ε={epsilon:g}", mesh=mesh)
+    return TrainedModel(*_on_host(res.params, snaps), epsilon,
                         config.noise_multiplier, steps, time.perf_counter() - t0, res.history)
