@@ -79,6 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # True: the dataset's own train / test splits (fashion_mnist, tfds names) instead of a
     # random test_fraction split.
     c.data.official_split = False
+    # > 0: train on the first N - n training examples and report accuracy on the last n (a
+    # validation carve for tuning; the test split is then never evaluated).
+    c.data.validation_size = 0
 
     # What the model sees: "pixels", or "scattering" (ScatterNet features, `ecos_jax.scattering`)
     # with "group_norm" (per example, data-independent) or "none" normalisation.

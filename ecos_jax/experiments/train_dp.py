@@ -125,6 +125,18 @@ def load_split(data: ml_collections.ConfigDict) -> tuple[data_lib.ArrayDataset, 
                                      test_fraction=data.test_fraction, seed=data.split_seed)
 
 
+def carve_validation(x, labels, size: int):
+    """(x_train, y_train, x_val, y_val): the last `size` training examples held out.
+
+    x: [N, ...] inputs (pixels or features), labels: [N]. A fixed carve (no shuffling) of
+    the official training split, so hyper-parameters can be tuned without the test split;
+    it is itself private data (tuning on it costs privacy in principle)."""
+    if not 0 < size < len(labels):
+        raise ValueError(f"data.validation_size must be in (0, {len(labels)}), got {size}.")
+    cut = len(labels) - size
+    return x[:cut], labels[:cut], x[cut:], labels[cut:]
+
+
 def model_inputs(features: ml_collections.ConfigDict, train_images, test_images):
     """What the model trains and is tested on: the pixels, or ScatterNet features of both
     splits (each image's features depend on that image only), GroupNorm-ed per example."""
@@ -175,16 +187,25 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
     # Data-parallel over num_devices local devices (0: all); more than there are is refused here.
     mesh = local_mesh(config.get("num_devices", 0))
     train_ds, test_ds = load_split(config.data)
-    n = len(train_ds)
+    # validation_size > 0: train on the first N - n of the training split and evaluate on
+    # its last n; the test split is then never evaluated (for tuning).
+    n_val = config.data.get("validation_size") or 0
+    n = len(train_ds) - n_val
     steps = validate(config, n)
     q = config.train.batch_size / n
     t_features = time.perf_counter()
+    # Features of the whole split (per example, so carving after is the same; the cache
+    # holds one file per official split).
     x_train, x_test = model_inputs(config.features, train_ds.images, test_ds.images)
+    y_train, y_test = train_ds.labels, test_ds.labels
+    if n_val:
+        x_train, y_train, x_test, y_test = carve_validation(x_train, y_train, n_val)
+    eval_split = f"validation (last {n_val} of train)" if n_val else "test"
     feature_seconds = time.perf_counter() - t_features
     model = models.get_model(config.train.model, train_ds.num_classes,
                              **dict(config.train.model_kwargs))
-    log.info("%s: %d train / %d test examples, q = %.4f, T = %d steps.",
-             config.data.name, n, len(test_ds), q, steps)
+    log.info("%s: %d train / %d %s examples, q = %.4f, T = %d steps.",
+             config.data.name, n, len(y_test), eval_split, q, steps)
 
     records = []
     base = dpsgd.DPSGDConfig(
@@ -217,14 +238,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
         tag = f"eps{_label(target)}" + (f"_seed{seed}" if config.num_seeds > 1 else "")
         ckpt = (None if config.checkpoint_every is None else workdir / f"checkpoints_{tag}")
         curve = TimeToAccuracy(
-            lambda p: training.evaluate(model, p, x_test, test_ds.labels,
+            lambda p: training.evaluate(model, p, x_test, y_test,
                                         batch_size=config.eval_batch_size),
             every=config.eval_every, last_step=steps)
         # Metrics one JSON line per chunk of log_every steps; a resumed run appends the
         # chunks it trains after its checkpoint.
         with JsonlWriter(workdir / "metrics.jsonl", run=tag) as metrics:
             result = dpsgd.train(
-                model, params, x_train, train_ds.labels, dp_config,
+                model, params, x_train, y_train, dp_config,
                 make_optimizer(config.train), steps=steps, seed=noise_seed, ledger=ledger, mesh=mesh,
                 name=f"{config.train.model}_dpsgd", log_every=config.log_every,
                 hooks=[training.WriteMetrics(metrics, key="step"), curve,
@@ -232,7 +253,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
                 desc=f"ε={_label(target)}", checkpoint_dir=ckpt, checkpoint_every=config.checkpoint_every,
             )
         ledger.save(workdir / f"ledger_{tag}.json")
-        acc = training.evaluate(model, result.params, x_test, test_ds.labels,
+        acc = training.evaluate(model, result.params, x_test, y_test,
                              batch_size=config.eval_batch_size)
         # Infinite values are written as "inf": strict JSON has no infinities.
         record = {
@@ -245,12 +266,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
             "nonfinite_examples": result.nonfinite_examples,
             "reproducible": result.reproducible, "seconds": time.perf_counter() - t0,
             "features": config.features.name, "feature_seconds": feature_seconds,
+            # "test_accuracy" is read on this split (the validation carve when tuning).
+            "eval_split": eval_split,
             "curve": curve.points,
         }
         records.append(record)
         log.info("ε=%s seed %d: σ=%.3f, accuracy %.2f%%, %.0f s", record["target_epsilon"], seed,
                  sigma, 100 * acc, record["seconds"])
-    write_outputs(config, workdir, records, n, len(test_ds))
+    write_outputs(config, workdir, records, n, len(y_test))
     return records
 
 
@@ -267,7 +290,8 @@ def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_te
     def fmt(e: str) -> str:
         return {"inf": "∞", "n/a": "n/a"}.get(e) or f"{float(e):.2f}"
 
-    header = ["target ε", "seed", "σ", "ε (RDP)", "ε (PLD)", "test accuracy %", "train loss",
+    split = "validation" if records[0].get("eval_split", "test") != "test" else "test"
+    header = ["target ε", "seed", "σ", "ε (RDP)", "ε (PLD)", f"{split} accuracy %", "train loss",
               "time (s)"]
     rows = [[r["target_epsilon"].replace("inf", "∞"), r["seed"], f"{r['noise_multiplier']:.3f}",
              fmt(r["epsilon_rdp"]), fmt(r["epsilon_pld"]), f"{100 * r['test_accuracy']:.2f}",
@@ -275,14 +299,14 @@ def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_te
     r0 = records[0]
     text = (
         f"# DP-SGD accuracy vs ε ({config.data.name}, {config.train.model}, {n_train} train / "
-        f"{n_test} test, δ = {config.privacy.delta}, q = {r0['sampling_rate']:.4f}, "
+        f"{n_test} {split}, δ = {config.privacy.delta}, q = {r0['sampling_rate']:.4f}, "
         f"T = {r0['steps']}, C = {config.dp.l2_norm_clip}, {config.dp.sampling} sampling)\n\n"
         + tables.markdown_table(header, rows)
     )
     if config.num_seeds > 1:
         stats = tables.aggregate(records, ["target_epsilon"], "test_accuracy")
         text += "\nMean ± std over seeds:\n\n" + tables.markdown_table(
-            ["target ε", "test accuracy %", "seeds"],
+            ["target ε", f"{split} accuracy %", "seeds"],
             [[e.replace("inf", "∞"), tables.pm(m, sd, digits=2), k]
              for (e,), (m, sd, k) in stats.items()])
     if config.features.name != "pixels":
@@ -320,4 +344,4 @@ def _finite_json(value):
     return value
 
 
-__all__ = ["make_optimizer", "run", "validate", "write_outputs"]
+__all__ = ["carve_validation", "make_optimizer", "run", "validate", "write_outputs"]
