@@ -1,9 +1,13 @@
 """The public feature extractor: fitted on the pool once, then loaded from its cache."""
+import json
+
 import numpy as np
 import pytest
 
+from configs import selective_labeling as sl_config
 from ecos_jax import features
 from ecos_jax import training as train
+from ecos_jax.experiments import ecos_budgets
 from ecos_jax.utils import io
 
 
@@ -80,3 +84,30 @@ def test_stats_weight_appends_the_scaled_block_and_reuses_the_base_cache(tmp_pat
     np.testing.assert_allclose(f1(x[3:4])[0], z1[3], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="stats_weight"):
         features.fit_extractor("pca", x, dim=4, stats_weight=-1.0)
+
+
+def _finished_run(path, methods, stats_weight):
+    """A finished selective-labelling workdir (results.json, state.json): 1 domain x 1 seed."""
+    config = sl_config.get_config("quick")
+    with config.unlocked():
+        config.methods = tuple(methods)
+        config.features.stats_weight = stats_weight
+    records = [{"method": m, "domain": "digits", "budget": 0 if m == "local" else 100, "seed": 0,
+                "accuracy": 0.5, "epsilon": 0.58 if m == "ecos" else 0.0} for m in methods]
+    path.mkdir()
+    (path / "results.json").write_text(json.dumps({"config": config.to_dict(), "records": records,
+                                                   "communication": {}}))
+    (path / "state.json").write_text(json.dumps({"config_hash": "x", "records": records}))
+
+
+def test_ecos_on_new_features_joins_only_the_baselines_that_read_no_features(tmp_path):
+    _finished_run(tmp_path / "base", ("random", "kcenter", "local"), stats_weight=0.0)
+    _finished_run(tmp_path / "ecos", ("ecos",), stats_weight=3.0)
+    # K-Center reads the features, so neither the whole base run nor its K-Center fits.
+    for base in (tmp_path / "base", f"{tmp_path / 'base'}:random,kcenter"):
+        with pytest.raises(ValueError, match=r"differs in \['features'\]"):
+            ecos_budgets.combine(tmp_path / "out", [base, tmp_path / "ecos"])
+    records = ecos_budgets.combine(tmp_path / "out", [f"{tmp_path / 'base'}:random,local", tmp_path / "ecos"])
+    assert sorted(r["method"] for r in records) == ["ecos", "local", "random"]
+    with pytest.raises(ValueError, match="no records of"):
+        ecos_budgets.combine(tmp_path / "out", [f"{tmp_path / 'base'}:oracle", tmp_path / "ecos"])

@@ -9,6 +9,12 @@ runs agree on everything but methods and budgets, then writes the runner's usual
 plus comparison.md: ECOS against every other method at every budget.
 
   python -m ecos_jax.experiments.ecos_budgets runs/table runs/baselines runs/ecos
+
+A workdir written `PATH:m1,m2` contributes only those methods' records. When none of them reads
+the pool's features (`random`, `local`, `oracle`), that run may differ in the `features` section
+too, so a new ECOS feature map joins baselines run before it:
+
+  python -m ecos_jax.experiments.ecos_budgets runs/table runs/baselines:random,local runs/ecos_stats
 """
 
 from __future__ import annotations
@@ -30,6 +36,17 @@ _FREE = ("methods", "budgets")  # what the combined runs may differ in
 # Execution options, which change no record (ecos_runner.config_hash leaves them out too): a
 # run made before `num_devices` existed joins one made after.
 _EXECUTION = ("progress", "num_devices")
+# Methods whose picks and training never read the pool's features (uniform draws, or no pool).
+_FEATURE_FREE = ("random", "local", "oracle")
+
+
+def _parse(workdir: str | Path) -> tuple[Path, tuple[str, ...] | None]:
+    """`PATH` or `PATH:m1,m2` -> (path, the methods to take, None for all)."""
+    text = str(workdir)
+    if ":" in text and not Path(text).exists():
+        path, methods = text.rsplit(":", 1)
+        return Path(path), tuple(m for m in methods.split(",") if m)
+    return Path(text), None
 
 
 def _seed_means(records: list[dict], method: str, budget: int) -> list[float]:
@@ -75,12 +92,23 @@ def comparisons(records: list[dict], *, local_from: int) -> tuple[list[dict], st
 def combine(out: str | Path, workdirs: list[str | Path]) -> list[dict]:
     """Writes the union of `workdirs`' records into `out` as one run's outputs; returns them."""
     out = Path(out)
-    results = [json.loads((Path(w) / "results.json").read_text()) for w in workdirs]
+    parsed = [_parse(w) for w in workdirs]
+    workdirs = [w for w, _ in parsed]
+    results = [json.loads((w / "results.json").read_text()) for w in workdirs]
+    for (w, keep), r in zip(parsed, results, strict=True):
+        if keep is not None:
+            missing = set(keep) - set(r["config"]["methods"])
+            if missing:
+                raise ValueError(f"{w} has no records of {sorted(missing)} (its methods: {r['config']['methods']}).")
+            r["config"]["methods"] = list(keep)
+            r["records"] = [rec for rec in r["records"] if rec["method"] in keep]
     # The reference is a run with ECOS in it; a run without ECOS never read the ecos section
     # (its picks and training do not depend on it), so only its other sections must match.
     ref = next((r for r in results if "ecos" in r["config"]["methods"]), results[0])
     for w, r in zip(workdirs, results, strict=True):
         free = (*_FREE, *_EXECUTION) if "ecos" in r["config"]["methods"] else (*_FREE, *_EXECUTION, "ecos")
+        if set(r["config"]["methods"]) <= set(_FEATURE_FREE):
+            free = (*free, "features")
         base = {k: v for k, v in ref["config"].items() if k not in free}
         other = {k: v for k, v in r["config"].items() if k not in free}
         if json.dumps(other, sort_keys=True, default=str) != json.dumps(base, sort_keys=True, default=str):
@@ -97,10 +125,13 @@ def combine(out: str | Path, workdirs: list[str | Path]) -> list[dict]:
             rec["epsilon"] = float(rec["epsilon"])
             records.append(rec)
     ledgers, client_ledgers, comm = {}, {}, {}
-    for w, r in zip(workdirs, results, strict=True):
-        if (Path(w) / "ledgers.json").exists():
-            ledgers.update(json.loads((Path(w) / "ledgers.json").read_text()))
-        for d, led in ecos_runner.load_client_ledgers(w).items():
+    for (w, keep), r in zip(parsed, results, strict=True):
+        if (w / "ledgers.json").exists():
+            # Keys are domain/seed<s>/method/budget: a filtered run brings its kept methods' only.
+            ledgers.update({k: v for k, v in json.loads((w / "ledgers.json").read_text()).items()
+                            if keep is None or k.split("/")[2] in keep})
+        # A run whose ECOS records were left out brings none of its client releases either.
+        for d, led in (ecos_runner.load_client_ledgers(w) if keep is None or "ecos" in keep else {}).items():
             if len(led):
                 if d in client_ledgers and len(client_ledgers[d]):
                     raise ValueError(f"client {d!r} released data in two of the runs; compose them in one run.")
