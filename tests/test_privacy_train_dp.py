@@ -71,3 +71,41 @@ def test_end_to_end_tiny(tmp_path):
     assert ledger["entries"][0]["event"]["event"]["class_name"] == "TruncatedSubsampledGaussianDpEvent"
     md = (tmp_path / "results.md").read_text()
     assert "∞" in md and "RDP n/a" in md
+
+
+def test_validation_carve_trains_on_the_first_n_and_never_reads_the_test_split(tmp_path, monkeypatch):
+    import numpy as np
+
+    from ecos_jax.data import ArrayDataset
+
+    rng = np.random.default_rng(0)
+
+    def dataset(n):
+        return ArrayDataset(images=rng.uniform(size=(n, 28, 28, 1)).astype(np.float32),
+                            labels=rng.integers(0, 10, n).astype(np.int32),
+                            domains=np.zeros(n, np.int32), domain_names=("clean",),
+                            num_classes=10, ids=np.arange(n))
+
+    train, test = dataset(300), dataset(50)
+    monkeypatch.setattr(train_dp, "load_split", lambda data: (train, test))
+    seen = []
+    real = train_dp.training.evaluate
+
+    def evaluate(model, params, x, y, **kw):
+        seen.append((np.asarray(x), np.asarray(y)))
+        return real(model, params, x, y, **kw)
+
+    monkeypatch.setattr(train_dp.training, "evaluate", evaluate)
+    c = _config(**{"epsilons": (math.inf,), "train.epochs": 1, "train.batch_size": 50,
+                   "train.model": "linear", "data.validation_size": 100})
+    c.progress = False
+    c.privacy.noise_seed = 0
+    (record,) = train_dp.run(c, tmp_path)
+    # T = epochs · (N - n) / batch: trained on the first 200 only.
+    assert record["steps"] == 4 and record["sampling_rate"] == 50 / 200
+    assert record["eval_split"].startswith("validation")
+    assert seen and all(np.array_equal(x, train.images[200:]) and np.array_equal(y, train.labels[200:])
+                        for x, y in seen)
+    assert "validation accuracy %" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="validation_size"):
+        train_dp.carve_validation(train.images, train.labels, 300)
