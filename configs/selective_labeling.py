@@ -69,7 +69,8 @@ ECOS's allocation, the validation split below, 3 k-means seeds, exact counts / 1
 ε = 0.58, budget 800), w = 0 / 1 / 2 / 3: Fashion 54 / 81 / 88 / 89 % exact, 28 / 39 / 41 / 41 %
 noisy; digits 50 / 55 / 55 / 55 % exact, 34 / 36.5 / 36.5 / 36.6 % noisy. Validation accuracy % (the
 carved split as above, density, R = 30, 2 seeds, budget 200 / 800), w = 0 beside w = 2, run
-back to back on commit 75ab96e:
+back to back on the tree of commit 75ab96e (it scaled by all ten statistics, not only those that
+vary over the pool; all ten vary on these pools, so the features are the same), load 6-9:
 
   digits_mnist_c   w = 0: 65.1 ± 1.7 / 77.1 ± 0.9 (in-domain 34 / 33 %)
                    w = 2: 68.6 ± 2.0 / 82.3 ± 1.7 (41 / 39 %)
