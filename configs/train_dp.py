@@ -46,12 +46,34 @@ Fashion-MNIST variants (the official 60,000 / 10,000 train / test split, `data.o
   fashion_cnn       their end-to-end CNN (`tramer_cnn`, tanh): batch 2048, SGD momentum 0.9,
                     lr 4, 40 epochs, C = 0.1 (their σ = 2.15 at ε = 3 is recalibrated here for
                     our sampler and accountant).
+  fashion_scatter_tuned
+                    fashion_scatter with lr 8 (was 4), everything else the same; ε = 3 × 3
+                    seeds by default. Chosen on a validation carve, see below.
   *_quick           the same at 2 epochs (scatter) / 1 epoch (cnn), ε ∈ {3, ∞}, one seed.
 
 How the hyper-parameters were chosen: all are the published settings (Tramèr & Boneh, ICLR
 2021, their code's Fashion-MNIST options), not tuned here; the test split was never used to
 pick anything. One prototype run of fashion_scatter at ε = 3 (89.1%) preceded the grid and
-changed nothing. Tuning on private data costs privacy in principle; we did none.
+changed nothing. Tuning on private data costs privacy in principle; we did none for those.
+
+fashion_scatter_tuned was tuned, on the training split only: `data.validation_size=5000`
+trains on the first 55,000 training images and reads accuracy on the last 5,000 (the test
+split is never evaluated), ε = 3, seed 0, one run per configuration. 10 configurations were
+tried (lr, C, epochs -> validation accuracy %): (4, 0.1, 60) 89.76, (8, 0.1, 60) 90.46,
+(8, 0.1, 100) 90.42, (8, 0.1, 30) 89.76, (16, 0.1, 60) 89.62, (32, 0.1, 60) 89.70,
+(32, 0.1, 100) 89.06, (16, 0.5, 60) 87.92, (2, 0.5, 60) 89.84, (12, 0.1, 60) 90.20; the best,
+(8, 0.1, 60), was then run once on the test split. Each tuning run spent its own ε = 3 on
+the same private training data, and the choice was not made privately, so the released
+model's ε = 3 does not cover the selection (Papernot & Steinke, ICLR 2022, bound what
+private selection would cost); the published-settings fashion_scatter is the untuned
+reference.
+
+  python experiments/train_dp.py --config=configs/train_dp.py:fashion_scatter \
+      --workdir=runs/scatter90_val_lr8_C0.1_ep60 --config.data.validation_size=5000 \
+      --config.epsilons='(3,)' --config.num_seeds=1 --config.train.learning_rate=8 \
+      --config.dp.l2_norm_clip=0.1 --config.train.epochs=60    # one tuning run
+  python experiments/train_dp.py --config=configs/train_dp.py:fashion_scatter_tuned \
+      --workdir=runs/fashion_scatter_tuned
 
   python experiments/train_dp.py --config=configs/train_dp.py:fashion_scatter --workdir=runs/fashion_scatter
   python experiments/train_dp.py --config=configs/train_dp.py:fashion_cnn --workdir=runs/fashion_cnn \
@@ -134,7 +156,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return c
 
 
-FASHION = ("fashion_scatter", "fashion_scatter_quick", "fashion_cnn", "fashion_cnn_quick")
+FASHION = ("fashion_scatter", "fashion_scatter_quick", "fashion_scatter_tuned", "fashion_cnn",
+           "fashion_cnn_quick")
 
 
 def _fashion(c: ml_collections.ConfigDict, arg: str) -> None:
@@ -156,6 +179,11 @@ def _fashion(c: ml_collections.ConfigDict, arg: str) -> None:
         c.train.model = "linear"
         c.train.batch_size = 8192
         c.train.epochs = 60
+        if arg == "fashion_scatter_tuned":
+            # Chosen on the validation carve (data.validation_size=5000) at ε = 3, seed 0: see
+            # the module docstring for the grid. Tuned at ε = 3 only.
+            c.train.learning_rate = 8.0
+            c.epsilons = (3.0,)
     else:
         c.train.model = "tramer_cnn"
         c.train.batch_size = 2048

@@ -70,6 +70,23 @@ def _scatter_config(tmp_path, **over):
     return c
 
 
+def test_tuned_scatter_variant_changes_only_the_learning_rate_and_tests_on_the_test_split():
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    from configs import train_dp as cfg_lib
+
+    base = cfg_lib.get_config("fashion_scatter").to_dict()
+    tuned = cfg_lib.get_config("fashion_scatter_tuned").to_dict()
+    # Tuned on the validation carve; the released run reads the official test split.
+    assert tuned["data"]["official_split"] and tuned["data"]["validation_size"] == 0
+    assert tuned["train"]["learning_rate"] == 8.0 and base["train"]["learning_rate"] == 4.0
+    assert tuned["epsilons"] == (3.0,) and tuned["num_seeds"] == 3
+    for d in (base, tuned):
+        d["train"].pop("learning_rate")
+        d.pop("epsilons")
+    assert tuned == base
+
+
 @pytest.mark.slow  # ~30 s CPU: features of 6,797 images and four compiled DP runs
 def test_scatter_pipeline_seed_grid_and_time_to_accuracy(tmp_path):
     import json
