@@ -127,6 +127,13 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
     return np.stack(cols, 1).astype(np.float32)
 
 
+def output_dim(kind: str, dim: int, image_shape: Sequence[int], stats_weight: float = 0.0) -> int:
+    """d of `fit_extractor(kind, ..., dim=dim, stats_weight=...)`'s features, without fitting
+    ('raw' gives the pixels; appended statistics add len(STATISTICS))."""
+    base = int(np.prod(image_shape)) if kind == "raw" else int(dim)
+    return base + (len(STATISTICS) if stats_weight > 0 else 0)
+
+
 def with_image_statistics(base: FeatureExtractor, pool_images: np.ndarray, weight: float
                           ) -> FeatureExtractor:
     """`base`'s features with `weight`-scaled, pool-standardised `image_statistics` appended.

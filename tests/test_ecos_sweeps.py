@@ -122,9 +122,10 @@ def test_aggregation_by_hand():
 def test_communication_bytes_from_the_protocol_and_the_data():
     from ecos_jax import data as data_lib
 
-    c = _config()
+    c = _config(**{"features.stats_weight": 0.0})  # the 32-d code alone; statistics add 10 floats
     ds = data_lib.load(c.data.name)
     comm = ecos_sweeps.communication(c, {c.data.name: ds})[c.data.name]
+    assert ecos_sweeps.feature_dim(_config(**{"features.stats_weight": 2.0}), (28, 28, 1)) == 42
     down, up = protocol.message_bytes(30, 32)
     assert (down, up) == (protocol.Centroids(np.zeros((30, 32), np.float32)).nbytes,
                           protocol.NoisyCoverage(np.zeros(30, np.float32), 0.0).nbytes) == (3840, 120)

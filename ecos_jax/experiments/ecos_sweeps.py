@@ -49,6 +49,7 @@ import ml_collections
 import numpy as np
 
 from ecos_jax import data as data_lib
+from ecos_jax import features as features_lib
 from ecos_jax.ecos import protocol
 from ecos_jax.experiments import ecos_runner
 from ecos_jax.experiments.selective_labeling import SelectiveLabeling
@@ -214,8 +215,10 @@ def run_point(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
 
 
 def feature_dim(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> int:
-    """d of the public features the centroids live in ('raw' sends pixels)."""
-    return int(np.prod(image_shape)) if config.features.kind == "raw" else int(config.features.dim)
+    """d of the public features the centroids live in ('raw' sends pixels; appended image
+    statistics count)."""
+    return features_lib.output_dim(config.features.kind, config.features.dim, image_shape,
+                                   float(config.features.get("stats_weight", 0.0)))
 
 
 def round_bytes(num_centroids: int, dim: int, encoding: str = "float32") -> dict:
