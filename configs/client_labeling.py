@@ -27,6 +27,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = selective_labeling.get_config(arg)
     with c.unlocked():
         del c["semi"]  # the cloud has no labels of its own to pseudo-label with
+        # The image statistics were validated for selective labelling only; this application
+        # keeps the autoencoder code alone until they are compared on its own validation data.
+        c.features.stats_weight = 0.0
         # The client needs more labelled data than in selective labelling: Q = budget queries at
         # ε = 8 together need vote noise σ ≈ 10, so only a k in the tens leaves a usable margin.
         # Measured on 200 in-domain pool picks (mnist_noise client, PCA features, RDP): exact kNN

@@ -55,6 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = selective_labeling.get_config(arg)
     with c.unlocked():
         del c["semi"]  # the student learns from the teacher's logits on the picks only
+        # The image statistics were validated for selective labelling only; this application
+        # keeps the autoencoder code alone until they are compared on its own validation data.
+        c.features.stats_weight = 0.0
         c.methods = ("ecos", "random", "kcenter", "oracle")  # no 'local': client data never reach the cloud
 
         # The large model, trained on the whole labelled pool (the student is `train`).
