@@ -86,7 +86,8 @@ Fashion) larger than either std. The w = 0 rows are this run's; the same setting
 (the client's DP noise is fresh each run), so against those the gain is smaller (+2.2-5.3 /
 +2.4-5.0 digits, +4.7-5.0 / +1.5-2.0 Fashion) but still positive. The statistics are functions of each image
 alone, so the client's release keeps its sensitivity. The centroids sent down grow from 32 to
-42 floats each.
+42 floats each. Client labelling and model compression, which inherit this config, set
+stats_weight back to 0 (not compared on their own validation data); the sweeps inherit w = 2.
 
 Expected runtime on a 2-core CPU: default ~10 min (7 domains x 2 budgets x 3 seeds x 5 methods);
 `quick` under 2 min. Expected result: averaged over domains and seeds, ECOS > Random > K-Center
