@@ -72,6 +72,23 @@ def privacy(**fields) -> ml_collections.ConfigDict:
     return d
 
 
+def input_features() -> ml_collections.ConfigDict:
+    """The features section of the DP-trained experiments (train_dp, data_valuation): what the
+    model sees. name "pixels", or "scattering" (ScatterNet features, `ecos_jax.scattering`, J
+    scales, L angles) with "group_norm" (per example over num_groups, data-independent) or
+    "none" normalisation; computed batch_size images per call and cached under cache_dir by
+    content hash (None: no cache), one cache for every experiment."""
+    f = ml_collections.ConfigDict()
+    f.name = "pixels"
+    f.J = 2
+    f.L = 8
+    f.normalization = "none"
+    f.num_groups = 27
+    f.batch_size = 500
+    f.cache_dir = "~/.cache/ecos_jax/scattering"
+    return f
+
+
 def ecos() -> ml_collections.ConfigDict:
     """The ECOS section: the protocol's settings and the client's privacy (ε, δ, noise seed)."""
     e = ml_collections.ConfigDict()

@@ -71,14 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # What the model sees: "pixels", or "scattering" (ScatterNet features as in
     # configs/train_dp.py, the same content-hashed cache); VoG and PLIS then differentiate
     # through the scattering with respect to the image.
-    c.features = ml_collections.ConfigDict()
-    c.features.name = "pixels"
-    c.features.J = 2
-    c.features.L = 8
-    c.features.normalization = "none"
-    c.features.num_groups = 27
-    c.features.batch_size = 500
-    c.features.cache_dir = "~/.cache/ecos_jax/scattering"
+    c.features = base.input_features()
     # A second non-private run per architecture (seed + 1): the ceiling every DP-vs-non-private
     # consistency figure is read against.
     c.ceiling = True

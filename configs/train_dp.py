@@ -107,14 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # What the model sees: "pixels", or "scattering" (ScatterNet features, `ecos_jax.scattering`)
     # with "group_norm" (per example, data-independent) or "none" normalisation.
-    c.features = ml_collections.ConfigDict()
-    c.features.name = "pixels"
-    c.features.J = 2
-    c.features.L = 8
-    c.features.normalization = "none"
-    c.features.num_groups = 27
-    c.features.batch_size = 500     # images per scattering call
-    c.features.cache_dir = "~/.cache/ecos_jax/scattering"   # None: no feature cache
+    c.features = base.input_features()
 
     c.train = base.train(
         model="cnn",                # any of ecos_jax.models whose params are Dense/Conv
