@@ -55,6 +55,20 @@ from configs import base
 ALL_DIGITS = ("digits", "mnist", "mnist_rotate", "mnist_invert", "mnist_noise", "mnist_blur", "mnist_texture")
 
 
+def _shrink(c: ml_collections.ConfigDict) -> None:
+    """What every *quick variant cuts: one seed, an 800-image pool, 1-epoch priors, 4 epochs."""
+    c.num_seeds = 1
+    c.data.max_pool = 800
+    c.priors.names = ("mlp_digits_1ep", "mlp_wide_texture_1ep", "mlp_random")
+    c.baselines.distill_prior = "mlp_digits_1ep"
+    c.anchors.num = 64
+    c.alignment.shared_dim = 16
+    c.train.epochs = 4
+    c.train.augment = False     # augmentation in every objective triples compile time on a CPU
+    c.probe.steps = 100
+    c.reuse.epochs = 2
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base.common(ml_collections.ConfigDict(), num_seeds=3)   # training seeds of every method
     c.name = "default"
@@ -140,18 +154,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if arg == "quick":
         c.name = "quick"
-        c.num_seeds = 1
-        c.data.max_pool = 800
-        c.priors.names = ("mlp_digits_1ep", "mlp_wide_texture_1ep", "mlp_random")
-        c.baselines.distill_prior = "mlp_digits_1ep"
-        c.anchors.num = 64
-        c.alignment.shared_dim = 16
-        c.train.epochs = 4
-        c.train.augment = False     # augmentation in every objective triples compile time on a CPU
-        c.probe.steps = 100
+        _shrink(c)
         c.reuse.model = "mlp"
         c.reuse.model_kwargs = ml_collections.ConfigDict({"hidden": (128, 128, 64)})
-        c.reuse.epochs = 2
         c.ablation.epochs = 2
         c.ablation.num_participants = (1, 2)
         c.ablation.alignments = ("procrustes", "off")
@@ -185,17 +190,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.reuse.model_kwargs = ml_collections.ConfigDict({"hidden": (128, 128, 64)})
         c.ablation.enabled = False
         if arg == "fashion_quick":
-            c.num_seeds = 1
-            c.data.max_pool = 800
+            _shrink(c)
             c.data.max_test = 500
-            c.priors.names = ("mlp_digits_1ep", "mlp_wide_texture_1ep", "mlp_random")
-            c.baselines.distill_prior = "mlp_digits_1ep"
-            c.anchors.num = 64
-            c.alignment.shared_dim = 16
-            c.train.epochs = 4
-            c.train.augment = False
-            c.probe.steps = 100
-            c.reuse.epochs = 2
     elif arg:
         raise ValueError(f"unknown config variant {arg!r}; use 'quick', 'broad', 'fashion', 'fashion_quick' "
                          "or nothing.")
