@@ -225,6 +225,16 @@ def time_faiss(x, init, args):
     return {"installed": True, "version": faiss.__version__, **best, "runs": runs}
 
 
+def finish(report: dict, out: str, tmp) -> None:
+    """Writes the report's JSON to `out` and removes the temporary pool file, if any."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {out}")
+    if tmp:
+        tmp.cleanup()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -294,12 +304,7 @@ def main(argv=None):
               f"{timings['allocate_select_cpu_s']:.1f} CPU s over "
               f"{timings['clusters_picked_from']} clusters), +{compile_s:.2f} s compile; "
               f"peak RSS {report['ecos']['peak_rss_gib']:.2f} GiB")
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.out}")
-        if tmp:
-            tmp.cleanup()
+        finish(report, args.out, tmp)
         return
     # sklearn right after our Lloyd, so both see about the same machine load.
     report["sklearn"] = time_sklearn(np.asarray(x), init, args)
@@ -426,12 +431,7 @@ def main(argv=None):
     width = max(len(r[0]) for r in rows)
     for name, val, note in rows:
         print(f"{name:<{width}}  {val:>14}  {note}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"wrote {args.out}")
-    if tmp:
-        tmp.cleanup()
+    finish(report, args.out, tmp)
 
 
 if __name__ == "__main__":
