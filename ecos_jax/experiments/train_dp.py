@@ -31,6 +31,7 @@ those directories hold the secret noise keys: protect them like the data, delete
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -39,13 +40,14 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from ecos_jax import data as data_lib
 from ecos_jax import models, scattering, training
 from ecos_jax.experiments import progress
 from ecos_jax.parallel.mesh import device_report, local_mesh
-from ecos_jax.privacy import accounting, dpsgd
+from ecos_jax.privacy import accounting, dpsgd, keys, normalization
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.reporting import plots, tables
 from ecos_jax.reporting.metrics import JsonlWriter
@@ -106,13 +108,42 @@ def validate(config: ml_collections.ConfigDict, n_train: int) -> int:
     f = config.features
     if f.name not in ("pixels", "scattering"):
         raise ValueError(f"features.name must be 'pixels' or 'scattering', got {f.name!r}.")
-    if f.normalization not in ("none", "group_norm"):
-        raise ValueError(f"features.normalization must be 'none' or 'group_norm', got "
+    if f.normalization not in NORMALIZATIONS:
+        raise ValueError(f"features.normalization must be one of {NORMALIZATIONS}, got "
                          f"{f.normalization!r}.")
-    if f.name == "scattering" and f.normalization == "group_norm" and (81 % f.num_groups):
+    if f.normalization in DP_NORMALIZATIONS:
+        if config.dp.sampling != "poisson":
+            raise ValueError(f"features.normalization={f.normalization!r} is analysed under "
+                             "add/remove-one neighbours: it composes with Poisson DP-SGD only "
+                             "(dp.sampling='poisson').")
+        if f.name != "scattering":
+            raise ValueError(f"features.normalization={f.normalization!r} needs "
+                             "features.name='scattering' (per-channel statistics).")
+        if not f.stats_noise_multiplier > 0:
+            raise ValueError("features.stats_noise_multiplier must be > 0 (the DP statistics' "
+                             f"σ), got {f.stats_noise_multiplier}.")
+        for name in ("stats_clip_mean", "stats_clip_square"):
+            if not 0 < f[name] < math.inf:
+                raise ValueError(f"features.{name} must be finite and > 0, got {f[name]}.")
+        for e in eps:
+            if not math.isinf(e):
+                stats_eps = accounting.epsilon(normalization.event(f.stats_noise_multiplier),
+                                               config.privacy.delta, "pld")
+                if not stats_eps < e:
+                    raise ValueError(
+                        f"the DP statistics alone spend ε = {stats_eps:.3g} >= target ε = {e:g}: "
+                        "raise features.stats_noise_multiplier.")
+    if (f.name == "scattering" and f.normalization.startswith("group_norm")
+            and (81 % f.num_groups)):
         raise ValueError(f"features.num_groups={f.num_groups} must divide the 81 scattering "
                          "paths of each channel (1, 3, 9, 27 or 81).")
     return max(1, round(config.train.epochs * n_train / config.train.batch_size))
+
+
+# "dp_data": per-channel standardisation with DP statistics of the raw scattering features;
+# "group_norm_dp_data": the same after the per-example GroupNorm (`privacy.normalization`).
+DP_NORMALIZATIONS = ("dp_data", "group_norm_dp_data")
+NORMALIZATIONS = ("none", "group_norm", *DP_NORMALIZATIONS)
 
 
 def load_split(data: ml_collections.ConfigDict) -> tuple[data_lib.ArrayDataset, data_lib.ArrayDataset]:
@@ -139,19 +170,66 @@ def carve_validation(x, labels, size: int):
 
 def model_inputs(features: ml_collections.ConfigDict, train_images, test_images):
     """What the model trains and is tested on: the pixels, or ScatterNet features of both
-    splits (each image's features depend on that image only), GroupNorm-ed per example."""
+    splits (each image's features depend on that image only), GroupNorm-ed per example
+    ("group_norm", "group_norm_dp_data"). The DP statistics of the "*dp_data" normalisations
+    are released per run (`dp_normalize`), not here."""
     if features.name == "pixels":
         return train_images, test_images
     out = []
     for images in (train_images, test_images):
         f = scattering.features(images, J=features.J, L=features.L,
                                 batch_size=features.batch_size, cache_dir=features.cache_dir)
-        if features.normalization == "group_norm":
+        if features.normalization in ("group_norm", "group_norm_dp_data"):
             f = scattering.batched(
                 lambda a: scattering.group_normalize(a, features.num_groups), f,
                 features.batch_size)
         out.append(f)
     return tuple(out)
+
+
+def dp_normalize(features: ml_collections.ConfigDict, x_train, x_test, *, target: float,
+                 noise_seed: int | None, ledger: PrivacyLedger | None, path: Path | None = None):
+    """(x_train, x_test) standardised per channel with DP statistics of `x_train`, released
+    once and recorded in `ledger` (the run's ledger, before DP-SGD's entry); the input as is
+    when the normalisation is not a DP one. `target` inf releases the exact statistics
+    (non-private reference). Returns (x_train, x_test, info dict for the record).
+
+    The release is saved to `path` (JSON) and read back when a rerun of the same settings
+    finds it there, so a resumed run trains on the statistics it started with and the release
+    happens (and is recorded) once, not once per attempt."""
+    if features.normalization not in DP_NORMALIZATIONS:
+        return x_train, x_test, {}
+    sigma = 0.0 if math.isinf(target) else float(features.stats_noise_multiplier)
+    settings = {"noise_multiplier": sigma, "clip_mean": float(features.stats_clip_mean),
+                "clip_square": float(features.stats_clip_square), "n": int(len(x_train)),
+                "normalization": features.normalization, "seeded": noise_seed}
+    saved = json.loads(path.read_text()) if path is not None and path.exists() else None
+    if saved is not None and saved.get("settings") == settings:
+        s = saved["stats"]
+        stats = normalization.ChannelStats(
+            mean=np.asarray(s["mean"]), var=np.asarray(s["var"]), count=s["count"],
+            noise_multiplier=s["noise_multiplier"], clip_mean=s["clip_mean"],
+            clip_square=s["clip_square"], clipped_mean=math.nan, clipped_square=math.nan)
+        log.info("Read the released feature statistics back from %s.", path)
+    else:
+        key, _ = keys.noise_key(noise_seed)
+        # Not DP-SGD's key stream: the same seed gives DP-SGD its noise and sampling keys.
+        key = jax.random.fold_in(key, 0x57A75)
+        stats = normalization.release(key, x_train, clip_mean=features.stats_clip_mean,
+                                      clip_square=features.stats_clip_square,
+                                      noise_multiplier=sigma)
+        if path is not None:
+            io.write_json(path, {"settings": settings, "stats": stats.to_dict()})
+    if ledger is not None:
+        ledger.record("feature_stats", normalization.event(sigma),
+                      sensitivity=normalization.sensitivity(stats.clip_mean, stats.clip_square),
+                      relation=normalization.RELATION, mechanism="Gaussian",
+                      noise_multiplier=sigma, clip_mean=stats.clip_mean,
+                      clip_square=stats.clip_square, normalization=features.normalization)
+    info = {"stats_noise_multiplier": sigma,
+            # Data-dependent diagnostics, NOT covered by the ε (never used to pick anything).
+            "stats_clipped_fraction_nonprivate": [stats.clipped_mean, stats.clipped_square]}
+    return normalization.normalize(x_train, stats), normalization.normalize(x_test, stats), info
 
 
 class TimeToAccuracy:
@@ -222,10 +300,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
         noise_seed = None if config.privacy.noise_seed is None else config.privacy.noise_seed + i
         params = jax.jit(model.init)(jax.random.key(seed), x_train[:1])
         # The same event train records (truncated Poisson when M < N), so the ledger's ε
-        # meets the target.
-        dp_config = base.calibrated(target, config.privacy.delta, steps=steps,
-                                    accountant=config.privacy.accountant,
-                                    allow_large_delta=config.privacy.allow_large_delta)
+        # meets the target; with DP statistics, σ is calibrated for their composition.
+        if config.features.normalization in DP_NORMALIZATIONS and not math.isinf(target):
+            prefix = normalization.event(config.features.stats_noise_multiplier)
+            dp_config = dataclasses.replace(base, noise_multiplier=normalization.calibrate_after(
+                prefix, lambda s: dataclasses.replace(base, noise_multiplier=s).event(steps),
+                target, config.privacy.delta, accountant=(
+                    config.privacy.accountant if config.privacy.accountant in base.accountants(steps)
+                    else "pld")))
+        else:
+            dp_config = base.calibrated(target, config.privacy.delta, steps=steps,
+                                        accountant=config.privacy.accountant,
+                                        allow_large_delta=config.privacy.allow_large_delta)
         if math.isinf(target) and config.dp.clip_nonprivate:
             # σ = 0 with the clipping kept: the reference for a learning rate sized for
             # clipped gradients (the event is still non-private: ε = ∞).
@@ -236,16 +322,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
                                reproducible_seed=noise_seed, dataset_size=n,
                                allow_large_delta=config.privacy.allow_large_delta)
         tag = f"eps{_label(target)}" + (f"_seed{seed}" if config.num_seeds > 1 else "")
+        x_run, x_eval, stats_info = dp_normalize(
+            config.features, x_train, x_test, target=target, noise_seed=noise_seed, ledger=ledger,
+            path=workdir / f"feature_stats_{tag}.json")
         ckpt = (None if config.checkpoint_every is None else workdir / f"checkpoints_{tag}")
         curve = TimeToAccuracy(
-            lambda p: training.evaluate(model, p, x_test, y_test,
-                                        batch_size=config.eval_batch_size),
+            lambda p, x_eval=x_eval: training.evaluate(model, p, x_eval, y_test,
+                                                       batch_size=config.eval_batch_size),
             every=config.eval_every, last_step=steps)
         # Metrics one JSON line per chunk of log_every steps; a resumed run appends the
         # chunks it trains after its checkpoint.
         with JsonlWriter(workdir / "metrics.jsonl", run=tag) as metrics:
             result = dpsgd.train(
-                model, params, x_train, y_train, dp_config,
+                model, params, x_run, y_train, dp_config,
                 make_optimizer(config.train), steps=steps, seed=noise_seed, ledger=ledger, mesh=mesh,
                 name=f"{config.train.model}_dpsgd", log_every=config.log_every,
                 hooks=[training.WriteMetrics(metrics, key="step"), curve,
@@ -253,7 +342,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
                 desc=f"ε={_label(target)}", checkpoint_dir=ckpt, checkpoint_every=config.checkpoint_every,
             )
         ledger.save(workdir / f"ledger_{tag}.json")
-        acc = training.evaluate(model, result.params, x_test, y_test,
+        acc = training.evaluate(model, result.params, x_eval, y_test,
                              batch_size=config.eval_batch_size)
         # Infinite values are written as "inf": strict JSON has no infinities.
         record = {
@@ -269,6 +358,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
             # "test_accuracy" is read on this split (the validation carve when tuning).
             "eval_split": eval_split,
             "curve": curve.points,
+            "normalization": config.features.normalization, **stats_info,
         }
         records.append(record)
         log.info("ε=%s seed %d: σ=%.3f, accuracy %.2f%%, %.0f s", record["target_epsilon"], seed,
@@ -310,9 +400,14 @@ def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_te
             [[e.replace("inf", "∞"), tables.pm(m, sd, digits=2), k]
              for (e,), (m, sd, k) in stats.items()])
     if config.features.name != "pixels":
+        if config.features.normalization in DP_NORMALIZATIONS:
+            how = (f"(per-channel DP statistics, σ = {config.features.stats_noise_multiplier:g}, "
+                   "composed with DP-SGD in each run's ledger: the ε above is the total)")
+        else:
+            how = "(per example, data-independent: no privacy cost)"
         text += (f"\nInputs: {config.features.name} features (J = {config.features.J}, "
                  f"L = {config.features.L}), normalisation {config.features.normalization} "
-                 "(per example, data-independent: no privacy cost).\n")
+                 f"{how}.\n")
     if any(r["epsilon_rdp"] == "n/a" for r in records):
         text += ("\nRDP n/a: batches have M slots and over-full ones are cut to M (truncated "
                  "Poisson), which only PLD accounts; σ was calibrated with PLD.\n")
@@ -344,4 +439,4 @@ def _finite_json(value):
     return value
 
 
-__all__ = ["carve_validation", "make_optimizer", "run", "validate", "write_outputs"]
+__all__ = ["DP_NORMALIZATIONS", "NORMALIZATIONS", "carve_validation", "dp_normalize", "make_optimizer", "run", "validate", "write_outputs"]
