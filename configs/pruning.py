@@ -71,8 +71,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.dp_momentum = 0.0
     c.train.dp_batch_size = config_dict.placeholder(int)
 
-    if arg == "fashion":
+    if arg in ("fashion", "fashion_plis"):
         _fashion(c)
+        if arg == "fashion_plis":
+            # The PLIS rows: `data_valuation.py:fashion_plis` scored PLIS over all 10,000.
+            c.scores_from = "runs/dv_fashion_plis"
+            c.metrics = ("plis",)
     elif arg == "quick":
         c.epsilons = (float("inf"),)
         c.data.n_train = 300
@@ -81,7 +85,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.retrain_epochs = 2
         c.fractions = (0.2,)
     elif arg not in (None, ""):
-        raise ValueError(f"Unknown config variant {arg!r}; use nothing, 'quick' or 'fashion'.")
+        raise ValueError(f"Unknown config variant {arg!r}; use nothing, 'quick', 'fashion' or "
+                         "'fashion_plis'.")
     c.lock()
     return c
 

@@ -120,6 +120,34 @@ def test_pruning_refuses_scores_of_other_samples(tmp_path):
         _saved_scores(c, labels, "8")
 
 
+def test_fashion_plis_variants_score_plis_on_every_scored_sample_and_prune_by_it(tmp_path):
+    from configs import data_valuation, pruning
+    from ecos_jax.experiments import data_valuation as dv
+    from ecos_jax.experiments.pruning import _saved_scores
+    from ecos_jax.utils.io import save_npz
+    from ecos_jax.utils.overrides import override
+    from ecos_jax.valuation.plis import plis_subset
+
+    c = data_valuation.get_config("fashion_plis")
+    base = data_valuation.get_config("fashion")
+    assert tuple(c.train.models) == ("linear",)
+    # The variant is `fashion` with these two overrides: a run made with them resumes under it.
+    by_hand = override(base, {"train.models": ("linear",), "scores.plis_samples": 10_000})
+    assert dv._fingerprint(c, "linear", 3.0, 0) == dv._fingerprint(by_hand, "linear", 3.0, 0)
+    assert dv._fingerprint(c, "linear", 3.0, 0) != dv._fingerprint(base, "linear", 3.0, 0)
+    labels = np.arange(c.data.n_scored) % 10
+    assert len(plis_subset(labels, c.scores.plis_samples)) == c.data.n_scored   # all, not 300
+
+    p = override(pruning.get_config("fashion_plis"), {"scores_from": str(tmp_path)})
+    assert tuple(p.metrics) == ("plis",) and p.data.to_dict() == pruning.get_config("fashion").data.to_dict()
+    index = np.array([1, 4, 7])
+    plis = np.array([0.2, 0.9, 0.5])
+    save_npz(tmp_path / "scores" / "linear_eps3.npz", index=index, labels=labels[index],
+             loss=np.ones(3), plis=plis)
+    idx, s, _ = _saved_scores(p, labels, "3")
+    assert idx.tolist() == [1, 4, 7] and set(s) == {"plis"} and s["plis"].tolist() == plis.tolist()
+
+
 @pytest.mark.slow  # three DP-SGD compilations: ~10 s idle, ~30 s at load 5
 def test_train_at_epsilon_takes_its_dp_batch_and_momentum_from_their_own_arguments():
     from ecos_jax.privacy.ledger import PrivacyLedger
