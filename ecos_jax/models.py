@@ -101,6 +101,31 @@ class TramerCNN(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+class ScatterCNN(nn.Module):
+    """Tramèr & Boneh's "ScatterNet + CNN" for 28 × 28 greyscale images: a small tanh CNN on
+    the scattering features `[B, 7, 7, 81]` (normalised before, by GroupNorm or DP statistics:
+    `ecos_jax.privacy.normalization`), after their code's MNIST-family model for scattering
+    inputs: conv `channels[0]` (3 × 3, stride 2, pad 1; 7 × 7 -> 4 × 4) → tanh → conv
+    `channels[1]` (3 × 3, stride 1, pad 1) → tanh → dense `hidden` → tanh → dense
+    `num_classes` (33,066 parameters with the defaults). Only Dense and Conv layers, so DP-SGD's
+    fast "layers" per-example path covers it exactly (tested against vmap(grad))."""
+
+    num_classes: int = 10
+    channels: Sequence[int] = (16, 32)
+    hidden: int = 32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, features: bool = False) -> jax.Array:
+        pad = ((1, 1), (1, 1))
+        x = jnp.tanh(nn.Conv(self.channels[0], (3, 3), strides=2, padding=pad)(x))
+        x = jnp.tanh(nn.Conv(self.channels[1], (3, 3), strides=1, padding=pad)(x))
+        x = x.reshape(x.shape[0], -1)
+        x = jnp.tanh(nn.Dense(self.hidden)(x))
+        if features:
+            return x
+        return nn.Dense(self.num_classes)(x)
+
+
 class Linear(nn.Module):
     """A linear classifier on flattened inputs (logistic regression; e.g. on ScatterNet
     features). `features=True` returns the flattened input."""
@@ -179,12 +204,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda num_classes, **kw: MLP(num_classes=num_classes, **kw),
     "tramer_cnn": lambda num_classes, **kw: TramerCNN(num_classes=num_classes, **kw),
     "linear": lambda num_classes, **kw: Linear(num_classes=num_classes, **kw),
+    "scatter_cnn": lambda num_classes, **kw: ScatterCNN(num_classes=num_classes, **kw),
 }
 
 
 def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Builds a model by name: one of `MODELS` ('cnn', 'wide_cnn', 'resnet', 'mlp',
-    'tramer_cnn', 'linear')."""
+    'tramer_cnn', 'linear', 'scatter_cnn')."""
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}; choose one of {sorted(MODELS)}.")
     if num_classes < 1:
