@@ -44,6 +44,7 @@ key and must be protected like the data).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import math
@@ -66,7 +67,7 @@ from ecos_jax.privacy import accounting, clipped_grads, clipping, dpsgd_checkpoi
 from ecos_jax.privacy.keys import noise_key
 from ecos_jax.privacy.ledger import PrivacyLedger
 from ecos_jax.privacy.noise import add_gaussian_noise
-from ecos_jax.privacy.sampling import PoissonSampler, ShuffleSampler, poisson_batch
+from ecos_jax.privacy.sampling import PoissonSampler, ShuffleSampler, poisson_batch, prefix_buckets
 from ecos_jax.training.loop import Hook, train_loop
 from ecos_jax.training.state import TrainState, init_state
 from ecos_jax.training.steps import clipped_gradient_step
@@ -77,6 +78,9 @@ BatchLoss = Callable[[jax.Array, jax.Array], jax.Array]
 log = logging.getLogger(__name__)
 
 GRAD_METHODS = clipped_grads.METHODS
+# How `train` runs a Poisson batch's M slots: "full", every step at M in one compiled scan per
+# chunk; "buckets", each step on the shortest of a few static prefixes holding its sampled rows.
+PADDINGS = ("full", "buckets")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +306,10 @@ class DPTrainResult:
 
     `nonfinite_examples`: sampled examples whose gradient had a NaN/inf and was zeroed (see
     `train`). `resumed_from`: the step the run was restored at from a checkpoint (0: fresh).
-    `devices`: what the run ran on (`parallel.mesh.device_report` of its mesh).
+    `devices`: what the run ran on (`parallel.mesh.device_report` of its mesh). `padding`:
+    how the Poisson slots ran (`train`); `lengths`: the static batch lengths a step could run
+    at (one, the padded M, unless `padding="buckets"`). `compilations`: compiled chunks
+    ("full": 1) or compiled step lengths ("buckets": the lengths this call used, ≤ len(lengths)).
     """
 
     params: PyTree
@@ -317,6 +324,43 @@ class DPTrainResult:
     nonfinite_examples: int = 0
     resumed_from: int = 0
     devices: dict = dataclasses.field(default_factory=dict)
+    padding: str = "full"
+    lengths: tuple[int, ...] = ()
+
+
+def _logical_step(update_fn, state, x_all, y_all, idx, mask, accumulation_steps):
+    """One logical batch `idx, mask [L]` (L a multiple of k) run as k = `accumulation_steps`
+    contiguous micro-batches of L/k rows; returns (state, the batch's metrics). Metrics are
+    the micro-batches' combined: loss, grad_norm, clipped_fraction weighted by the rows that
+    contributed, batch_size and nonfinite summed."""
+    k = accumulation_steps
+    if k == 1:
+        return update_fn(state, x_all[idx], y_all[idx], mask)
+    per = idx.shape[0] // k
+    parts = []
+    for j in range(k):  # k is small and static: unrolled, one micro-batch per call
+        rows = slice(j * per, (j + 1) * per)
+        state, mj = update_fn(state, x_all[idx[rows]], y_all[idx[rows]], mask[rows])
+        parts.append(mj)
+    kept = [mj["batch_size"] - mj["nonfinite"] for mj in parts]
+    total = jnp.maximum(sum(kept), 1.0)
+    metrics = {name: sum(mj[name] * w for mj, w in zip(parts, kept)) / total
+               for name in ("loss", "grad_norm", "clipped_fraction")}
+    metrics["batch_size"] = sum(mj["batch_size"] for mj in parts)
+    metrics["nonfinite"] = sum(mj["nonfinite"] for mj in parts)
+    return state, metrics
+
+
+def _padded_poisson(sample_key, step, *, n, q, m, padded):
+    """The Poisson batch of logical step `step`: `poisson_batch(fold_in(key, step))` with its
+    m slots padded with masked slots (pointing at row 0) to `padded`. Returns (indices
+    [padded], mask [padded], examples dropped by truncation)."""
+    b = poisson_batch(jax.random.fold_in(sample_key, step), dataset_size=n, sampling_rate=q,
+                      max_batch_size=m)
+    idx, mask = b.indices, b.mask
+    if padded != m:  # padding slots point at row 0 and are masked out
+        idx, mask = jnp.pad(idx, (0, padded - m)), jnp.pad(mask, (0, padded - m))
+    return idx, mask, b.truncated
 
 
 def _run_chunk(update_fn, state, sample_key, x_all, y_all, active, *, chunk, sampler_kind, n, q, m,
@@ -334,27 +378,13 @@ def _run_chunk(update_fn, state, sample_key, x_all, y_all, active, *, chunk, sam
     def one_step(state, t):
         if sampler_kind == "poisson":
             # The logical step: the state counts micro-batches, k per logical batch.
-            b = poisson_batch(jax.random.fold_in(sample_key, state.step // k), dataset_size=n,
-                              sampling_rate=q, max_batch_size=m)
-            idx, mask, dropped = b.indices, b.mask, b.truncated
+            idx, mask, dropped = _padded_poisson(sample_key, state.step // k, n=n, q=q, m=m,
+                                                 padded=padded)
         else:
             idx, mask, dropped = shuffle_idx[t], jnp.ones(m, bool), jnp.zeros([], jnp.int32)
-        if padded != m:  # padding slots point at row 0 and are masked out
-            idx, mask = jnp.pad(idx, (0, padded - m)), jnp.pad(mask, (0, padded - m))
-        if k == 1:
-            state, metrics = update_fn(state, x_all[idx], y_all[idx], mask)
-            return state, metrics, dropped
-        parts = []
-        for j in range(k):  # k is small and static: unrolled, one micro-batch per call
-            rows = slice(j * (padded // k), (j + 1) * (padded // k))
-            state, mj = update_fn(state, x_all[idx[rows]], y_all[idx[rows]], mask[rows])
-            parts.append(mj)
-        kept = [mj["batch_size"] - mj["nonfinite"] for mj in parts]
-        total = jnp.maximum(sum(kept), 1.0)
-        metrics = {name: sum(mj[name] * w for mj, w in zip(parts, kept)) / total
-                   for name in ("loss", "grad_norm", "clipped_fraction")}
-        metrics["batch_size"] = sum(mj["batch_size"] for mj in parts)
-        metrics["nonfinite"] = sum(mj["nonfinite"] for mj in parts)
+            if padded != m:  # padding slots point at row 0 and are masked out
+                idx, mask = jnp.pad(idx, (0, padded - m)), jnp.pad(mask, (0, padded - m))
+        state, metrics = _logical_step(update_fn, state, x_all, y_all, idx, mask, k)
         return state, metrics, dropped
 
     def body(carry, t):
@@ -377,8 +407,73 @@ def _run_chunk(update_fn, state, sample_key, x_all, y_all, active, *, chunk, sam
     # Skipped steps are selected away: their zero metrics must not enter the means.
     total = jax.tree.map(lambda v: jnp.sum(jnp.where(live, v, 0.0)), metrics)
     mean = jax.tree.map(lambda v: v / jnp.maximum(jnp.sum(live), 1), total)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
-    return state, trunc, trunc_batches, mean, total, finite
+    return state, trunc, trunc_batches, mean, total, _all_finite(state.params)
+
+
+def _all_finite(params) -> jax.Array:
+    """bool []: every parameter is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+
+
+class _BucketedChunks:
+    """The bucketed Poisson path of `train` (`padding="buckets"`): chunk i's logical steps
+    draw the same padded batches as `_run_chunk` (`_padded_poisson`, all `chunk` of them in
+    one compiled call from the sampling key and the step numbers, which is all a batch depends
+    on), the host reads each batch's last sampled row, and each step is dispatched on the
+    shortest of `lengths` that holds it: one compiled step per length, made on first use, no
+    conditional inside it. Only padding slots (mask 0) beyond that prefix are skipped, so the
+    batch, the clipped sum (up to float summation order) and the sampler are unchanged.
+
+    Calling it returns what `_run_chunk` returns, as host values, plus the mean slots computed
+    per step."""
+
+    def __init__(self, update_fn, *, chunk, n, q, m, padded, lengths, accumulation_steps,
+                 mesh, traces):
+        self.update_fn, self.chunk, self.k = update_fn, chunk, accumulation_steps
+        self.lengths, self.traces, self.steps = tuple(lengths), traces, {}
+        draw = partial(_padded_poisson, n=n, q=q, m=m, padded=padded)
+
+        def draws(sample_key, first):
+            idx, mask, dropped = jax.lax.map(lambda t: draw(sample_key, first + t),
+                                             jnp.arange(chunk))
+            # 1 + the last slot that counts (0 if none): the sampled rows come first.
+            last = jnp.max(jnp.where(mask, jnp.arange(1, padded + 1), 0), axis=1)
+            return idx, mask, last, dropped
+
+        # Replicated outputs on a mesh: every process can read `last` on its host.
+        replicated = None if mesh is None else jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec())
+        self.draws = jax.jit(draws, out_shardings=replicated)
+        self.finite = jax.jit(_all_finite)
+
+    def step(self, length: int) -> Callable:
+        """The compiled logical step on the first `length` slots of row `j` of a chunk's draws."""
+        if length not in self.steps:
+            @partial(jax.jit, donate_argnums=(0,))
+            def run(state, x_all, y_all, idx, mask, j):
+                self.traces.append(length)  # runs once per compilation
+                idx = jax.lax.dynamic_index_in_dim(idx, j, keepdims=False)[:length]
+                mask = jax.lax.dynamic_index_in_dim(mask, j, keepdims=False)[:length]
+                return _logical_step(self.update_fn, state, x_all, y_all, idx, mask, self.k)
+
+            self.steps[length] = run
+        return self.steps[length]
+
+    def __call__(self, state, x_all, y_all, *, begin: int, active: int):
+        idx, mask, last, dropped = self.draws(state.rng, np.int32(begin))
+        last, dropped = np.asarray(last)[:active], np.asarray(dropped)[:active]
+        metrics, slots = [], []
+        for j, rows in enumerate(last):
+            length = self.lengths[bisect.bisect_left(self.lengths, int(rows))]
+            state, mj = self.step(length)(state, x_all, y_all, idx, mask, np.int32(j))
+            metrics.append(mj)
+            slots.append(length)
+        per_step = jax.device_get(metrics)
+        total = {name: float(np.sum([mj[name] for mj in per_step], dtype=np.float64))
+                 for name in per_step[0]}
+        mean = {name: v / active for name, v in total.items()}
+        return (state, int(dropped.sum()), int((dropped > 0).sum()), mean, total,
+                bool(self.finite(state.params)), float(np.mean(slots)))
 
 
 def train(
@@ -402,6 +497,7 @@ def train(
     mesh: Mesh | None = None,
     axis: str = mesh_lib.DATA_AXIS,
     accumulation_steps: int = 1,
+    padding: str = "full",
 ) -> DPTrainResult:
     """Trains with DP-SGD for `steps` steps and records the release in `ledger`.
 
@@ -409,6 +505,18 @@ def train(
     steps, each chunk one compiled `lax.scan` that draws its Poisson batches inside; the
     optimiser state (with the noise key) and the sampling key are carried from chunk to
     chunk in the loop's `TrainState`.
+
+    Padding (`padding`, Poisson sampling only): every batch has M = `max_batch_size` slots,
+    the sampled rows first and masked padding after them. "full" computes all M slots of every
+    step (q·N + 5 std rows) inside the chunk's scan. "buckets" draws the very same batches
+    (same keys, same M, same truncation), reads on the host where each batch's sampled rows
+    end, and runs the step on the shortest of a few static prefix lengths holding them
+    (`sampling.prefix_buckets`: q·N + k std for k in -0.5, 0.5, 1.5, 2.5, and M; q·N + 0.6 std
+    rows expected), one compiled step per length, compiled when first used. The slots it skips
+    all have weight 0 in the clipped sum, so the sum (up to float summation order), the
+    sensitivity and the sampler are those of "full", and so is the ledger entry: the same
+    truncated-Poisson event of M slots. The two paths' parameters agree to float tolerance,
+    not bit for bit; a checkpoint resumes only with the padding that wrote it.
 
     Non-finite gradients: a sampled example whose gradient has a NaN or inf coordinate (or a
     norm that overflows float32) is zeroed before clipping and counted (`nonfinite` in the
@@ -461,7 +569,10 @@ def train(
         and the axis the batch is split over: data-parallel as above.
       accumulation_steps: k micro-batches per logical batch (`optax.MultiSteps`; each again
         split over the devices): a step's per-example memory is that of M/k rows; the
-        accounting is unchanged (T logical steps at rate q).
+        accounting is unchanged (T logical steps at rate q). With "buckets" each prefix length
+        is a multiple of k·devices and is split into k micro-batches.
+      padding: "full" or "buckets" (see Padding above); "buckets" with shuffled batches, which
+        have no padding slots, is refused (ValueError).
 
     Returns:
       `DPTrainResult` with the final params, per-chunk history (means per step, except
@@ -489,6 +600,11 @@ def train(
             f"{config.sampling} sampling is accounted under {config.relation} but the ledger "
             f"composes {ledger.relation} releases: pass PrivacyLedger(..., "
             f"relation={config.relation!r}).")
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}.")
+    if padding == "buckets" and config.sampling != "poisson":
+        raise ValueError(f"padding='buckets' applies to Poisson sampling only: {config.sampling} "
+                         "batches have no padding slots to skip; use padding='full'.")
     k = _accumulation(accumulation_steps)
     devices = _devices(mesh, axis)  # an unknown axis name is refused here, before any work
     key, reproducible = noise_key(seed)
@@ -508,6 +624,12 @@ def train(
     sampler = config.sampler()
     kind = "poisson" if isinstance(sampler, PoissonSampler) else "shuffle"
     padded = mesh_lib.padded_size(sampler.max_batch_size, devices * k)
+    lengths = (padded,)
+    if padding == "buckets":
+        # Every length splits into k micro-batches of whole device shards; the last holds all M.
+        multiple = math.lcm(8, devices * k)
+        lengths = prefix_buckets(sampler.max_batch_size, config.expected_batch_size,
+                                 config.dataset_size, multiple=multiple)[:-1] + (padded,)
     chunk = min(log_every, int(steps))
     num_chunks = -(-int(steps) // chunk)
 
@@ -516,7 +638,7 @@ def train(
         ckpt = dpsgd_checkpoint.checkpointer(
             checkpoint_dir,
             dpsgd_checkpoint.fingerprint(config, steps=steps, seed=seed, log_every=log_every,
-                                         state=state, x=x, y=y, loss=loss))
+                                         state=state, x=x, y=y, loss=loss, padding=padding))
 
     traces = []
 
@@ -529,13 +651,22 @@ def train(
             shuffle_idx=shuffle_idx, accumulation_steps=k, padded=padded,
         )
 
+    bucketed = None
+    if padding == "buckets":
+        bucketed = _BucketedChunks(
+            update_fn, chunk=chunk, n=config.dataset_size, q=config.sampling_rate,
+            m=sampler.max_batch_size, padded=padded, lengths=lengths, accumulation_steps=k,
+            mesh=mesh, traces=traces)
     epochs: dict[int, jax.Array] = {}
 
     def run_chunk(state: TrainState, i: int):
         nonlocal epochs
         begin = (i - 1) * chunk
         active = min(chunk, steps - begin)
-        if kind == "shuffle":
+        if bucketed is not None:
+            state, trunc, trunc_b, metrics, totals, finite, slots = bucketed(
+                state, x, y, begin=begin, active=active)
+        elif kind == "shuffle":
             rows = []
             for t in range(begin, begin + chunk):
                 epoch, within = divmod(t, sampler.steps_per_epoch)
@@ -545,12 +676,16 @@ def train(
             shuffle_idx = np.stack(rows)
         else:
             shuffle_idx = np.zeros((chunk, 1), np.int32)
-        # numpy arguments: valid on any mesh, also one over several processes
-        state, trunc, trunc_b, metrics, totals, finite = run(state, x, y, shuffle_idx, np.int32(active))
+        if bucketed is None:
+            # numpy arguments: valid on any mesh, also one over several processes
+            state, trunc, trunc_b, metrics, totals, finite = run(state, x, y, shuffle_idx,
+                                                                 np.int32(active))
+            slots = padded
         done = begin + active
         nonfinite = int(totals["nonfinite"])
         record = {"step": done, **{k: float(v) for k, v in metrics.items()}, "nonfinite": nonfinite,
-                  "truncated_examples": int(trunc), "truncated_batches": int(trunc_b)}
+                  "truncated_examples": int(trunc), "truncated_batches": int(trunc_b),
+                  "slots": float(slots)}
         if not bool(finite) or not np.isfinite(record["loss"]):
             raise FloatingPointError(
                 f"{desc}: {'loss' if bool(finite) else 'parameters'} became non-finite by "
@@ -601,5 +736,5 @@ def train(
         reproducible=reproducible, compilations=len(traces),
         nonfinite_examples=nonfinite_total,
         resumed_from=min(out.resumed_from * chunk, int(steps)),
-        devices=mesh_lib.device_report(mesh),
+        devices=mesh_lib.device_report(mesh), padding=padding, lengths=lengths,
     )
