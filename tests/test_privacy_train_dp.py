@@ -109,3 +109,112 @@ def test_validation_carve_trains_on_the_first_n_and_never_reads_the_test_split(t
     assert "validation accuracy %" in (tmp_path / "results.md").read_text()
     with pytest.raises(ValueError, match="validation_size"):
         train_dp.carve_validation(train.images, train.labels, 300)
+
+
+
+def _tiny_datasets(monkeypatch, n_train=200, n_test=20):
+    import numpy as np
+
+    from ecos_jax.data import ArrayDataset
+
+    rng = np.random.default_rng(0)
+
+    def dataset(n):
+        return ArrayDataset(images=rng.uniform(size=(n, 28, 28, 1)).astype(np.float32),
+                            labels=rng.integers(0, 10, n).astype(np.int32),
+                            domains=np.zeros(n, np.int32), domain_names=("clean",),
+                            num_classes=10, ids=np.arange(n))
+
+    train, test = dataset(n_train), dataset(n_test)
+    monkeypatch.setattr(train_dp, "load_split", lambda data: (train, test))
+
+
+@pytest.mark.slow  # ~15 s idle (scattering and DP-SGD compiles, PLD of the composition)
+def test_dp_normalisation_statistics_compose_with_dpsgd_in_one_ledger(tmp_path, monkeypatch):
+    import dp_accounting
+
+    _tiny_datasets(monkeypatch)
+    # No truncation (M = N): plain Poisson, so RDP calibrates (fast) and can be checked.
+    c = _config(**{"epsilons": (3.0,), "train.epochs": 1, "train.batch_size": 50,
+                   "train.model": "linear", "dp.max_batch_size": 200,
+                   "dp.l2_norm_clip": 0.1, "features.name": "scattering",
+                   "features.normalization": "group_norm_dp_data",
+                   "features.stats_noise_multiplier": 5.0, "features.batch_size": 100,
+                   "features.cache_dir": None})
+    c.progress = False
+    c.privacy.noise_seed = 0
+    (record,) = train_dp.run(c, tmp_path)
+    ledger = json.loads((tmp_path / "ledger_eps3.json").read_text())
+    assert [e["name"] for e in ledger["entries"]] == ["feature_stats", "linear_dpsgd"]
+    assert {e["relation"] for e in ledger["entries"]} == {"add_or_remove_one"}
+    # The total, composed by dp_accounting directly, meets the target: DP-SGD's σ was
+    # calibrated for the composition.
+    sigma = record["noise_multiplier"]
+    acc = dp_accounting.rdp.RdpAccountant()
+    acc.compose(dp_accounting.GaussianDpEvent(5.0)).compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(sigma)), 4))
+    assert 2.99 < acc.get_epsilon(1e-5) <= 3.0 + 1e-6
+    assert 2.99 < float(record["epsilon_rdp"]) <= 3.0 + 1e-6
+    assert record["stats_noise_multiplier"] == 5.0
+    assert "DP statistics" in (tmp_path / "results.md").read_text()
+    saved = json.loads((tmp_path / "feature_stats_eps3.json").read_text())
+    assert len(saved["stats"]["mean"]) == 81 and saved["settings"]["noise_multiplier"] == 5.0
+
+
+def test_dp_normalize_records_its_release_and_a_rerun_reads_it_back(tmp_path):
+    import numpy as np
+
+    from ecos_jax.privacy.ledger import PrivacyLedger
+
+    c = _config(**{"features.name": "scattering", "features.normalization": "dp_data",
+                   "features.stats_noise_multiplier": 5.0, "features.stats_clip_mean": 50.0,
+                   "features.stats_clip_square": 5000.0})
+    rng = np.random.default_rng(0)
+    x_train = (rng.normal(size=(300, 2, 2, 3)) * [1.0, 2.0, 3.0] + [0.0, 5.0, -5.0])
+    x_train = x_train.astype(np.float32)
+    x_test = x_train[:7]
+    ledger = PrivacyLedger(1e-5)
+    path = tmp_path / "feature_stats.json"
+    a, b, info = train_dp.dp_normalize(c.features, x_train, x_test, target=3.0, noise_seed=None,
+                                       ledger=ledger, path=path)
+    (entry,) = ledger.entries
+    assert entry.name == "feature_stats" and entry.relation == "add_or_remove_one"
+    assert entry.event == dp_event_gaussian(5.0) and "sqrt(3)" in entry.sensitivity
+    assert info["stats_noise_multiplier"] == 5.0
+    # Standardised per channel with noisy statistics (near 0 / 1 at N = 300), and the test
+    # split with the same released values.
+    np.testing.assert_allclose(a.mean(axis=(0, 1, 2)), 0.0, atol=0.5)
+    np.testing.assert_allclose(b, a[:7], rtol=1e-6)
+    # A rerun with the same settings trains on the same release (unseeded noise would differ).
+    ledger2 = PrivacyLedger(1e-5)
+    a2, _, _ = train_dp.dp_normalize(c.features, x_train, x_test, target=3.0, noise_seed=None,
+                                     ledger=ledger2, path=path)
+    np.testing.assert_array_equal(a, a2)
+    assert len(ledger2.entries) == 1      # the run's ledger still holds the one release
+    # Other settings: a new release (fresh OS noise), the file rewritten.
+    a3, _, _ = train_dp.dp_normalize(c.features, x_train[:299], x_test, target=3.0,
+                                     noise_seed=None, ledger=None, path=path)
+    assert not np.array_equal(a3[:7], a[:7])
+    assert json.loads(path.read_text())["settings"]["n"] == 299
+    # ε = ∞: the exact statistics, non-private event.
+    ledger3 = PrivacyLedger(1e-5)
+    z, _, _ = train_dp.dp_normalize(c.features, x_train, x_test, target=math.inf,
+                                    noise_seed=None, ledger=ledger3, path=None)
+    np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    assert ledger3.epsilon() == math.inf
+
+
+def dp_event_gaussian(sigma):
+    import dp_accounting
+
+    return dp_accounting.GaussianDpEvent(sigma)
+
+def test_dp_normalisation_is_refused_where_it_cannot_compose():
+    with pytest.raises(ValueError, match="poisson"):
+        train_dp.validate(_config(**{"features.name": "scattering", "dp.sampling": "shuffle",
+                                     "features.normalization": "dp_data"}), n_train=5000)
+    with pytest.raises(ValueError, match="scattering"):
+        train_dp.validate(_config(**{"features.normalization": "dp_data"}), n_train=5000)
+    with pytest.raises(ValueError, match="alone spend"):
+        train_dp.validate(_config(**{"features.name": "scattering", "epsilons": (0.1,),
+                                     "features.normalization": "dp_data"}), n_train=5000)

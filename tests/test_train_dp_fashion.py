@@ -41,6 +41,45 @@ def test_tramer_cnn_shape_params_and_layers_fast_path():
         np.testing.assert_allclose(a, b.sum(0), rtol=1e-4, atol=1e-6)
 
 
+def test_scatter_cnn_shape_params_and_layers_fast_path_match_vmap_grad():
+    model = models.get_model("scatter_cnn", 10)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 7, 7, 81)))
+    assert sum(p.size for p in jax.tree.leaves(params)) == 33_066
+    assert model.apply(params, jnp.ones((2, 7, 7, 81)), features=True).shape == (2, 32)
+    # The per-example path on tiny shapes (same layers, fewer channels: a faster compile).
+    model = models.get_model("scatter_cnn", 3, channels=(2, 3), hidden=4)
+    x = jax.random.normal(jax.random.key(1), (3, 7, 7, 5))
+    y = jnp.arange(3) % 3
+    params = model.init(jax.random.key(0), x[:1])
+    assert model.apply(params, x).shape == (3, 3)
+    # Clipped at a C some examples exceed, so the per-example norms matter, not only the sum.
+    fast, aux = layer_grads.clipped_grad_sum(model, params, x, y, l2_norm_clip=0.3,
+                                             mask=jnp.ones(3))
+
+    def loss(p, xi, yi):
+        return layer_grads.softmax_xent(model.apply(p, xi[None]), yi[None])[0]
+
+    ref = [np.asarray(g, np.float64) for g in
+           jax.tree.leaves(per_sample.per_example_grads(loss, params, x, y))]
+    norms = np.sqrt(sum(np.sum(g.reshape(3, -1) ** 2, axis=1) for g in ref))
+    np.testing.assert_allclose(aux["norms"], norms, rtol=1e-4)
+    assert norms.max() > 0.3
+    w = np.minimum(1.0, 0.3 / norms)
+    for a, b in zip(jax.tree.leaves(fast), ref):
+        np.testing.assert_allclose(a, np.tensordot(w, b, axes=1), rtol=1e-4, atol=1e-6)
+
+
+def test_scatter_cnn_variant_is_the_scatter_settings_with_the_cnn():
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    from configs import train_dp as cfg_lib
+
+    c = cfg_lib.get_config("fashion_scatter_cnn")
+    assert c.train.model == "scatter_cnn" and c.features.name == "scattering"
+    assert c.train.batch_size == 8192 and c.epsilons == (3.0,)
+    assert c.features.normalization == "group_norm"
+
+
 def test_linear_model_on_features():
     model = models.get_model("linear", 10)
     params = model.init(jax.random.key(0), jnp.zeros((1, 7, 7, 81)))
