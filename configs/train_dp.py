@@ -96,6 +96,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Chunks of log_every steps between test-accuracy points of the time-to-accuracy curve
     # (None: the final accuracy only). The curve is read, never used to pick a model.
     c.eval_every = config_dict.placeholder(int)
+    # > 0: also evaluate the mean of the chunk-end parameters over the last average_tail of the
+    # steps (tail averaging of the iterates: post-processing, no privacy cost), reported as
+    # test_accuracy_tail_average beside the final model's. 0: off.
+    c.average_tail = 0.0
 
     c.data = base.data(test_fraction=0.2)   # or a prepared tfds catalogue name, e.g. "mnist"
     # True: the dataset's own train / test splits (fashion_mnist, tfds names) instead of a

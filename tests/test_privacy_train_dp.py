@@ -97,10 +97,13 @@ def test_validation_carve_trains_on_the_first_n_and_never_reads_the_test_split(t
 
     monkeypatch.setattr(train_dp.training, "evaluate", evaluate)
     c = _config(**{"epsilons": (math.inf,), "train.epochs": 1, "train.batch_size": 50,
-                   "train.model": "linear", "data.validation_size": 100})
+                   "train.model": "linear", "data.validation_size": 100, "average_tail": 0.5})
     c.progress = False
     c.privacy.noise_seed = 0
     (record,) = train_dp.run(c, tmp_path)
+    # The tail average is read on the same validation carve (one chunk end here).
+    assert record["tail_average_points"] == 1
+    assert record["test_accuracy_tail_average"] == record["test_accuracy"]
     # T = epochs · (N - n) / batch: trained on the first 200 only.
     assert record["steps"] == 4 and record["sampling_rate"] == 50 / 200
     assert record["eval_split"].startswith("validation")
@@ -218,3 +221,17 @@ def test_dp_normalisation_is_refused_where_it_cannot_compose():
     with pytest.raises(ValueError, match="alone spend"):
         train_dp.validate(_config(**{"features.name": "scattering", "epsilons": (0.1,),
                                      "features.normalization": "dp_data"}), n_train=5000)
+
+
+def test_tail_average_is_the_mean_of_the_chunk_end_parameters_after_its_start():
+    import numpy as np
+
+    hook = train_dp.TailAverage(start_step=20)
+    assert hook.params() is None
+    for step, w in ((10, 100.0), (20, 50.0), (30, 1.0), (40, 2.0), (50, 6.0)):
+        state = type("S", (), {"params": {"w": np.full((2,), w, np.float32)}})()
+        hook(state, {"step": step})
+    assert hook.count == 3
+    np.testing.assert_allclose(hook.params()["w"], [3.0, 3.0])
+    with pytest.raises(ValueError, match="average_tail"):
+        train_dp.validate(_config(average_tail=1.0), n_train=5000)

@@ -103,6 +103,8 @@ def validate(config: ml_collections.ConfigDict, n_train: int) -> int:
         raise ValueError(f"checkpoint_every must be >= 1 or None, got {config.checkpoint_every}.")
     if not config.num_seeds >= 1:
         raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}.")
+    if not 0.0 <= (config.get("average_tail") or 0.0) < 1.0:
+        raise ValueError(f"average_tail must be in [0, 1), got {config.average_tail}.")
     if config.eval_every is not None and config.eval_every < 1:
         raise ValueError(f"eval_every must be >= 1 or None, got {config.eval_every}.")
     f = config.features
@@ -232,6 +234,34 @@ def dp_normalize(features: ml_collections.ConfigDict, x_train, x_test, *, target
     return normalization.normalize(x_train, stats), normalization.normalize(x_test, stats), info
 
 
+class TailAverage:
+    """A training-loop hook: the mean of the parameters at the chunk ends after `start_step`
+    (Polyak-Ruppert tail averaging of the iterates).
+
+    Free in privacy: DP-SGD's accounting covers every iterate (each is computed from the noisy
+    gradients already accounted), so any function of them is post-processing. The sum is kept
+    in float64 on the host; a resumed run averages the chunks trained since it resumed
+    (`count` says how many)."""
+
+    def __init__(self, start_step: int):
+        self.start_step = start_step
+        self.count = 0
+        self._sum = None
+
+    def __call__(self, state, record: dict) -> None:
+        if record["step"] <= self.start_step:
+            return
+        p = jax.tree.map(lambda a: np.asarray(a, np.float64), state.params)
+        self._sum = p if self._sum is None else jax.tree.map(np.add, self._sum, p)
+        self.count += 1
+
+    def params(self):
+        """The averaged parameters (float32), or None before any chunk was averaged."""
+        if not self.count:
+            return None
+        return jax.tree.map(lambda a: (a / self.count).astype(np.float32), self._sum)
+
+
 class TimeToAccuracy:
     """A training-loop hook: test accuracy every `every` chunks and at `last_step`, against
     the training wall time since the first chunk began (the evaluations' own time excluded).
@@ -330,6 +360,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
             lambda p, x_eval=x_eval: training.evaluate(model, p, x_eval, y_test,
                                                        batch_size=config.eval_batch_size),
             every=config.eval_every, last_step=steps)
+        # average_tail > 0: the mean of the chunk-end iterates over the last average_tail of
+        # the steps, evaluated beside the final model (post-processing: no privacy cost).
+        tail = config.get("average_tail") or 0.0
+        averager = TailAverage(start_step=int(round((1.0 - tail) * steps))) if tail else None
         # Metrics one JSON line per chunk of log_every steps; a resumed run appends the
         # chunks it trains after its checkpoint.
         with JsonlWriter(workdir / "metrics.jsonl", run=tag) as metrics:
@@ -338,6 +372,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
                 make_optimizer(config.train), steps=steps, seed=noise_seed, ledger=ledger, mesh=mesh,
                 name=f"{config.train.model}_dpsgd", log_every=config.log_every,
                 hooks=[training.WriteMetrics(metrics, key="step"), curve,
+                       *([averager] if averager else []),
                        *progress.bar(config.progress, f"ε={_label(target)}", steps, key="step")],
                 desc=f"ε={_label(target)}", checkpoint_dir=ckpt, checkpoint_every=config.checkpoint_every,
             )
@@ -360,6 +395,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
             "curve": curve.points,
             "normalization": config.features.normalization, **stats_info,
         }
+        if averager is not None and averager.count:
+            record["test_accuracy_tail_average"] = training.evaluate(
+                model, averager.params(), x_eval, y_test, batch_size=config.eval_batch_size)
+            record["tail_average_points"] = averager.count
         records.append(record)
         log.info("ε=%s seed %d: σ=%.3f, accuracy %.2f%%, %.0f s", record["target_epsilon"], seed,
                  sigma, 100 * acc, record["seconds"])
@@ -386,6 +425,11 @@ def write_outputs(config, workdir: Path, records: list[dict], n_train: int, n_te
     rows = [[r["target_epsilon"].replace("inf", "∞"), r["seed"], f"{r['noise_multiplier']:.3f}",
              fmt(r["epsilon_rdp"]), fmt(r["epsilon_pld"]), f"{100 * r['test_accuracy']:.2f}",
              f"{r['train_loss']:.3f}", f"{r['seconds']:.0f}"] for r in records]
+    if any("test_accuracy_tail_average" in r for r in records):
+        header.insert(6, f"{split} accuracy %, tail average")
+        for row, r in zip(rows, records):
+            avg = r.get("test_accuracy_tail_average")
+            row.insert(6, "-" if avg is None else f"{100 * avg:.2f}")
     r0 = records[0]
     text = (
         f"# DP-SGD accuracy vs ε ({config.data.name}, {config.train.model}, {n_train} train / "
@@ -439,4 +483,4 @@ def _finite_json(value):
     return value
 
 
-__all__ = ["DP_NORMALIZATIONS", "NORMALIZATIONS", "carve_validation", "dp_normalize", "make_optimizer", "run", "validate", "write_outputs"]
+__all__ = ["DP_NORMALIZATIONS", "NORMALIZATIONS", "TailAverage", "carve_validation", "dp_normalize", "make_optimizer", "run", "validate", "write_outputs"]
