@@ -110,3 +110,16 @@ def test_calibrate_after_composes_to_the_target_checked_with_dp_accounting():
     assert normalization.calibrate_after(prefix, sgd, math.inf, delta) == 0.0
     with pytest.raises(ValueError, match="alone spend"):
         normalization.calibrate_after(normalization.event(0.5), sgd, 2.0, delta, "rdp")
+
+
+def test_audit_bounds_the_release_below_its_claim_and_catches_the_broken_control():
+    from ecos_jax.privacy import audit
+
+    kw = dict(trials=300, confidence=0.99, control_factor=8)
+    real, control = (audit.audit_normalization(1.0, control=c, **kw) for c in (False, True))
+    assert real.claimed_epsilon == pytest.approx(1.0, abs=1e-3)
+    assert real.relation == "add_or_remove_one"
+    assert real.details["l2_sensitivity"] == pytest.approx(math.sqrt(3))
+    assert real.epsilon_lower_bound <= real.claimed_epsilon
+    assert control.epsilon_lower_bound > control.claimed_epsilon    # sensitivity x8 caught
+    assert "feature_stats" in audit.AUDITS

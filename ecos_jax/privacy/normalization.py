@@ -59,7 +59,8 @@ class ChannelStats:
 
     mean, var: `[F]`; count: the noisy count n̂ (≥ 1); clipped_mean, clipped_square: the
     fraction of examples whose moment vector was clipped (NOT private: for the log only, never
-    released); noise_multiplier: σ (0: exact, non-private)."""
+    released); noise_multiplier: σ (0: exact, non-private); released: the noisy sum `[2F + 1]`
+    itself (what the mechanism releases; mean, var and count are computed from it)."""
 
     mean: np.ndarray
     var: np.ndarray
@@ -69,6 +70,7 @@ class ChannelStats:
     clip_square: float
     clipped_mean: float = 0.0
     clipped_square: float = 0.0
+    released: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         """The released values (mean, var, count) and settings, JSON-ready."""
@@ -142,7 +144,7 @@ def from_noisy_sum(noisy: np.ndarray, *, clip_mean: float, clip_square: float,
     var = np.maximum(square - mean ** 2, floor)
     return ChannelStats(mean=mean, var=var, count=count, noise_multiplier=float(noise_multiplier),
                         clip_mean=float(clip_mean), clip_square=float(clip_square),
-                        clipped_mean=clipped[0], clipped_square=clipped[1])
+                        clipped_mean=clipped[0], clipped_square=clipped[1], released=noisy)
 
 
 def normalize(features: np.ndarray, stats: ChannelStats, eps: float = 1e-5) -> np.ndarray:

@@ -8,6 +8,7 @@
   knn.py        private kNN / GNMax labels (`private_knn_labels`)           audit_knn
   scores.py     valuation-score releases (`release_vog`, old min-max path)  audit_scores
   dpsgd.py      DP-SGD with a gradient canary (`make_dp_step`, `train`)     audit_dpsgd
+  normalization.py  DP normalisation statistics (`normalization.release`)   audit_normalization
 
 Each `audit_*` runs the real release through the public API many times on two neighbouring
 inputs, bounds ε from an attack score, and returns it beside the ε the release's own ledger
@@ -33,12 +34,14 @@ from ecos_jax.privacy.audit.estimator import (
     gaussian_epsilon,
 )
 from ecos_jax.privacy.audit.knn import audit_knn
+from ecos_jax.privacy.audit.normalization import audit_normalization
 from ecos_jax.privacy.audit.result import AuditResult, ledger_claims
 from ecos_jax.privacy.audit.scores import audit_scores
 
 AUDITS = {"ecos_coverage": audit_coverage, "private_knn_labels": audit_knn,
-          "vog_release": audit_scores, "dpsgd": audit_dpsgd}
+          "vog_release": audit_scores, "dpsgd": audit_dpsgd,
+          "feature_stats": audit_normalization}
 
 __all__ = ["AUDITS", "AuditResult", "EpsilonBound", "audit_coverage", "audit_dpsgd", "audit_knn",
-           "audit_scores", "clopper_pearson", "epsilon_at_threshold", "epsilon_lower_bound",
+           "audit_normalization", "audit_scores", "clopper_pearson", "epsilon_at_threshold", "epsilon_lower_bound",
            "gaussian_epsilon", "ledger_claims"]
