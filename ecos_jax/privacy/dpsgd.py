@@ -79,8 +79,41 @@ log = logging.getLogger(__name__)
 
 GRAD_METHODS = clipped_grads.METHODS
 # How `train` runs a Poisson batch's M slots: "full", every step at M in one compiled scan per
-# chunk; "buckets", each step on the shortest of a few static prefixes holding its sampled rows.
+# chunk; "buckets", each step on the shortest of a few static prefixes holding its sampled rows
+# (or a sequence of prefix lengths, chosen by the caller).
 PADDINGS = ("full", "buckets")
+
+
+def prefix_lengths(padding, *, max_batch_size: int, expected_batch_size: float,
+                   dataset_size: int, multiple: int = 1) -> tuple[int, ...]:
+    """The static batch lengths `train(..., padding=padding)` runs a Poisson step at.
+
+    "full": `(M',)`, M' = M rounded up to a multiple of `multiple` (k·devices). "buckets":
+    `sampling.prefix_buckets` (q·N + k std for k in -0.5, 0.5, 1.5, 2.5, rounded up to a
+    multiple of lcm(8, `multiple`); none when M has fewer than 64 padding slots) then M'. A
+    sequence of ints in [1, M): those lengths rounded up to a multiple of `multiple`, then M'.
+
+    Raises:
+      ValueError: another string, or lengths that are not increasing ints in [1, M).
+    """
+    m = int(max_batch_size)
+    padded = multiple * -(-m // multiple)
+    if isinstance(padding, str):
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS} or a sequence of prefix "
+                             f"lengths, got {padding!r}.")
+        if padding == "full":
+            return (padded,)
+        raw = prefix_buckets(m, expected_batch_size, dataset_size,
+                             multiple=math.lcm(8, multiple))[:-1]
+    else:
+        raw = tuple(padding)
+        ok = all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in raw)
+        if not raw or not ok or list(raw) != sorted(set(raw)) or not 1 <= raw[0] <= raw[-1] < m:
+            raise ValueError(f"padding lengths must be increasing ints in [1, M={m}), got "
+                             f"{padding!r}.")
+    rounded = {multiple * -(-int(n) // multiple) for n in raw}
+    return tuple(sorted(n for n in rounded if n < padded)) + (padded,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +357,7 @@ class DPTrainResult:
     nonfinite_examples: int = 0
     resumed_from: int = 0
     devices: dict = dataclasses.field(default_factory=dict)
-    padding: str = "full"
+    padding: str | tuple[int, ...] = "full"
     lengths: tuple[int, ...] = ()
 
 
@@ -497,7 +530,7 @@ def train(
     mesh: Mesh | None = None,
     axis: str = mesh_lib.DATA_AXIS,
     accumulation_steps: int = 1,
-    padding: str = "full",
+    padding: str | Sequence[int] = "full",
 ) -> DPTrainResult:
     """Trains with DP-SGD for `steps` steps and records the release in `ledger`.
 
@@ -571,8 +604,9 @@ def train(
         split over the devices): a step's per-example memory is that of M/k rows; the
         accounting is unchanged (T logical steps at rate q). With "buckets" each prefix length
         is a multiple of k·devices and is split into k micro-batches.
-      padding: "full" or "buckets" (see Padding above); "buckets" with shuffled batches, which
-        have no padding slots, is refused (ValueError).
+      padding: "full", "buckets" (see Padding above) or a sequence of prefix lengths in
+        [1, M) to use instead of the default buckets (`prefix_lengths`); anything but "full"
+        with shuffled batches, which have no padding slots, is refused (ValueError).
 
     Returns:
       `DPTrainResult` with the final params, per-chunk history (means per step, except
@@ -600,13 +634,17 @@ def train(
             f"{config.sampling} sampling is accounted under {config.relation} but the ledger "
             f"composes {ledger.relation} releases: pass PrivacyLedger(..., "
             f"relation={config.relation!r}).")
-    if padding not in PADDINGS:
-        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}.")
-    if padding == "buckets" and config.sampling != "poisson":
-        raise ValueError(f"padding='buckets' applies to Poisson sampling only: {config.sampling} "
-                         "batches have no padding slots to skip; use padding='full'.")
     k = _accumulation(accumulation_steps)
     devices = _devices(mesh, axis)  # an unknown axis name is refused here, before any work
+    sampler = config.sampler()
+    lengths = prefix_lengths(padding, max_batch_size=sampler.max_batch_size,
+                             expected_batch_size=config.expected_batch_size,
+                             dataset_size=config.dataset_size, multiple=devices * k)
+    bucketed_run = not (isinstance(padding, str) and padding == "full")
+    if bucketed_run and config.sampling != "poisson":
+        raise ValueError(f"padding={padding!r} applies to Poisson sampling only: "
+                         f"{config.sampling} batches have no padding slots to skip; use "
+                         "padding='full'.")
     key, reproducible = noise_key(seed)
     if mesh is not None:
         key = parallel_dpsgd.shared_key(key)  # several processes: process 0's key everywhere
@@ -621,15 +659,9 @@ def train(
     else:  # every device (every process) holds the whole dataset; batches are gathered from it
         state = mesh_lib.replicate(mesh, state)
         x, y = mesh_lib.replicate(mesh, (np.asarray(x), np.asarray(y)))
-    sampler = config.sampler()
     kind = "poisson" if isinstance(sampler, PoissonSampler) else "shuffle"
     padded = mesh_lib.padded_size(sampler.max_batch_size, devices * k)
-    lengths = (padded,)
-    if padding == "buckets":
-        # Every length splits into k micro-batches of whole device shards; the last holds all M.
-        multiple = math.lcm(8, devices * k)
-        lengths = prefix_buckets(sampler.max_batch_size, config.expected_batch_size,
-                                 config.dataset_size, multiple=multiple)[:-1] + (padded,)
+    assert lengths[-1] == padded  # every length splits into k micro-batches of whole shards
     chunk = min(log_every, int(steps))
     num_chunks = -(-int(steps) // chunk)
 
@@ -638,7 +670,8 @@ def train(
         ckpt = dpsgd_checkpoint.checkpointer(
             checkpoint_dir,
             dpsgd_checkpoint.fingerprint(config, steps=steps, seed=seed, log_every=log_every,
-                                         state=state, x=x, y=y, loss=loss, padding=padding))
+                                         state=state, x=x, y=y, loss=loss,
+                                         padding=lengths if bucketed_run else "full"))
 
     traces = []
 
@@ -652,7 +685,7 @@ def train(
         )
 
     bucketed = None
-    if padding == "buckets":
+    if bucketed_run:
         bucketed = _BucketedChunks(
             update_fn, chunk=chunk, n=config.dataset_size, q=config.sampling_rate,
             m=sampler.max_batch_size, padded=padded, lengths=lengths, accumulation_steps=k,
@@ -736,5 +769,7 @@ def train(
         reproducible=reproducible, compilations=len(traces),
         nonfinite_examples=nonfinite_total,
         resumed_from=min(out.resumed_from * chunk, int(steps)),
-        devices=mesh_lib.device_report(mesh), padding=padding, lengths=lengths,
+        devices=mesh_lib.device_report(mesh),
+        padding=padding if isinstance(padding, str) else tuple(int(n) for n in padding),
+        lengths=lengths,
     )

@@ -31,17 +31,19 @@ PyTree = Any
 
 
 def fingerprint(config, *, steps: int, seed: int | None, log_every: int, state: PyTree,
-                x, y, loss, padding: str = "full") -> dict:
+                x, y, loss, padding="full") -> dict:
     """What must match for a checkpoint to belong to this run (JSON-ready).
 
     Floats are written with `repr`, which round-trips exactly, so σ = 1.1 and σ = 1.1000001
-    are different runs. `padding` (`dpsgd.train`'s) is recorded only when it is not "full",
+    are different runs. `padding` ("full", or the prefix lengths a bucketed `dpsgd.train`
+    runs at) is recorded only when it is not "full",
     so checkpoints written before the option existed still resume: the two paths agree only
     to float tolerance, and a run resumes bit for bit only on the path that wrote it.
     """
     fields = {f.name: repr(getattr(config, f.name)) for f in dataclasses.fields(config)}
     fields["max_batch_size"] = repr(config.sampler().max_batch_size)  # the resolved M
-    extra = {} if padding == "full" else {"padding": padding}
+    extra = {} if isinstance(padding, str) and padding == "full" else {
+        "padding": padding if isinstance(padding, str) else [int(n) for n in padding]}
     return {
         **extra,
         "config": fields,
