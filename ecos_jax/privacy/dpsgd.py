@@ -8,8 +8,9 @@ built from composable pieces: `clipped_grads.clipped_grad` (the param-shaped cli
 sensitivity C; per-example work from layer inputs and output gradients, default, or from
 `vmap(grad)`, any model), then `noise.add_gaussian_noise` (an optax transform taking C from
 that function), then the optimiser. `train` runs many such steps over
-Poisson-sampled, fixed-shape padded batches in one compiled `lax.scan`, counts truncated
-batches, and records the DpEvent of the sampler that runs in a `PrivacyLedger`: truncated
+Poisson-sampled, fixed-shape padded batches in one compiled `lax.scan` (or, with
+`padding="buckets"`, the same batches each on the shortest static prefix that holds its
+sampled rows, dispatched from the host), counts truncated batches, and records the DpEvent of the sampler that runs in a `PrivacyLedger`: truncated
 Poisson (PLD only) whenever the batch has fewer slots than N, in every run, whether or not a
 batch was cut.
 

@@ -12,14 +12,16 @@ subset of them is kept (the truncated Poisson sampler that
     >>> x[batch.indices], batch.mask, batch.truncated
 
 `poisson_batch` puts the sampled rows first (the smallest u_i), so a step need not compute all
-M slots: `on_shortest_prefix(step, prefix_buckets(...))` runs it on the shortest of a few static
-prefix lengths that holds every sampled row (one `lax.switch`, one compiled branch per length;
-q·N + 0.6 std rows expected instead of q·N + 5 std), with the same batch and so the same
-recorded sampler. DP-SGD does not use it: on XLA:CPU the CNN's clipped sum inside a
+M slots, only the shortest of a few static prefix lengths (`prefix_buckets`; q·N + 0.6 std
+rows expected instead of q·N + 5 std) that holds every sampled row, with the same batch and so
+the same recorded sampler. `dpsgd.train(..., padding="buckets")` does this from the host: it
+reads each batch's row count and dispatches one compiled step per length.
+`on_shortest_prefix(step, prefix_buckets(...))` does it inside one compiled step with a
+`lax.switch`; DP-SGD does not use that: on XLA:CPU the CNN's clipped sum inside a
 conditional ran 2x slower than the same computation outside one (median of 9, B = 256: 571 ms
 in `lax.cond` with two identical branches vs 284 ms direct, load 12-23), which outweighs the
-1.32x of padding at q·N = 256. It is exact and tested, for a step dispatched per length from
-the host or a backend whose conditionals cost nothing (not measured here).
+1.32x of padding at q·N = 256. It is exact and tested, for a backend whose conditionals cost
+nothing (not measured here).
 
 Shuffled fixed-size batches (`ShuffleSampler`) cut a fresh permutation into ⌊N/B⌋ batches per
 epoch; they get no amplification-by-sampling credit (see `accounting.dpsgd_event`).
