@@ -148,6 +148,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dp.clipping = "flat"          # "flat" | "per_layer"
     c.dp.grad_method = "layers"     # "layers" (fast) | "vmap" (any model)
     c.dp.microbatch_size = config_dict.placeholder(int)
+    # Poisson slots per step: "full" (all M) | "buckets" (the shortest of a few static prefixes
+    # holding the sampled rows; same batches and ledger entry: `dpsgd.train`'s padding)
+    c.dp.padding = "full"
     # ε = ∞: False drops clipping and noise (plain SGD); True keeps the clipping at C, σ = 0.
     c.dp.clip_nonprivate = False
 

@@ -99,6 +99,10 @@ def validate(config: ml_collections.ConfigDict, n_train: int) -> int:
         grad_method=config.dp.grad_method, microbatch_size=config.dp.microbatch_size,
         max_batch_size=config.dp.max_batch_size,
     )
+    if config.dp.padding not in dpsgd.PADDINGS:
+        raise ValueError(f"dp.padding must be one of {dpsgd.PADDINGS}, got {config.dp.padding!r}.")
+    if config.dp.padding != "full" and config.dp.sampling != "poisson":
+        raise ValueError("dp.padding='buckets' applies to Poisson sampling only.")
     if config.checkpoint_every is not None and config.checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 or None, got {config.checkpoint_every}.")
     if not config.num_seeds >= 1:
@@ -375,6 +379,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
                        *([averager] if averager else []),
                        *progress.bar(config.progress, f"ε={_label(target)}", steps, key="step")],
                 desc=f"ε={_label(target)}", checkpoint_dir=ckpt, checkpoint_every=config.checkpoint_every,
+                padding=config.dp.padding,
             )
         ledger.save(workdir / f"ledger_{tag}.json")
         acc = training.evaluate(model, result.params, x_eval, y_test,
