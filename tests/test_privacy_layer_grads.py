@@ -1,4 +1,6 @@
 """Per-example gradients from layer inputs/output grads equal vmap(grad) on the real models."""
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -100,14 +102,15 @@ def test_strided_valid_and_gram_norm_branch():
         @nn.compact
         def __call__(self, x):
             x = nn.relu(nn.Conv(8, (2, 2), strides=2, padding="VALID")(x))  # 10x10 -> 5x5
-            x = nn.Conv(16, (3, 3), padding="VALID", use_bias=False)(x)  # T = 9: Gram norms
+            x = nn.Conv(32, (4, 4), padding="VALID", use_bias=False)(x)  # T = 4: Gram norms
             return nn.Dense(4)(x.reshape(x.shape[0], -1))
 
     model = Net()
     x = RNG.normal(size=(B, 10, 10, 1)).astype(np.float32)
     y = np.arange(B) % 4
     params = jax.jit(model.init)(jax.random.key(0), x[:1])
-    assert not layer_grads._materialise(t=9, k=72, c=16)
+    assert not layer_grads._materialise(t=4, k=128, c=32)
+    assert layer_grads._materialise(t=25, k=256, c=32)  # tramer_cnn's second conv
 
     @jax.jit
     def run(params):
@@ -222,3 +225,57 @@ def test_nonfinite_recompute_in_row_chunks(monkeypatch):
     (got, aux), (want, _) = jax.jit(clipped)(bad, MASK), jax.jit(clipped)(x, keep)
     _close(got, want, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(aux["nonfinite"], [True, False, False, False, True, False])
+
+
+
+def _layers(model, params, x, y):
+    """The tape's layer records, from tracing alone (no compile)."""
+    out = {}
+    jax.eval_shape(lambda p: out.update(
+        layer_grads._tape(model, p, x, y, layer_grads.softmax_xent)[0]), params)
+    return list(out.values())
+
+
+def test_tramer_cnn_first_conv_runs_from_one_hot_patches():
+    # tramer_cnn's first conv (8x8 stride 2, pad 2, one input channel: 64 taps) runs as its
+    # one-hot patches times the kernel, recorded as patches; its second (16 channels) does not.
+    # tests/test_train_dp_fashion.py checks its sum against vmap(grad); the slow test below
+    # its clipped sum and norms.
+    model, params, x, y = _setup("tramer_cnn", 16)
+    layers = _layers(model, params, x, y)
+    assert [layer.patched for layer in layers] == [True, False, False, False]
+    assert math.prod(layers[0].kernel_size) >= layer_grads._ONE_HOT_MIN_TAPS
+
+
+@pytest.mark.slow
+def test_tramer_cnn_matches_vmap_grad():
+    model, params, x, y = _setup("tramer_cnn", 16)
+    _check(_both_ways(model, full=False)(params, x, y))
+
+
+def test_patched_conv_equals_the_conv_and_only_for_the_model_input():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            a = nn.Conv(2, (3, 3), strides=2, padding="SAME")(x)  # patched: slices (9 taps)
+            b = nn.Conv(2, (5, 4), padding=((1, 2), (0, 1)), use_bias=False)(x)  # one-hot
+            c = nn.Conv(2, (2, 2))(jnp.tanh(x))  # not the model input itself: left alone
+            return a.sum((1, 2)) + b.mean((1, 2)) + c.mean((1, 2))
+
+    model = Net()
+    x = RNG.normal(size=(B, 7, 6, 1)).astype(np.float32)
+    y = np.arange(B) % 2
+    params = jax.jit(model.init)(jax.random.key(0), x[:1])
+    assert [layer.patched for layer in _layers(model, params, x, y)] == [True, True, False]
+
+    @jax.jit
+    def run(params):
+        ref = per_sample.per_example_grads(per_sample.example_loss(model), params, x, y)
+        got = layer_grads.clipped_grad_sum(model, params, x, y, l2_norm_clip=0.3, mask=MASK)
+        logits = layer_grads._tape(model, params, x, y, layer_grads.softmax_xent)[3]
+        return clipping.clipped_sum(ref, 0.3, mask=MASK), got, logits, model.apply(params, x)
+
+    (want, want_norms), (got, aux), logits, want_logits = run(params)
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
+    _close(got, want)
+    _close(aux["norms"], want_norms)

@@ -10,8 +10,8 @@ gradient δ_i = ∂ℓ_i/∂y_i:
 One forward pass records each layer's input (`sow`) and adds a zero perturbation to its output
 (`perturb`); one backward pass to those perturbations gives every δ at once, and never forms
 weight gradients. From (a, δ) we get each example's gradient norm, either from a materialised
-per-example gradient [B, K, C] (cheap when T·K·C is small) or from Gram matrices
-Σ_{t,s}(p_t·p_s)(δ_t·δ_s) without materialising it (when T² (K + C) is smaller), and then the
+per-example gradient [B, K, C] or from Gram matrices Σ_{t,s}(p_t·p_s)(δ_t·δ_s) without
+materialising it (when T² (K + C) < K·C: few positions, a large kernel), and then the
 clipped sum Σ_i w_i ∇ℓ_i directly, with w_i = m_i·min(1, C/‖∇ℓ_i‖). This is the "book-keeping"
 / mixed ghost-clipping formulation (Bu et al. 2022, Li et al. 2022), and it replaces XLA's
 CPU backward-filter convolution, which is several times slower than its forward one, by
@@ -79,6 +79,8 @@ class _Layer:
     kernel_size: tuple[int, ...] = ()
     strides: tuple[int, ...] = ()
     padding: tuple[tuple[int, int], ...] = ()
+    # True: the recorded input is already the conv's patches `[B, T, K]` (see `_make_tape`).
+    patched: bool = False
 
 
 def _conv_layer(mod: nn.Conv, x: jax.Array) -> _Layer:
@@ -108,8 +110,15 @@ def _conv_layer(mod: nn.Conv, x: jax.Array) -> _Layer:
     return _Layer(path, "conv", mod.use_bias, ks, strides, tuple(map(tuple, pads)))
 
 
-def _make_tape(layers: dict) -> Callable:
-    """A flax interceptor recording Dense/Conv inputs and perturbing their outputs."""
+def _make_tape(layers: dict, model_input: jax.Array | None = None) -> Callable:
+    """A flax interceptor recording Dense/Conv inputs and perturbing their outputs.
+
+    A conv applied to `model_input` itself with fewer than `_SHIFTED_MIN_CHANNELS` input
+    channels (the first conv on images) is computed as its patches times the kernel, and its
+    patches are recorded in place of its input: the norm and the sum need those patches anyway,
+    no gradient flows back to the input, and the product is cheaper than XLA:CPU's own
+    convolution there (`_patched_conv`).
+    """
 
     def interceptor(next_fun, args, kwargs, context):
         mod = context.module
@@ -126,6 +135,12 @@ def _make_tape(layers: dict) -> Callable:
             layers[path] = _Layer(path, "dense", mod.use_bias)
         else:
             layers[path] = _conv_layer(mod, x)
+        if (model_input is not None and x is model_input and layers[path].kind == "conv"
+                and x.shape[-1] < _SHIFTED_MIN_CHANNELS):
+            layers[path] = dataclasses.replace(layers[path], patched=True)
+            patches, y = _patched_conv(mod, layers[path], x)
+            mod.sow(_INPUTS, "x", patches)
+            return mod.perturb("y", y, collection=_PERTURB)
         mod.sow(_INPUTS, "x", x)
         return mod.perturb("y", next_fun(*args, **kwargs), collection=_PERTURB)
 
@@ -164,15 +179,53 @@ def _conv_views(x: jax.Array, layer: _Layer) -> list[jax.Array]:
     ]
 
 
+# Above this many kernel taps a one-channel conv's patches come from XLA's one-hot patch
+# convolution, below it from strided slices. Measured on 2 CPU cores at batch 2048 (load
+# 9-16): 28x28x1, 3x3 stride 1 (9 taps): slices 178 ms, one-hot 320 ms; 28x28x1, 8x8 stride 2
+# pad 2 (64 taps, tramer_cnn's first conv): slices 515 ms, one-hot 264 ms (64 strided views of
+# a 1-channel image stack slowly; space-to-depth first and 16 views of 4 channels: 345 ms).
+_ONE_HOT_MIN_TAPS = 16
+
+
 def _patches(x: jax.Array, layer: _Layer) -> jax.Array:
     """Input patches under each conv output: `[B, H, W, Cin] -> [B, Ho*Wo, kh*kw*Cin]`.
 
-    Built from strided slices (plain data movement), not `conv_general_dilated_patches`, which
-    XLA runs as a convolution with a one-hot kernel.
+    Features in (kh, kw, Cin) order, matching an HWIO kernel reshaped to `[K, C]`. Built from
+    strided slices (plain data movement), except for one input channel and many taps, where
+    `conv_general_dilated_patches` (a convolution with a one-hot kernel; its (Cin, kh, kw)
+    feature order is (kh, kw) for Cin = 1) is faster (`_ONE_HOT_MIN_TAPS`).
     """
+    if x.shape[-1] == 1 and math.prod(layer.kernel_size) >= _ONE_HOT_MIN_TAPS:
+        p = lax.conv_general_dilated_patches(x, layer.kernel_size, layer.strides, layer.padding,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return p.reshape(x.shape[0], -1, p.shape[-1])
     views = _conv_views(x, layer)
     b, ho, wo, c = views[0].shape
     return jnp.stack(views, axis=3).reshape(b, ho * wo, len(views) * c)
+
+
+def _out_hw(layer: _Layer, x_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(Ho, Wo) of a conv on `[B, H, W, Cin]` inputs."""
+    return tuple(
+        (n + lo + hi - k) // s + 1
+        for n, (lo, hi), k, s in zip(x_shape[1:3], layer.padding, layer.kernel_size, layer.strides)
+    )
+
+
+def _patched_conv(mod: nn.Conv, layer: _Layer, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(patches `[B, T, K]`, output `[B, Ho, Wo, C]`) of `mod` on `x`, the output as
+    patches · kernel (+ bias): the conv's values to float rounding. For a first conv on
+    1-channel images this is cheaper than XLA:CPU's convolution, which ran 28x28x1 -> 16 (3x3
+    SAME) in 415 ms where the slice patches took 178 ms at batch 2048 (load 16), and the
+    patches are what the per-example norm and the clipped sum read."""
+    kernel = mod.get_variable("params", "kernel")
+    patches = _patches(x, layer)
+    b, k, c = x.shape[0], patches.shape[-1], kernel.shape[-1]
+    y = jnp.dot(patches.reshape(-1, k), kernel.reshape(k, c), precision=mod.precision)
+    y = y.reshape(b, *_out_hw(layer, x.shape), c)
+    if layer.has_bias:
+        y = y + mod.get_variable("params", "bias")
+    return patches, y.astype(jnp.result_type(x, kernel))
 
 
 def _layer_factors(layer: _Layer, a: jax.Array, d: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -186,8 +239,10 @@ def _layer_factors(layer: _Layer, a: jax.Array, d: jax.Array) -> tuple[jax.Array
 
 def _dims(layer: _Layer, a: jax.Array, d: jax.Array) -> tuple[int, int, int]:
     """(T, K, C): positions per example, kernel fan-in, output channels."""
-    if layer.kind == "conv":
+    if layer.kind == "conv" and not layer.patched:
         return d.shape[1] * d.shape[2], math.prod(layer.kernel_size) * a.shape[-1], d.shape[-1]
+    if layer.kind == "conv":
+        return a.shape[1], a.shape[2], d.shape[-1]
     return a.shape[1], a.shape[2], d.shape[2]
 
 
@@ -195,13 +250,18 @@ def _flat(layer: _Layer, a: jax.Array, d: jax.Array) -> tuple[jax.Array, jax.Arr
     """(A [B, T, K], D [B, T, C]) with example i's kernel gradient A_iᵀ D_i."""
     if layer.kind == "conv":
         b = d.shape[0]
-        return _patches(a, layer), d.reshape(b, -1, d.shape[-1])
+        return a if layer.patched else _patches(a, layer), d.reshape(b, -1, d.shape[-1])
     return a, d
+
+
+def _shifted(layer: _Layer, a: jax.Array) -> bool:
+    """Whether a conv's kernel products run over shifted input views (see above)."""
+    return layer.kind == "conv" and not layer.patched and a.shape[-1] >= _SHIFTED_MIN_CHANNELS
 
 
 def _per_example_kernel(layer: _Layer, a: jax.Array, d: jax.Array) -> jax.Array:
     """Every example's kernel gradient, `[B, K, C]`."""
-    if layer.kind == "conv" and a.shape[-1] >= _SHIFTED_MIN_CHANNELS:
+    if _shifted(layer, a):
         taps = [jnp.einsum("bhwc,bhwd->bcd", v, d) for v in _conv_views(a, layer)]
         return jnp.stack(taps, axis=1).reshape(d.shape[0], -1, d.shape[-1])
     return jnp.einsum("btk,btc->bkc", *_flat(layer, a, d))
@@ -227,21 +287,30 @@ def _rows_dot(a: jax.Array, d: jax.Array) -> jax.Array:
 
 def _kernel_sum(layer: _Layer, a: jax.Array, d: jax.Array) -> jax.Array:
     """Σ_i A_iᵀ D_i, `[K, C]` (weights already folded into `d`)."""
-    if layer.kind == "conv" and a.shape[-1] >= _SHIFTED_MIN_CHANNELS:
+    if _shifted(layer, a):
         taps = [_rows_dot(v, d) for v in _conv_views(a, layer)]
         return jnp.stack(taps).reshape(-1, d.shape[-1])
     return _rows_dot(*_flat(layer, a, d))
 
 
 def _materialise(t: int, k: int, c: int) -> bool:
-    """Whether forming [B, K, C] per-example kernels is cheaper than T×T Gram matrices."""
-    return t * k * c <= t * t * (k + c)
+    """Whether the norm and the clipped sum together cost fewer multiply-adds per example from
+    materialised [B, K, C] kernels than from T×T Gram matrices.
+
+    Materialised: T·K·C to form the kernels, K·C to sum them with the weights. Gram: T²·(K + C)
+    for the norms, then T·K·C again for the weighted kernel sum, which the Gram path still has
+    to form from the factors. So materialise unless K·C > T²·(K + C), i.e. few positions and
+    a large kernel. Counting the norms alone (the rule before) sent tramer_cnn's second conv
+    (T = 25, K = 256, C = 32) to the Gram path, where its norms and sum took 235 + 145 ms
+    against 283 + 8 ms materialised (batch 2048, 2 CPU cores at load 8, each piece jitted).
+    """
+    return k * c <= t * t * (k + c)
 
 
 def _tape(model: nn.Module, params: PyTree, x: jax.Array, y: jax.Array, loss: BatchLoss):
     """Forward + one backward pass: per-layer (inputs, output grads), losses, logits, layers."""
     layers: dict = {}
-    tape = _make_tape(layers)
+    tape = _make_tape(layers, model_input=x)
 
     def run(perturbations):
         with nn.intercept_methods(tape):
