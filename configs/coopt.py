@@ -15,15 +15,17 @@ Run (from the repository root):
   python experiments/coopt.py --config.participants.scheme=iid --config.alignment.method=linear
 
 Expected runtime (measured on a busy, shared 2-core CPU): default 20 min (main table 6 min,
-the 21-run ablation most of the rest; priors' first training adds about a minute, cached
+the 21-run ablation most of the rest; 40 min at load 6-29, main table 17; priors' first
+training adds about a minute, cached
 under ~/.cache/ecos_jax/coopt); `quick` 3.5 min with cached priors (mostly XLA compiles:
 SimCLR, five methods, the reuse model); `broad` 20 min.
 Measured result of the default (3 seeds, 30 epochs, linear probe on held-out pool images):
 CoOpt 74.2 ± 0.9 %, CoOpt without alignment 66.1 ± 1.6, single-prior distillation 72.1 ± 0.9,
 SimCLR 78.7 ± 0.5, supervised reference 88.0 ± 0.5. CoOpt does NOT beat SimCLR at the same
 epoch budget here (its priors' own features probe at 51-74 %, below SimCLR); it matches SimCLR
-at equal training time (74.2 vs 73.6 %). Alignment helps: +8 points over raw targets in the
-table (+8 to +12 in the ablation), most of it from standardising (raw targets lose even when
+at equal training time in the seed means (74.2 vs 73.6 %; 73.8 in a rerun, where SimCLR led in
+two of three seeds: wall clock on a loaded CPU is not a steady measure). Alignment helps:
++8 points over raw targets in the table (+8 to +12 in the ablation), most of it from standardising (raw targets lose even when
 all participants share one prior, 53 vs 70 %); the basis alignment itself (Procrustes vs
 standardise-and-project) adds +4.0 / +3.9 / +4.2 at P = 2 / 4 / 8 heterogeneous priors and
 +1.0 with one shared prior. See results.md for the full tables.
