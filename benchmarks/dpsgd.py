@@ -2,7 +2,8 @@
 
 Models: the small CNN of the DP-SGD literature (conv-relu-maxpool x2 + dense 64 + dense 10), a
 wider one (32/64 channels, dense 128), the project's default CNN (stride-2 convs instead of
-pooling), all on 28x28x1 inputs, and logistic regression on ScatterNet-sized features (3,969
+pooling), Tramèr & Boneh's end-to-end DP CNN (`tramer_cnn`: 8x8/2 and 4x4/2 convs, tanh,
+stride-1 max-pools, what `configs/train_dp.py:fashion_cnn` trains), all on 28x28x1 inputs, and logistic regression on ScatterNet-sized features (3,969
 inputs, the ScatterNet + linear setting). Batch sizes `--batches` (DP's published Fashion-MNIST
 settings use expected batches of 2048 for the CNN and 8192 for ScatterNet + linear). For each
 (model, batch) this times, interleaved round by round so that load on a shared machine hits all
@@ -21,6 +22,9 @@ of them alike:
                            of a few static prefix lengths holding its n rows (one compiled
                            step per length, no conditional inside the step)
   jax_dpsgd_vmap           DP-SGD step with vmap(grad) per-example gradients
+  jax_dpsgd_ab             with `--ab=COMMIT`: the jax_dpsgd step with `privacy/layer_grads.py`
+                           as it was at COMMIT (read with `git show`, loaded as its own module),
+                           timed interleaved with today's: old code against new in one process
   jax_privacy              jax_privacy 2.0 (if installed): `clipping.clipped_grad` of the
                            per-example loss (vmap of grad inside), `noise_addition.
                            gaussian_privatizer` with stddev σ·(its sensitivity C), / batch, SGD
@@ -58,12 +62,15 @@ run on), reported in the JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -76,7 +83,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ecos_jax.models import get_model  # noqa: E402
-from ecos_jax.privacy import dpsgd, layer_grads  # noqa: E402
+from ecos_jax.privacy import clipped_grads, dpsgd, layer_grads  # noqa: E402
 from ecos_jax.privacy.pooling import fast_max_pool_grads  # noqa: E402
 from ecos_jax.privacy.sampling import default_max_batch_size, prefix_buckets  # noqa: E402
 
@@ -85,6 +92,7 @@ MODELS = {
     "cnn": ("cnn", {"pooling": "max"}, (16, 32), 64),
     "wide_cnn": ("wide_cnn", {"pooling": "max"}, (32, 64), 128),
     "cnn_stride": ("cnn", {"pooling": "stride"}, (16, 32), 64),
+    "tramer_cnn": ("tramer_cnn", {}, (16, 32), 32),
     # Logistic regression on ScatterNet-sized features (81 x 7 x 7 = 3,969 per image).
     "linear": ("linear", {}, None, None),
 }
@@ -101,12 +109,38 @@ def _input_shape(name: str) -> tuple[int, ...]:
     return FEATURE_SHAPE if MODELS[name][2] is None else IMAGE_SHAPE
 
 
+def load_layer_grads(commit: str):
+    """`ecos_jax/privacy/layer_grads.py` as it was at `commit`, as a module of its own."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{commit}:ecos_jax/privacy/layer_grads.py"],
+                            cwd=root, check=True, capture_output=True, text=True).stdout
+    name = f"layer_grads_{commit}"
+    module = types.ModuleType(name)
+    module.__file__ = f"{commit}:ecos_jax/privacy/layer_grads.py"
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+@contextlib.contextmanager
+def _layer_grads_as(module):
+    """`clipped_grads` calls `module.clipped_grad_sum` inside: a step traced (or re-traced)
+    here runs that module's code."""
+    saved = clipped_grads.layer_grads
+    clipped_grads.layer_grads = module
+    try:
+        yield
+    finally:
+        clipped_grads.layer_grads = saved
+
+
 def _jax_steps(name: str, batch: int, microbatch: int | None = None,
-               skip: frozenset = frozenset()) -> dict[str, Callable[[], None]]:
+               skip: frozenset = frozenset(), ab=None) -> dict[str, Callable[[], None]]:
     """Zero-argument closures, each running one full training step (blocking).
 
     DP steps split the batch into chunks of `microbatch` rows (bounded memory) when it is
-    larger; the non-private steps take the whole batch."""
+    larger; the non-private steps take the whole batch. `ab`: a `load_layer_grads` module,
+    for the jax_dpsgd_ab step."""
     model_name, kw, _, _ = MODELS[name]
     model = get_model(model_name, 10, **kw)
     rng = np.random.default_rng(0)
@@ -174,6 +208,18 @@ def _jax_steps(name: str, batch: int, microbatch: int | None = None,
 
         steps[label] = run
         compiled[label] = (update, (state[0], xs, ys, mask[0]))
+    if ab is not None:
+        config = dpsgd.DPSGDConfig(dataset_size=DATASET_SIZE, batch_size=batch, l2_norm_clip=CLIP,
+                                   noise_multiplier=SIGMA, microbatch_size=mb)
+        init, update = dpsgd.make_dp_step(model, tx, config, key=jax.random.key(1))
+        state = [init(params)]
+        ones = jnp.ones(batch)
+
+        def run_ab(update=update, state=state):
+            with _layer_grads_as(ab):  # every call, so a re-trace runs the old code too
+                state[0] = jax.block_until_ready(update(state[0], x, y, ones)[0])
+
+        steps["jax_dpsgd_ab"] = run_ab
     if "jax_dpsgd_poisson_bucket" not in skip:
         steps["jax_dpsgd_poisson_bucket"] = _bucketed_step(model, params, tx, batch, mb, x_pad,
                                                            y_pad, draws)
@@ -271,6 +317,11 @@ def _torch_steps(name: str, batch: int, threads: int,
     def build():
         if channels is None:
             return nn.Linear(FEATURE_SHAPE[0], 10)
+        if name == "tramer_cnn":  # as models.TramerCNN: 28 -> 13 -> 12 -> 5 -> 4
+            return nn.Sequential(
+                nn.Conv2d(1, 16, 8, stride=2, padding=2), nn.Tanh(), nn.MaxPool2d(2, 1),
+                nn.Conv2d(16, 32, 4, stride=2), nn.Tanh(), nn.MaxPool2d(2, 1), nn.Flatten(),
+                nn.Linear(32 * 4 * 4, embed), nn.Tanh(), nn.Linear(embed, 10))
         layers, c_in, size = [], 1, 28
         for c in channels:
             if stride:
@@ -379,8 +430,8 @@ def memory_only(name: str, batch: int, microbatch: int | None, skip: frozenset) 
 
 
 def run_model(name: str, batch: int, repeats: int, inner: int, threads: int, opacus: bool,
-              microbatch: int | None = None, skip: frozenset = frozenset()) -> dict:
-    steps, compiled, jax_info = _jax_steps(name, batch, microbatch, skip)
+              microbatch: int | None = None, skip: frozenset = frozenset(), ab=None) -> dict:
+    steps, compiled, jax_info = _jax_steps(name, batch, microbatch, skip, ab)
     torch_info = {"available": False, "reason": "--no-opacus"}
     if opacus:
         t_steps, torch_info = _torch_steps(name, batch, threads, skip)
@@ -398,6 +449,9 @@ def run_model(name: str, batch: int, repeats: int, inner: int, threads: int, opa
     for k in ("jax_dpsgd_poisson_pad", "jax_dpsgd_poisson_bucket"):
         if k in med:
             ratios[f"{k.removeprefix('jax_dpsgd_')}_over_fastest_nonprivate"] = med[k] / med[best_np]
+    if "jax_dpsgd_ab" in med and "jax_dpsgd" in med:
+        ratios["ab_dp_over_dp"] = med["jax_dpsgd_ab"] / med["jax_dpsgd"]  # > 1: today faster
+        ratios["ab_dp_over_fastest_nonprivate"] = med["jax_dpsgd_ab"] / med[best_np]
     if "jax_dpsgd_vmap" in med:
         ratios["vmap_dp_over_fastest_nonprivate"] = med["jax_dpsgd_vmap"] / med[best_np]
     for peer in ("jax_privacy", "jax_privacy_fastpool"):
@@ -460,8 +514,11 @@ def main(argv=None) -> None:
     parser.add_argument("--no-opacus", action="store_true", help="skip torch / Opacus")
     parser.add_argument("--memory-only", action="store_true",
                         help="compile the JAX steps and report XLA's memory, no timing")
+    parser.add_argument("--ab", default=None, metavar="COMMIT",
+                        help="also time the DP step with layer_grads.py as at COMMIT (A/B)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "dpsgd.json"))
     args = parser.parse_args(argv)
+    ab = None if args.ab is None else load_layer_grads(args.ab)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     names = [m for m in args.models.split(",") if m]
     batches = [int(b) for b in args.batches.split(",") if b]
@@ -478,7 +535,7 @@ def main(argv=None) -> None:
         "settings": {"repeats": args.repeats, "inner": args.inner, "dataset_size": DATASET_SIZE,
                      "l2_norm_clip": CLIP, "noise_multiplier": SIGMA, "optimizer": f"sgd({LR})",
                      "torch_threads": threads, "jax_threads": f"XLA CPU pool over {threads} cores",
-                     "microbatch": args.microbatch, "skip": sorted(skip),
+                     "microbatch": args.microbatch, "skip": sorted(skip), "ab": args.ab,
                      "command": " ".join(["python benchmarks/dpsgd.py", *sys.argv[1:]])},
         "models": {},
     }
@@ -497,7 +554,7 @@ def main(argv=None) -> None:
                 _write(out, report)
                 continue
             result = run_model(name, batch, args.repeats, args.inner, threads,
-                               not args.no_opacus, args.microbatch, skip)
+                               not args.no_opacus, args.microbatch, skip, ab)
             result["loadavg"] = _loadavg()
             report["models"].setdefault(name, {})[str(batch)] = result
             _print(name, result)
