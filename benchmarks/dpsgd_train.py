@@ -8,6 +8,10 @@ only), every round runs, in this order:
              compiled `lax.scan` per chunk of `log_every` steps (sampling inside)
   buckets    dpsgd.train(..., padding="buckets"): the same batches (same seed: same draws),
              each step dispatched from the host on the shortest static prefix holding its rows
+  host_M     the control: dpsgd.train(..., padding=(M - 1,)), the bucketed machinery (host
+             dispatch, no `lax.cond` around the step) at M - 1 or M slots, i.e. the padded
+             work: buckets / host_M is what the shorter prefixes save, host_M / full what
+             leaving the scan and its conditional does
   nonprivate one jitted non-private step on B fixed rows per step (gathered inside the step
              from a permutation), dispatched from the host, chunked the same way, the mean
              gradient by plain `jax.grad` ("grad") and by `layer_grads.grad_sum` ("layers",
@@ -76,6 +80,8 @@ def _per_step(times: list[float], steps: int, log_every: int) -> float:
 def _dp_run(model, params, x, y, batch, padding, *, steps, log_every):
     config = dpsgd.DPSGDConfig(dataset_size=DATASET_SIZE, batch_size=batch, l2_norm_clip=CLIP,
                                noise_multiplier=SIGMA)
+    if padding == "host_M":
+        padding = (config.sampler().max_batch_size - 1,)
     clock = _ChunkClock()
     t0 = time.perf_counter()
     result = dpsgd.train(model, params, x, y, config, optax.sgd(LR, momentum=MOMENTUM),
@@ -148,6 +154,7 @@ def main(argv=None):
             kw = dict(steps=args.steps, log_every=args.log_every)
             row = {"full": _dp_run(model, params, x, y, batch, "full", **kw),
                    "buckets": _dp_run(model, params, x, y, batch, "buckets", **kw),
+                   "host_M": _dp_run(model, params, x, y, batch, "host_M", **kw),
                    "grad": _nonprivate_run(model, params, x, y, batch, "grad", **kw),
                    "layers": _nonprivate_run(model, params, x, y, batch, "layers", **kw),
                    "load": os.getloadavg()[0]}
@@ -155,17 +162,19 @@ def main(argv=None):
             rounds.append(row)
             print(f"{name} B={batch} round {r + 1}: "
                   + ", ".join(f"{k} {row[k]['ms_per_step']:.1f} ms" for k in
-                              ("full", "buckets", "grad", "layers"))
+                              ("full", "buckets", "host_M", "grad", "layers"))
                   + f", load {row['load']:.1f}", flush=True)
         timed = rounds[1:] or rounds
         med = {k: float(np.median([r[k]["ms_per_step"] for r in timed]))
-               for k in ("full", "buckets", "grad", "layers")}
+               for k in ("full", "buckets", "host_M", "grad", "layers")}
         med["nonprivate"] = min(med["grad"], med["layers"])
         results["configs"].append({
             "model": name, "batch": batch, "rounds": rounds, "median_ms": med,
             "buckets_over_full": med["buckets"] / med["full"],
             "buckets_over_nonprivate": med["buckets"] / med["nonprivate"],
             "full_over_nonprivate": med["full"] / med["nonprivate"],
+            "buckets_over_host_M": med["buckets"] / med["host_M"],
+            "host_M_over_full": med["host_M"] / med["full"],
             "per_round_buckets_over_full": [r["buckets"]["ms_per_step"] / r["full"]["ms_per_step"]
                                             for r in timed],
             "load": [r["load"] for r in timed]})
