@@ -46,8 +46,13 @@ the tests):
   -> 87.1%, lr 16 -> 89.5%; MLP lr 4 -> 86.6%, lr 1 -> 83.5% (prototype script outside the
   repository; the runs cost privacy in principle, as any tuning on private data). K = 5
   checkpoints (every 3 epochs) for VoG. Non-private runs: Adam lr 1e-3, batch 256, 15 epochs.
-* PLIS on a class-balanced 300 of the 10,000 (power iteration through the scattering costs
-  ~20 VoG passes per sample), tol 1e-2, at most 20 iterations; C = 0.1.
+* PLIS on a class-balanced 300 of the 10,000 (set from an estimate of ~20 VoG passes per
+  sample), tol 1e-2, at most 20 iterations; C = 0.1. Measured since: 16-26 ms per sample for
+  the linear model through the scattering (0.6-1.6x VoG's time), so `fashion_plis` scores all
+  10,000 for the linear model (the one the pruning table reads), 156-256 s per run of its five
+  (2773 s in all at load 9-29; README, "Run B").
+
+  python experiments/data_valuation.py --config=configs/data_valuation.py:fashion_plis --workdir=runs/dv_fashion_plis
 """
 
 import ml_collections
@@ -119,7 +124,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         _fashion(c, quick=arg == "fashion_quick")
         if arg == "fashion_plis":
             # PLIS over every scored sample, for the linear model only (the one the pruning
-            # table reads): ~17 ms per sample through the scattering at load 5, ~3 min per run.
+            # table reads): 16-26 ms per sample through the scattering, 156-256 s per run.
             c.train.models = ("linear",)
             c.scores.plis_samples = 10_000
     elif arg == "quick":
