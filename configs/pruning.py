@@ -25,6 +25,11 @@ lowest first) and at random, and retrains the linear head on the kept samples' S
 features without DP (Adam, lr 1e-3, batch 256, 15 epochs): the retrain measures what each
 ε-model's scores say about the data; a DP retrain of 5,000-10,000 samples would mostly measure
 the noise. The full-set retrain does not depend on ε and runs once.
+
+`fashion_plis` adds the PLIS rows, after `configs/data_valuation.py:fashion_plis` has scored
+PLIS on all 10,000 into runs/dv_fashion_plis (its own linear models; 290 s at load 17-19):
+
+  python experiments/pruning.py --config=configs/pruning.py:fashion_plis --workdir=runs/pruning_fashion_plis
 """
 
 import ml_collections
