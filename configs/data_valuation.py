@@ -7,8 +7,9 @@ Run (from the repository root):
   python experiments/data_valuation.py --config.epsilons='(1.0,8.0,inf)' --config.data.n_train=2000
   python experiments/data_valuation.py --config.train.models='("mlp",)'
 
-Expected runtime on a shared 2-core CPU: default ~15 min (2 architectures × 4 ε, 1000 training
-samples, K = 6 checkpoints, PLIS on 300 samples); `quick` ~2-3 min. Output in the workdir:
+Expected runtime on a shared 2-core CPU: default ~15 min (2 architectures × 4 ε + 2 ceiling
+runs, 1000 training samples, K = 6 checkpoints, PLIS on 300 samples; measured 219 s at load
+3-5 and 1133 s at load 9-29); `quick` ~2-3 min. Output in the workdir:
 results.json, consistency.md (runs + consistency table), figures/grid_*.png (top/bottom-k
 images per metric and ε), figures/hist_*.png, ledgers/*.json, done/*.json (finished runs: a
 rerun with the same settings reads them back). Every variant adds a second non-private run
