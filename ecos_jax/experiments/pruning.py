@@ -11,8 +11,8 @@ Reusing the data-valuation scores (`scores_from`: a `data_valuation` workdir): i
 training its own scoring models, the experiment reads that run's saved scores of
 `train.model` at each ε (scores/<model>_eps<ε>.npz) and prunes the samples those scores cover
 (their `index` rows of the same training set, re-derived from the same `data` / `features`
-config and checked against the saved labels). PLIS is scored there on a subset only, so
-`metrics` must leave it out. `retrain_private = False` retrains every kept set without DP
+config and checked against the saved labels). A metric must cover every scored row: PLIS
+scored on a subset (`scores.plis_samples` below the scored count) must be left out of `metrics`. `retrain_private = False` retrains every kept set without DP
 (Adam): the retrain then measures what the ε-model's scores say about the data, and the
 retrains that do not depend on the scores (the full set, random removal) run once and serve
 every ε.
@@ -87,7 +87,7 @@ def _saved_scores(c: ml_collections.ConfigDict, labels: np.ndarray, e: str):
     missing = [m for m in c.metrics if m not in saved or len(saved[m]) != len(index)]
     if missing:
         raise ValueError(f"{path} has no score over every scored sample for {missing} "
-                         "(PLIS is scored on a subset): leave them out of `metrics`.")
+                         "(e.g. PLIS scored on a subset): leave them out of `metrics`.")
     done = os.path.join(c.scores_from, "done", f"{label}.json")
     record = {}
     if os.path.exists(done):
