@@ -13,8 +13,8 @@ training its own scoring models, the experiment reads that run's saved scores of
 (their `index` rows of the same training set, re-derived from the same `data` / `features`
 config and checked against the saved labels). A metric must cover every scored row: PLIS
 scored on a subset (`scores.plis_samples` below the scored count) must be left out of
-`metrics`. `retrain_private = False` retrains every kept set without DP (Adam): the retrain then measures what the ε-model's scores say about the data, and the
-retrains that do not depend on the scores (the full set, random removal) run once and serve
+`metrics`. `retrain_private = False` retrains every kept set without DP (Adam): the
+retrain then measures what the ε-model's scores say about the data, and the retrains that do not depend on the scores (the full set, random removal) run once and serve
 every ε.
 
 Privacy note: each training run's ε is recorded in its own ledger and reported, but the
