@@ -8,14 +8,14 @@ accuracy, train accuracy (on the kept samples) and the retraining wall time. A r
 full set is the reference row.
 
 Reusing the data-valuation scores (`scores_from`: a `data_valuation` workdir): instead of
-training its own scoring models, the experiment reads that run's saved scores of
-`train.model` at each ε (scores/<model>_eps<ε>.npz) and prunes the samples those scores cover
-(their `index` rows of the same training set, re-derived from the same `data` / `features`
-config and checked against the saved labels). A metric must cover every scored row: PLIS
-scored on a subset (`scores.plis_samples` below the scored count) must be left out of
-`metrics`. `retrain_private = False` retrains every kept set without DP (Adam): the
-retrain then measures what the ε-model's scores say about the data, and the retrains that do not depend on the scores (the full set, random removal) run once and serve
-every ε.
+training its own scoring models, the experiment reads that run's saved scores of `train.model`
+at each ε (scores/<model>_eps<ε>.npz) and prunes the samples those scores cover (their `index`
+rows of the same training set, re-derived from the same `data` / `features` config and checked
+against the saved labels). A metric must cover every scored row: PLIS scored on a subset
+(`scores.plis_samples` below the scored count) must be left out of `metrics`. `retrain_private
+= False` retrains every kept set without DP (Adam): the retrain then measures what the
+ε-model's scores say about the data, and the retrains that do not depend on the scores (the
+full set, random removal) run once and serve every ε.
 
 Privacy note: each training run's ε is recorded in its own ledger and reported, but the
 selection step itself (which samples are kept) is a function of every sample's own data and
