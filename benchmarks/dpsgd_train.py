@@ -53,6 +53,7 @@ from ecos_jax.utils.io import write_json  # noqa: E402
 DATASET_SIZE = 60_000
 INPUTS = {"linear": (3969,), "tramer_cnn": (28, 28, 1)}
 CLIP, SIGMA, LR, MOMENTUM = 0.1, 2.0, 0.5, 0.9
+ALL_VARIANTS = ("full", "buckets", "host_M", "grad", "layers")
 
 
 def _data(model_name: str):
@@ -139,7 +140,10 @@ def main(argv=None):
     parser.add_argument("--log_every", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="round 1 is the warm-up")
     parser.add_argument("--out", default="benchmarks/results/dpsgd_train.json")
+    parser.add_argument("--variants", default="full,buckets,host_M,grad,layers",
+                        help="which of full, buckets, host_M, grad, layers to run")
     args = parser.parse_args(argv)
+    variants = [v for v in ALL_VARIANTS if v in args.variants.split(",")]
     if args.steps <= args.log_every or args.steps % args.log_every:
         parser.error("--steps must be a multiple of --log_every, at least two chunks")
     results = {"args": vars(args), "jax": jax.__version__, "configs": []}
@@ -152,32 +156,38 @@ def main(argv=None):
         rounds = []
         for r in range(args.rounds):
             kw = dict(steps=args.steps, log_every=args.log_every)
-            row = {"full": _dp_run(model, params, x, y, batch, "full", **kw),
-                   "buckets": _dp_run(model, params, x, y, batch, "buckets", **kw),
-                   "host_M": _dp_run(model, params, x, y, batch, "host_M", **kw),
-                   "grad": _nonprivate_run(model, params, x, y, batch, "grad", **kw),
-                   "layers": _nonprivate_run(model, params, x, y, batch, "layers", **kw),
-                   "load": os.getloadavg()[0]}
-            row["nonprivate"] = min((row["grad"], row["layers"]), key=lambda v: v["ms_per_step"])
+            row = {}
+            for v in variants:
+                row[v] = (_dp_run(model, params, x, y, batch, v, **kw)
+                          if v in ("full", "buckets", "host_M") else
+                          _nonprivate_run(model, params, x, y, batch, v, **kw))
+            row["load"] = os.getloadavg()[0]
             rounds.append(row)
             print(f"{name} B={batch} round {r + 1}: "
-                  + ", ".join(f"{k} {row[k]['ms_per_step']:.1f} ms" for k in
-                              ("full", "buckets", "host_M", "grad", "layers"))
+                  + ", ".join(f"{k} {row[k]['ms_per_step']:.1f} ms" for k in variants)
                   + f", load {row['load']:.1f}", flush=True)
         timed = rounds[1:] or rounds
-        med = {k: float(np.median([r[k]["ms_per_step"] for r in timed]))
-               for k in ("full", "buckets", "host_M", "grad", "layers")}
-        med["nonprivate"] = min(med["grad"], med["layers"])
+        med = {k: float(np.median([r[k]["ms_per_step"] for r in timed])) for k in variants}
+        med["nonprivate"] = min((med[k] for k in ("grad", "layers") if k in med), default=None)
+        med = {k: med.get(k) for k in ALL_VARIANTS} | {"nonprivate": med["nonprivate"]}
+
+        def ratio(a, b, med=med):
+            return None if med[a] is None or med[b] is None else med[a] / med[b]
         results["configs"].append({
             "model": name, "batch": batch, "rounds": rounds, "median_ms": med,
-            "buckets_over_full": med["buckets"] / med["full"],
-            "buckets_over_nonprivate": med["buckets"] / med["nonprivate"],
-            "full_over_nonprivate": med["full"] / med["nonprivate"],
-            "buckets_over_host_M": med["buckets"] / med["host_M"],
-            "host_M_over_full": med["host_M"] / med["full"],
+            "buckets_over_full": ratio("buckets", "full"),
+            "buckets_over_nonprivate": ratio("buckets", "nonprivate"),
+            "full_over_nonprivate": ratio("full", "nonprivate"),
+            "buckets_over_host_M": ratio("buckets", "host_M"),
+            "host_M_over_full": ratio("host_M", "full"),
             "per_round_buckets_over_full": [r["buckets"]["ms_per_step"] / r["full"]["ms_per_step"]
-                                            for r in timed],
+                                            for r in timed if "buckets" in r and "full" in r],
             "load": [r["load"] for r in timed]})
+    write_json(args.out, results)
+
+    def f(v, spec=".1f", unit=""):
+        return "-" if v is None else f"{v:{spec}}{unit}"
+
     print("\n| model | B | M | mean sampled | mean slots (buckets) | lengths | compilations "
           "| full ms | buckets ms | non-private ms (grad / layers) | buckets / full | buckets / non-private "
           "| full / non-private | load |")
@@ -186,13 +196,13 @@ def main(argv=None):
         b = c["rounds"][-1]["buckets"]
         print(f"| {c['model']} | {c['batch']} | {b['max_batch_size']} | {b['mean_sampled']:.0f} "
               f"| {b['mean_slots']:.0f} | {','.join(map(str, b['lengths']))} "
-              f"| {b['compilations']} | {c['median_ms']['full']:.1f} "
-              f"| {c['median_ms']['buckets']:.1f} | {c['median_ms']['grad']:.1f} / "
-              f"{c['median_ms']['layers']:.1f} "
-              f"| {c['buckets_over_full']:.2f}x | {c['buckets_over_nonprivate']:.2f}x "
-              f"| {c['full_over_nonprivate']:.2f}x "
+              f"| {b['compilations']} | {f(c['median_ms']['full'])} "
+              f"| {f(c['median_ms']['buckets'])} | {f(c['median_ms']['grad'])} / "
+              f"{f(c['median_ms']['layers'])} "
+              f"| {f(c['buckets_over_full'], '.2f', 'x')} "
+              f"| {f(c['buckets_over_nonprivate'], '.2f', 'x')} "
+              f"| {f(c['full_over_nonprivate'], '.2f', 'x')} "
               f"| {'/'.join(f'{v:.0f}' for v in c['load'])} |")
-    write_json(args.out, results)
     print(f"wrote {args.out}")
 
 
