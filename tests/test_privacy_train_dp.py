@@ -76,18 +76,7 @@ def test_end_to_end_tiny(tmp_path):
 def test_validation_carve_trains_on_the_first_n_and_never_reads_the_test_split(tmp_path, monkeypatch):
     import numpy as np
 
-    from ecos_jax.data import ArrayDataset
-
-    rng = np.random.default_rng(0)
-
-    def dataset(n):
-        return ArrayDataset(images=rng.uniform(size=(n, 28, 28, 1)).astype(np.float32),
-                            labels=rng.integers(0, 10, n).astype(np.int32),
-                            domains=np.zeros(n, np.int32), domain_names=("clean",),
-                            num_classes=10, ids=np.arange(n))
-
-    train, test = dataset(300), dataset(50)
-    monkeypatch.setattr(train_dp, "load_split", lambda data: (train, test))
+    train, _ = _tiny_datasets(monkeypatch, n_train=300, n_test=50)
     seen = []
     real = train_dp.training.evaluate
 
@@ -116,6 +105,7 @@ def test_validation_carve_trains_on_the_first_n_and_never_reads_the_test_split(t
 
 
 def _tiny_datasets(monkeypatch, n_train=200, n_test=20):
+    """Random 28 x 28 train / test ArrayDatasets that `train_dp.load_split` returns; (train, test)."""
     import numpy as np
 
     from ecos_jax.data import ArrayDataset
@@ -130,6 +120,7 @@ def _tiny_datasets(monkeypatch, n_train=200, n_test=20):
 
     train, test = dataset(n_train), dataset(n_test)
     monkeypatch.setattr(train_dp, "load_split", lambda data: (train, test))
+    return train, test
 
 
 @pytest.mark.slow  # ~15 s idle (scattering and DP-SGD compiles, PLD of the composition)
