@@ -103,7 +103,6 @@ def test_validation_carve_trains_on_the_first_n_and_never_reads_the_test_split(t
         train_dp.carve_validation(train.images, train.labels, 300)
 
 
-
 def _tiny_datasets(monkeypatch, n_train=200, n_test=20):
     """Random 28 x 28 train / test ArrayDatasets that `train_dp.load_split` returns; (train, test)."""
     import numpy as np
