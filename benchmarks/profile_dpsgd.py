@@ -152,7 +152,7 @@ def main(argv=None) -> dict:
             phases = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["phase_ms"].items()))
             print(f"\n{kind}: wall {r['wall_ms']:.1f} ms/step; ops {r['op_ms_total']:.1f} ms/step "
                   f"({phases})")
-            print(f"| op | ms/step | phase | JAX op | shape |\n|---|---|---|---|---|")
+            print("| op | ms/step | phase | JAX op | shape |\n|---|---|---|---|---|")
             for row in r["ops"][:args.top]:
                 print(f"| {row['op']} | {row['ms_per_step']:.1f} | {row['phase']} | "
                       f"{row['jax_op'][:60]} | {row['shape']} |")
