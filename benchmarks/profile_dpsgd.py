@@ -1,7 +1,8 @@
 """Where a DP-SGD step spends its time: a per-op profile beside the non-private step's.
 
 For each model, the DP-SGD step (`jax_dpsgd` of benchmarks/dpsgd.py: `make_dp_step`, the
-"layers" per-example path) and the fastest non-private step (`jax_nonprivate_fastpool`) run
+"layers" per-example path) and the non-private `jax.grad` step with the fast max-pool
+gradient (`jax_nonprivate_fastpool`; not always the fastest: on `cnn` `grad_sum` is) run
 `--steps` times each under `jax.profiler.trace`; the XLA ops each executed are read back from
 the trace (the perfetto JSON the profiler writes, no TensorBoard needed) and named by the
 compiled HLO's own metadata (the JAX operation and where in the step it sits: `jvp()` is the
