@@ -57,3 +57,29 @@ def test_target_gets_no_gradient_and_moves_by_its_average():
 def test_byol_optimizer_rejects_bad_tau():
     with pytest.raises(ValueError, match="tau"):
         byol_optimizer(optax.sgd(0.1), 1.0)
+
+
+def test_batch_stat_norm_standardises_each_feature_over_the_batch():
+    from ecos_jax.coopt.networks import BatchStatNorm
+    h = jax.random.normal(jax.random.key(3), (32, 5)) * jnp.arange(1.0, 6.0) + 7.0
+    norm = BatchStatNorm()
+    params = norm.init(jax.random.key(0), h)
+    out = norm.apply(params, h)
+    np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out.std(0), 1.0, atol=1e-3)
+    # The statistics couple the rows: a constant batch maps to the learnt bias, not to itself.
+    np.testing.assert_allclose(norm.apply(params, jnp.ones((4, 5))), 0.0, atol=1e-6)
+
+
+def test_batch_norm_heads_add_their_parameters_and_keep_the_backbone_features():
+    net = HeadNet(backbone=get_model("mlp", 10, hidden=(16, 8)), out_dim=4, hidden=8, batch_norm=True)
+    pred = Predictor(hidden=8, out_dim=4, batch_norm=True)
+    x = jax.random.uniform(jax.random.key(0), (6, 6, 6, 1))
+    params = byol_init(net, pred, jax.random.key(1), x)
+    assert "head_norm" in params["online"]["params"] and "norm" in params["predictor"]["params"]
+    plain = HeadNet(backbone=get_model("mlp", 10, hidden=(16, 8)), out_dim=4, hidden=8)
+    feats = net.apply(params["online"], x, features=True)
+    np.testing.assert_allclose(feats, plain.apply({"params": {k: v for k, v in params["online"]["params"].items()
+                                                              if k != "head_norm"}}, x, features=True))
+    loss = byol_objective(net, pred, augment=_jitter)(params, x, None, jax.random.key(2))
+    assert np.isfinite(float(loss)) and 0.0 <= float(loss) <= 4.0

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ecos_jax.coopt.networks import BatchStatNorm
 from ecos_jax.coopt.training import Objective
 
 
@@ -132,14 +133,22 @@ def simclr_objective(model: nn.Module, *, temperature: float, augment: Augment) 
 
 
 class Predictor(nn.Module):
-    """BYOL's predictor: `[B, d] -> [B, out_dim]` through one hidden ReLU layer of `hidden` units."""
+    """BYOL's predictor: `[B, d] -> [B, out_dim]` through one hidden ReLU layer of `hidden` units.
+
+    batch_norm: a `BatchStatNorm` before the ReLU, as in Grill et al. (their projector and
+    predictor are Linear -> BN -> ReLU -> Linear).
+    """
 
     hidden: int
     out_dim: int
+    batch_norm: bool = False
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        return nn.Dense(self.out_dim, name="out")(nn.relu(nn.Dense(self.hidden, name="hidden")(z)))
+        h = nn.Dense(self.hidden, name="hidden")(z)
+        if self.batch_norm:
+            h = BatchStatNorm(name="norm")(h)
+        return nn.Dense(self.out_dim, name="out")(nn.relu(h))
 
 
 def byol_init(model: nn.Module, predictor: Predictor, key: jax.Array, x: jax.Array) -> dict:

@@ -221,8 +221,9 @@ def _train_method(method: str, setting: Setting, config, seed: int, data: Optimi
                             eval_fn=_probe_fn(net, setting, config), **common)
     if method == "byol":  # SimCLR's network, augmentations and learning rate; no negatives
         s = config.ssl
-        net = HeadNet(backbone=_backbone(model_config), out_dim=s.out_dim, hidden=s.head_hidden)
-        predictor = Predictor(hidden=s.head_hidden, out_dim=s.out_dim)
+        net = HeadNet(backbone=_backbone(model_config), out_dim=s.out_dim, hidden=s.head_hidden,
+                      batch_norm=bool(s.byol_batch_norm))
+        predictor = Predictor(hidden=s.head_hidden, out_dim=s.out_dim, batch_norm=bool(s.byol_batch_norm))
         objective = byol_objective(net, predictor, augment=Augment(**dict(s.augment)))
         tx = byol_optimizer(make_optimizer(t.optimizer, float(s.learning_rate)), float(s.byol_tau))
         return train_epochs(objective, byol_init(net, predictor, key, x0), setting.train.images, None,
