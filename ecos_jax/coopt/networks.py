@@ -25,7 +25,9 @@ class BatchStatNorm(nn.Module):
     scaled and shifted by learnt `scale, bias: [d]`. BYOL's projector and predictor need it
     (Grill et al., 2020, Sec. 3.3; without it BYOL collapses): the statistics couple the rows,
     so a constant output is no longer a fixed point. Stateless, so it adds no mutable
-    collection; it is only used in heads, which probes and predictions never evaluate.
+    collection (flax's `nn.BatchNorm` keeps running averages in a `batch_stats` collection that
+    every training step would have to thread); it is only used in heads, which probes and
+    predictions never evaluate.
     """
 
     epsilon: float = 1e-5
