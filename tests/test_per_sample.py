@@ -7,8 +7,11 @@ import pytest
 from ecos_jax import models, per_sample
 
 
-@pytest.mark.parametrize("name", ["cnn", "mlp", "resnet"])
-@pytest.mark.parametrize("microbatch_size", [None, 3])
+# resnet without micro-batching is the slowest case (~25 s in the suite) and repeats what
+# resnet with micro-batches of 3 checks; it runs in `make test-slow`.
+@pytest.mark.parametrize("name, microbatch_size", [
+    (n, m) if (n, m) != ("resnet", None) else pytest.param(n, m, marks=pytest.mark.slow)
+    for m in (None, 3) for n in ("cnn", "mlp", "resnet")])
 def test_per_example_grads_match_loop(name, microbatch_size):
     model = models.get_model(name, num_classes=4, **({"stage_channels": (8, 8)} if name == "resnet" else {}))
     params = models.init_params(model, jax.random.key(0), (12, 12, 1))

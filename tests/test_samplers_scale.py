@@ -39,7 +39,9 @@ def far_start(pool):
     return np.concatenate([pool[:8], pool[8:12] + 100.0]).astype(np.float32)
 
 
-@pytest.mark.parametrize("start", ["kmeans++", "far"])
+# "far" runs every path with a re-seed as well; "kmeans++" (~29 s in the suite) adds only the
+# k-means++ start and runs in `make test-slow`.
+@pytest.mark.parametrize("start", [pytest.param("kmeans++", marks=pytest.mark.slow), "far"])
 def test_kmeans_streamed_and_sharded_match_in_memory(pool, one_device, tmp_path, start):
     init = far_start(pool) if start == "far" else start
     ref = kmeans(jax.random.key(0), jnp.asarray(pool), 12, iters=6, devices=one_device,
@@ -145,7 +147,9 @@ def test_ecos_streamed_matches_in_memory(pool, one_device):
     assert len(np.unique(np.asarray(got))) == 150
 
 
-@pytest.mark.parametrize("start", ["kmeans++", "far"])
+# "far" runs every path with a re-seed as well; "kmeans++" (~29 s in the suite) adds only the
+# k-means++ start and runs in `make test-slow`.
+@pytest.mark.parametrize("start", [pytest.param("kmeans++", marks=pytest.mark.slow), "far"])
 def test_kmeans_bounds_skip_work_but_not_results(pool, one_device, start):
     """Hamerly pruning changes which distances are computed, never the clustering, also when
     empty clusters are re-seeded (the re-seeded centroids jump, and the bounds follow)."""
