@@ -84,6 +84,10 @@ final model / tail average over the last half): (8, group_norm_dp_data) 90.16 / 
 noise) 90.26 / 90.08, (8, group_norm_dp_data) 90.10 / 89.96, (16, group_norm) 90.14 / 90.22,
 (16, group_norm_dp_data) 89.78 / 89.68. None beat (8, group_norm) (90.46 and 90.26 in its two
 runs), so fashion_scatter_tuned stays as it is; the DP statistics cost 0.1-0.3 points here.
+Session 10 tried 6 more runs on the carve (lr 8 unless given): augmentation multiplicity over
+horizontal flips 89.96 against a plain rerun's 90.56; cosine decay 89.56, cosine at lr 16
+90.08, cosine at lr 12 over 100 epochs 89.88, linear decay 89.82 (22 runs in all); none beat
+the constant lr 8, so nothing changed (README, "ScatterNet + linear").
 
   python experiments/train_dp.py --config=configs/train_dp.py:fashion_scatter \
       --workdir=runs/scatter90_val_lr8_C0.1_ep60 --config.data.validation_size=5000 \
