@@ -147,9 +147,7 @@ def test_ecos_streamed_matches_in_memory(pool, one_device):
     assert len(np.unique(np.asarray(got))) == 150
 
 
-# "far" runs every path with a re-seed as well; "kmeans++" (~29 s in the suite) adds only the
-# k-means++ start and runs in `make test-slow`.
-@pytest.mark.parametrize("start", [pytest.param("kmeans++", marks=pytest.mark.slow), "far"])
+@pytest.mark.parametrize("start", ["kmeans++", "far"])
 def test_kmeans_bounds_skip_work_but_not_results(pool, one_device, start):
     """Hamerly pruning changes which distances are computed, never the clustering, also when
     empty clusters are re-seeded (the re-seeded centroids jump, and the bounds follow)."""
