@@ -83,6 +83,20 @@ def test_cache_is_reused_not_rebuilt(data_dir, ds, no_rebuild):
     np.testing.assert_array_equal(again.ids, ds.ids)
 
 
+def test_repeated_loads_are_independent_copies(data_dir, ds, no_rebuild):
+    """`load` keeps the embedded dataset in memory per process; what it hands out is a copy,
+    so writing into one load never reaches the next."""
+    first = load(DEFAULT_DATASET, data_dir=data_dir)
+    assert first.images is not ds.images and first.labels is not ds.labels
+    first.images[:] = 0.0
+    first.labels[:] = 0
+    first.ids[:] = -1
+    again = load(DEFAULT_DATASET, data_dir=data_dir)
+    np.testing.assert_array_equal(again.images, ds.images)
+    np.testing.assert_array_equal(again.labels, ds.labels)
+    np.testing.assert_array_equal(again.ids, ds.ids)
+
+
 def test_data_dir_from_environment(data_dir, ds, monkeypatch, no_rebuild):
     monkeypatch.setenv("ECOS_JAX_DATA_DIR", data_dir)
     assert len(load()) == len(ds)
