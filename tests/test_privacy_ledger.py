@@ -113,7 +113,7 @@ def test_relation_recorded_and_mixed_relations_refused(tmp_path):
 
 
 def test_pld_only_event_is_composed_by_pld_and_refused_by_rdp():
-    ev = accounting.dpsgd_event(0.05, 1.0, 20, dataset_size=1000, max_batch_size=52)
+    ev = accounting.dpsgd_event(0.05, 2.0, 20, dataset_size=1000, max_batch_size=52)  # σ = 2: a 4x faster PLD than σ = 1
     assert isinstance(ev.event, dp_accounting.TruncatedSubsampledGaussianDpEvent)
     ledger = PrivacyLedger(DELTA)
     ledger.record("model", ev, sensitivity="L2 = C")
@@ -126,3 +126,17 @@ def test_pld_only_event_is_composed_by_pld_and_refused_by_rdp():
     d = ledger.to_dict()
     assert d["total_epsilon"]["rdp"] is None and d["entries"][0]["epsilon"]["rdp"] is None
     assert d["total_epsilon"]["pld"] == pytest.approx(ledger.epsilon(accountant="pld"))
+
+
+def test_one_entry_ledger_reuses_its_release_epsilon(monkeypatch):
+    # A one-entry ledger composes ComposedDpEvent([e]), whose ε is e's: it must equal the direct
+    # dp_accounting value of that composition and be served from the memo the release filled
+    # (no second PLD build: a truncated-Poisson one costs seconds).
+    ev = accounting.dpsgd_event(0.05, 2.0, 5, dataset_size=1000, max_batch_size=52)
+    first = accounting.epsilon(ev, DELTA, "pld")
+    ledger = PrivacyLedger(DELTA, accountant="pld")
+    ledger.record("model", ev, sensitivity="L2 = C")
+    monkeypatch.setattr(pld.PLDAccountant, "compose", lambda *a, **k: pytest.fail("PLD rebuilt"))
+    assert ledger.epsilon() == first
+    monkeypatch.undo()
+    assert first == pld.PLDAccountant().compose(ledger.composed_event()).get_epsilon(DELTA)

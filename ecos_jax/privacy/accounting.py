@@ -211,7 +211,15 @@ def epsilon(event: dp_accounting.DpEvent, delta: float, accountant: str = "rdp")
     """
     delta = check_delta(delta)
     _check_event(event, accountant)
-    return _epsilon(event, delta, accountant, None)
+    return _epsilon(_unwrap(event), delta, accountant, None)
+
+
+def _unwrap(event: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
+    """A `ComposedDpEvent` of one event is that event (the same ε): a ledger with one entry
+    then hits the memo its release already filled (a truncated-Poisson PLD costs seconds)."""
+    while isinstance(event, dp_accounting.ComposedDpEvent) and len(event.events) == 1:
+        event = event.events[0]
+    return event
 
 
 def _epsilon(event, delta: float, accountant: str, interval: float | None) -> float:
