@@ -20,8 +20,9 @@ def test_per_example_grads_match_loop(name, microbatch_size):
     loss = per_sample.example_loss(model)
     grads = per_sample.per_example_grads(loss, params, x, y, microbatch_size=microbatch_size)
     norms = per_sample.per_example_grad_norms(loss, params, x, y, microbatch_size=microbatch_size)
+    reference = jax.jit(jax.grad(loss))  # one compiled per-example gradient for the loop (eager: ~3x slower)
     for i in range(x.shape[0]):
-        g_i = jax.grad(loss)(params, x[i], y[i])
+        g_i = reference(params, x[i], y[i])
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g_i)):
             np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-6)
         flat = jnp.sqrt(sum(jnp.sum(l ** 2) for l in jax.tree.leaves(g_i)))

@@ -108,22 +108,24 @@ def test_bad_delta_and_unreachable_target():
 
 def test_truncated_poisson_event_is_the_sampler_that_runs():
     n, q, steps = 6000, 256 / 6000, 200
-    ev = accounting.dpsgd_event(q, 1.0, steps, dataset_size=n, max_batch_size=268)
+    # sigma = 2 rather than 1: the same checks, and dp_accounting builds the truncated PLD 3x faster
+    # (its grid follows epsilon).
+    ev = accounting.dpsgd_event(q, 2.0, steps, dataset_size=n, max_batch_size=268)
     assert ev == dp_accounting.SelfComposedDpEvent(
-        dp_accounting.TruncatedSubsampledGaussianDpEvent(n, q, 268, 1.0), steps)
+        dp_accounting.TruncatedSubsampledGaussianDpEvent(n, q, 268, 2.0), steps)
     assert accounting.supported_accountants(ev) == ("pld",)
     # A tight cap costs far more than the plain Poisson analysis claims.
     assert accounting.epsilon(ev, 1e-5, "pld") > 2 * accounting.epsilon(
-        accounting.dpsgd_event(q, 1.0, steps), 1e-5, "pld")
+        accounting.dpsgd_event(q, 2.0, steps), 1e-5, "pld")
     assert accounting.epsilon(ev, 1e-5, "pld") == _direct(ev, 1e-5, "pld")
     # M = N cannot truncate: the Poisson event.
-    assert accounting.dpsgd_event(q, 1.0, steps, dataset_size=n, max_batch_size=n) == \
-        accounting.dpsgd_event(q, 1.0, steps)
-    sigma = accounting.calibrate_dpsgd_sigma(3.0, 1e-5, q=q, steps=steps, dataset_size=n,
+    assert accounting.dpsgd_event(q, 2.0, steps, dataset_size=n, max_batch_size=n) == \
+        accounting.dpsgd_event(q, 2.0, steps)
+    sigma = accounting.calibrate_dpsgd_sigma(1.0, 1e-5, q=q, steps=steps, dataset_size=n,
                                              max_batch_size=268)
     eps = _direct(accounting.dpsgd_event(q, sigma, steps, dataset_size=n, max_batch_size=268),
                   1e-5, "pld")
-    assert eps <= 3.0 and eps == pytest.approx(3.0, rel=2e-3)
+    assert eps <= 1.0 and eps == pytest.approx(1.0, rel=2e-3)
     with pytest.raises(ValueError, match="Poisson sampling only"):
         accounting.dpsgd_event(q, 1.0, steps, "shuffle", dataset_size=n, max_batch_size=268)
     with pytest.raises(ValueError, match="dataset_size"):

@@ -166,11 +166,12 @@ def test_train_compiles_once_and_records_ledger():
 
 
 def test_truncated_poisson_is_what_the_ledger_accounts():
-    # Few slots (M = 1.05 qN): the truncated sampler's ε is ~3x the plain Poisson one, and
-    # the ledger must carry the former, computed here with dp_accounting directly.
+    # Few slots (M = 1.05 qN): the truncated sampler's ε is ~2.5x the plain Poisson one, and
+    # the ledger must carry the former, computed here with dp_accounting directly. σ = 2: the PLDs
+    # build 2.4x faster than at σ = 1.2, and the gap stays.
     model, params, x, y = _data()
     m = int(np.ceil(1.05 * B))
-    tight = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.2,
+    tight = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=2.0,
                               max_batch_size=m)
     ledger = PrivacyLedger(1e-3, accountant="pld", reproducible_seed=5, dataset_size=N,
                            allow_large_delta=True)
@@ -178,11 +179,11 @@ def test_truncated_poisson_is_what_the_ledger_accounts():
                       ledger=ledger, log_every=7)
     pld = dp_accounting.pld.PLDAccountant
     truncated = pld().compose(dp_accounting.SelfComposedDpEvent(
-        dp_accounting.TruncatedSubsampledGaussianDpEvent(N, B / N, m, 1.2), 7)).get_epsilon(1e-3)
+        dp_accounting.TruncatedSubsampledGaussianDpEvent(N, B / N, m, 2.0), 7)).get_epsilon(1e-3)
     poisson = pld().compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
-        B / N, dp_accounting.GaussianDpEvent(1.2)), 7)).get_epsilon(1e-3)
+        B / N, dp_accounting.GaussianDpEvent(2.0)), 7)).get_epsilon(1e-3)
     assert ledger.epsilon() == pytest.approx(truncated, rel=1e-9) == res.epsilon["pld"]
-    assert ledger.epsilon() > 2.5 * poisson
+    assert ledger.epsilon() > 2 * poisson
     assert ledger.accountants() == ("pld",) and ledger.to_dict()["total_epsilon"]["rdp"] is None
     meta = ledger.entries[0].meta
     assert res.truncated_examples > 0 and meta["truncated_batches"] > 0
@@ -191,8 +192,8 @@ def test_truncated_poisson_is_what_the_ledger_accounts():
 
 def test_calibration_targets_the_truncated_event():
     tight = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, max_batch_size=9)
-    cal = tight.calibrated(4.0, 1e-3, steps=7, allow_large_delta=True)
-    assert cal.epsilon(7, 1e-3) == pytest.approx(4.0, rel=2e-2) and cal.epsilon(7, 1e-3) <= 4.0
+    cal = tight.calibrated(2.0, 1e-3, steps=7, allow_large_delta=True)  # ε = 2 (not 4): fewer, faster PLDs
+    assert cal.epsilon(7, 1e-3) == pytest.approx(2.0, rel=2e-2) and cal.epsilon(7, 1e-3) <= 2.0
 
 
 @pytest.mark.slow
