@@ -99,7 +99,7 @@ def test_train_with_accumulation_equals_across_devices_and_ledger_is_unchanged(p
     model, params, x, y = problem
     # M = N slots: plain Poisson (no truncation), so RDP can check the claim in milliseconds.
     config = dpsgd_lib.DPSGDConfig(dataset_size=N, batch_size=10, l2_norm_clip=1.0,
-                                   noise_multiplier=1.1, max_batch_size=N)
+                                   noise_multiplier=2.0, max_batch_size=N)
     runs, ledgers = {}, {}
     for n, k in grid:
         ledger = PrivacyLedger(delta=1e-5, reproducible_seed=3)
@@ -115,13 +115,13 @@ def test_train_with_accumulation_equals_across_devices_and_ledger_is_unchanged(p
         assert run.devices.get("mesh_devices") == key_[0]
         assert ([h["batch_size"] for h in run.history]
                 == [h["batch_size"] for h in runs[None, 1].history])
-    # The ledger holds the one-device event: T = 3 steps at q = 10/48, sigma 1.1, checked
+    # The ledger holds the one-device event: T = 3 steps at q = 10/48, sigma 2.0, checked
     # against dp_accounting's RDP accountant directly.
     event = config.event(3)
     last = grid[-1]
     assert runs[last].event == event
     rdp = dp_accounting.rdp.RdpAccountant().compose(
-        dp_accounting.PoissonSampledDpEvent(10 / N, dp_accounting.GaussianDpEvent(1.1)), 3)
+        dp_accounting.PoissonSampledDpEvent(10 / N, dp_accounting.GaussianDpEvent(2.0)), 3)
     assert runs[last].epsilon["rdp"] == pytest.approx(rdp.get_epsilon(1e-5), rel=1e-6)
     assert ledgers[last].epsilon(accountant="rdp") == pytest.approx(
         rdp.get_epsilon(1e-5), rel=1e-6)
@@ -137,7 +137,7 @@ def test_train_on_a_mesh_resumes_from_its_checkpoint(problem, tmp_path):
     resumes from its orbax checkpoint (restored onto the mesh) to the uninterrupted run."""
     model, params, x, y = problem
     config = dpsgd_lib.DPSGDConfig(dataset_size=N, batch_size=10, l2_norm_clip=1.0,
-                                   noise_multiplier=1.1)
+                                   noise_multiplier=2.0)
     mesh = mesh_lib.local_mesh(2)
 
     def run(**kw):

@@ -137,7 +137,7 @@ def test_c_inf_sigma_zero_equals_non_private_update(grad_method):
 
 def test_train_compiles_once_and_records_ledger():
     model, params, x, y = _data()
-    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, l2_norm_clip=1.0, noise_multiplier=1.2)
+    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, l2_norm_clip=1.0, noise_multiplier=2.0)
     ledger = PrivacyLedger(1e-3, accountant="pld", reproducible_seed=5, dataset_size=N,
                            allow_large_delta=True)
     res = dpsgd.train(model, params, x, y, cfg, optax.sgd(0.1), steps=7, seed=5, ledger=ledger,
@@ -148,7 +148,7 @@ def test_train_compiles_once_and_records_ledger():
     # though no batch was cut in this run, and only PLD can account it.
     m = cfg.sampler().max_batch_size
     direct = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.TruncatedSubsampledGaussianDpEvent(N, B / N, m, 1.2), 7)
+        dp_accounting.TruncatedSubsampledGaussianDpEvent(N, B / N, m, 2.0), 7)
     assert m == 22 and res.truncated_examples == 0
     assert res.event == direct == cfg.event(7)
     assert ledger.composed_event() == dp_accounting.ComposedDpEvent([direct])
@@ -199,7 +199,7 @@ def test_calibration_targets_the_truncated_event():
 @pytest.mark.slow
 def test_seeded_runs_reproduce_and_unseeded_differ():
     model, params, x, y = _data()
-    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, l2_norm_clip=1.0, noise_multiplier=1.2)
+    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, l2_norm_clip=1.0, noise_multiplier=2.0)
 
     def run(seed):
         return dpsgd.train(model, params, x, y, cfg, optax.sgd(0.1), steps=4, seed=seed).params
@@ -222,7 +222,7 @@ def test_padding_and_nonfinite_rows_add_exact_zeros(grad_method):
     # 0 * NaN. Padded rows must add exact zeros whatever they hold, and a sampled example
     # with a non-finite gradient is zeroed (not clipped) and counted.
     model, params, x, y = _data()
-    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.0,
+    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=2.0,
                             grad_method=grad_method)
     init, step = dpsgd.make_dp_step(model, optax.sgd(0.5), cfg, key=jax.random.key(0))
     state = init(params)
@@ -249,7 +249,7 @@ def test_padding_and_nonfinite_rows_add_exact_zeros(grad_method):
 def test_nan_at_row_zero_does_not_poison_training():
     # Before the fix every run with a NaN input at index 0 ended NaN, sampled or not.
     model, params, x, y = _data()
-    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=4, noise_multiplier=1.0)
+    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=4, noise_multiplier=2.0)
 
     def run(data, **kw):
         return dpsgd.train(model, params, data, y, cfg, optax.sgd(0.1), seed=0, log_every=5, **kw)
@@ -261,7 +261,7 @@ def test_nan_at_row_zero_does_not_poison_training():
         assert np.isfinite(b).all()
         np.testing.assert_array_equal(a, b)
     # Sampled often (q = 1/2): zeroed and counted each time, the run stays finite.
-    half = dpsgd.DPSGDConfig(dataset_size=N, batch_size=N // 2, noise_multiplier=1.0)
+    half = dpsgd.DPSGDConfig(dataset_size=N, batch_size=N // 2, noise_multiplier=2.0)
     res = dpsgd.train(model, params, _poisoned(x, [0]), y, half, optax.sgd(0.1), seed=0,
                       steps=4, log_every=2)
     assert res.nonfinite_examples == sum(h["nonfinite"] for h in res.history) > 0

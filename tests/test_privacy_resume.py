@@ -53,7 +53,7 @@ def _same(a, b):
 
 @pytest.mark.parametrize("sampling", ["poisson", "shuffle"])
 def test_interrupted_run_resumes_bitwise_and_records_once(setup, tmp_path, sampling):
-    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.1,
+    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=2.0,
                             sampling=sampling)
     ref_ledger = _ledger(cfg)
     ref = _train(setup, cfg, ledger=ref_ledger)
@@ -72,13 +72,13 @@ def test_interrupted_run_resumes_bitwise_and_records_once(setup, tmp_path, sampl
 
 
 def test_checkpoint_of_another_run_is_refused(setup, tmp_path):
-    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.1)
+    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=2.0)
     with pytest.raises(Stop):
         _train(setup, cfg, checkpoint_dir=tmp_path, hooks=_stop_at(4))
     for other, kw, match in [
-        (dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.2), {},
+        (dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=2.5), {},
          "noise_multiplier"),
-        (dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.1,
+        (dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=2.0,
                            max_batch_size=12), {}, "max_batch_size"),
         (cfg, {"seed": 4}, "seed"),
     ]:
@@ -93,7 +93,7 @@ def test_checkpoint_of_another_run_is_refused(setup, tmp_path):
 def test_unseeded_run_resumes_with_its_saved_key(setup, tmp_path):
     # With seed=None the noise key came from OS entropy: only the checkpoint holds it. Two
     # resumptions of the same checkpoint must continue with that key, not fresh draws.
-    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=1.1)
+    cfg = dpsgd.DPSGDConfig(dataset_size=N, batch_size=B, noise_multiplier=2.0)
     ledger = PrivacyLedger(1e-3, accountant="pld", dataset_size=N, allow_large_delta=True)
     with pytest.raises(Stop):
         _train(setup, cfg, seed=None, checkpoint_dir=tmp_path / "a", hooks=_stop_at(4))
