@@ -33,7 +33,7 @@ sweep-example: install
 	  --plot accuracy:ecos.epsilon:ecos.num_centroids --where budget=200 $(ARGS)
 
 test: install
-	$(PY) -m pytest -n 2 -q $(ARGS)
+	$(PY) -m pytest -n 2 --dist=worksteal -q $(ARGS)
 
 test-slow: install
 	$(PY) -m pytest -q -m slow $(ARGS)

@@ -7,10 +7,10 @@ import pytest
 from ecos_jax import models, per_sample
 
 
-# resnet without micro-batching is the slowest case (~25 s in the suite) and repeats what
-# resnet with micro-batches of 3 checks; it runs in `make test-slow`.
+# resnet is the slowest model to compile (18-25 s a case in the suite) and per_sample is
+# model-agnostic (GroupNorm is per example): cnn and mlp run by default, resnet in `make test-slow`.
 @pytest.mark.parametrize("name, microbatch_size", [
-    (n, m) if (n, m) != ("resnet", None) else pytest.param(n, m, marks=pytest.mark.slow)
+    (n, m) if n != "resnet" else pytest.param(n, m, marks=pytest.mark.slow)
     for m in (None, 3) for n in ("cnn", "mlp", "resnet")])
 def test_per_example_grads_match_loop(name, microbatch_size):
     model = models.get_model(name, num_classes=4, **({"stage_channels": (8, 8)} if name == "resnet" else {}))
