@@ -31,10 +31,10 @@ standardise-and-project) adds +4.0 / +3.9 / +4.2 at P = 2 / 4 / 8 heterogeneous 
 +1.0 with one shared prior. See results.md for the full tables.
 
 `fashion` (issue 13): a 10,000-image Fashion-MNIST pool (of the 60,000 official train images;
-all of them, `--config.data.max_pool=0`, take 43 min for the three seeds: README) among 4 IID participants, priors trained
-with labels on all seven digits_mnist_c domains (MLPs of two widths, a small CNN and a weak
-one-epoch deep MLP), 256 shared pool anchors, the probe scored on the official 10,000 test
-images. `fashion_quick` is its 800-image test variant.
+all of them, `--config.data.max_pool=0`, take 43 min for the three seeds: README) among 4 IID
+participants, priors trained with labels on all seven digits_mnist_c domains (MLPs of two
+widths, a small CNN and a weak one-epoch deep MLP), 256 shared pool anchors, the probe scored on
+the official 10,000 test images. `fashion_quick` is its 800-image test variant.
 
   python experiments/coopt.py --config=configs/coopt.py:fashion --workdir=runs/coopt_fashion
 

@@ -22,7 +22,8 @@ DEFAULT_CLI_DRIVERS = ("selective_labeling.py", "ecos_sweeps.py", "train_dp.py",
 
 def test_every_driver_goes_through_cli():
     for driver in DRIVERS:
-        text = open(os.path.join(ROOT, "experiments", driver)).read()
+        with open(os.path.join(ROOT, "experiments", driver)) as f:
+            text = f.read()
         main = text[text.index('if __name__ == "__main__":'):]
         assert "cli.main(" in main or "cli.run(" in main, driver
 
