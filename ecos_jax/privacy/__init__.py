@@ -16,6 +16,8 @@
   layer_grads.py  per-example grads/norms/clipped sums from layer     clipped_grad_sum,
                   inputs and output gradients (ghost norms)          per_example_layer_grads
   pooling.py      max-pool with a fast gradient, jaxpr rewrite (CPU)  fast_max_pool_grads
+  conv_grads.py   2-D conv whose input gradient is sub-pixel stride-1  conv2d, conv_input_grad
+                  convs (CPU; layer_grads' tape uses it)
   dpsgd.py        the DP-SGD step; train runs it in the one training  DPSGDConfig, make_dp_step,
                   loop (ecos_jax.training.train_loop)                train
   dpsgd_checkpoint.py  the fingerprint a DP-SGD checkpoint must match (used by train)
