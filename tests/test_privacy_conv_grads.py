@@ -25,6 +25,8 @@ CASES = [
     (11, 9, 2, 3, 2, 2, (3, 1), ((2, 0), (1, 1))),
     (10, 12, 1, 5, 5, 2, (3, 2), ((2, 2), (0, 3))),
     (6, 6, 2, 2, 2, 2, (3, 3), ((0, 0), (1, 0))),
+    (8, 10, 2, 4, 2, 3, (2, 1), ((1, 1), (0, 0))),   # polyphase forward on one strided axis
+    (12, 12, 2, 6, 6, 2, (3, 3), ((1, 2), (0, 0))),  # and on both, s = 3
 ]
 
 
@@ -52,11 +54,16 @@ def test_input_and_kernel_gradients_equal_xla_on_every_case():
         return out
 
     for (y, y_fast, (dx, dk), (dx_fast, dk_fast), direct), case in zip(run(data), CASES):
-        np.testing.assert_array_equal(y_fast, y, err_msg=str(case))
+        np.testing.assert_allclose(y_fast, y, rtol=1e-5, atol=1e-5, err_msg=str(case))
         np.testing.assert_allclose(dx_fast, dx, rtol=1e-5, atol=1e-5, err_msg=str(case))
         np.testing.assert_allclose(direct, dx, rtol=1e-5, atol=1e-5, err_msg=str(case))
         np.testing.assert_allclose(dk_fast, dk, rtol=1e-5, atol=1e-5, err_msg=str(case))
         assert dx_fast.shape == dx.shape
+
+
+def test_polyphase_forward_only_where_each_kernel_side_is_a_multiple_of_its_stride():
+    picks = [conv_grads._polyphase_forward((kh, kw), s) for _, _, _, kh, kw, _, s, _ in CASES]
+    assert picks == [False, True, False, False, True, False, False, True, True]
 
 
 def test_eligible_only_on_cpu_with_non_negative_padding(monkeypatch):
