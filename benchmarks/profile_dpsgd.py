@@ -11,6 +11,7 @@ per-example norms, clipped sums, noise and optimiser).
 
     python benchmarks/profile_dpsgd.py --models=tramer_cnn --batch=2048
     python benchmarks/profile_dpsgd.py --models=cnn,tramer_cnn --batch=256 --top=12
+    python benchmarks/profile_dpsgd.py --models=cnn_stride --baseline=layers   # vs grad_sum
 
 Prints, per model and step, the step's wall time (median of `--steps` untraced calls) and its
 `--top` ops by time per step, and writes every op to the JSON (default
@@ -41,7 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dpsgd as dpsgd_bench  # noqa: E402  (benchmarks/dpsgd.py: the same steps it times)
 
-STEPS = {"dp": "jax_dpsgd", "nonprivate": "jax_nonprivate_fastpool"}
+# --baseline: the non-private step profiled beside the DP one.
+BASELINES = {"fastpool": "jax_nonprivate_fastpool", "layers": "jax_nonprivate_layers"}
+STEPS = {"dp": "jax_dpsgd", "nonprivate": BASELINES["fastpool"]}
 _OP_LINE = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+) .*?op_name=\"([^\"]*)\"")
 
 
@@ -126,6 +129,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=5, help="timed and traced steps each")
     parser.add_argument("--top", type=int, default=15, help="ops printed per step")
+    parser.add_argument("--baseline", choices=sorted(BASELINES), default="fastpool",
+                        help="non-private step: jax.grad + fast pool, or layer_grads.grad_sum "
+                             "(the same tape as the DP step; the fastest on the CNNs)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "profile_dpsgd.json"))
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
@@ -134,21 +140,23 @@ def main(argv=None) -> dict:
         parser.error(f"unknown model(s) {unknown}; choose from {sorted(dpsgd_bench.MODELS)}")
     if args.steps < 1 or args.batch < 1:
         parser.error("--steps and --batch must be >= 1")
-    skip = frozenset({"jax_nonprivate", "jax_nonprivate_layers", "jax_dpsgd_poisson_pad",
-                      "jax_dpsgd_vmap", "jax_dpsgd_poisson_bucket", "jax_privacy",
-                      "jax_privacy_fastpool"})
+    steps = {"dp": STEPS["dp"], "nonprivate": BASELINES[args.baseline]}
+    skip = frozenset({"jax_nonprivate", "jax_dpsgd_poisson_pad", "jax_dpsgd_vmap",
+                      "jax_dpsgd_poisson_bucket", "jax_privacy", "jax_privacy_fastpool",
+                      *BASELINES.values()} - set(steps.values()))
     out = {"batch": args.batch, "steps": args.steps, "backend": jax.default_backend(),
+           "baseline": steps["nonprivate"],
            "load_average": os.getloadavg()[0], "models": {}}
     for name in models:
         runs, compiled, _ = dpsgd_bench._jax_steps(name, args.batch, skip=skip)
         result = {kind: profile(runs[label], compiled[label], steps=args.steps)
-                  for kind, label in STEPS.items()}
+                  for kind, label in steps.items()}
         result["dp_over_nonprivate"] = result["dp"]["wall_ms"] / result["nonprivate"]["wall_ms"]
         out["models"][name] = result
         print(f"\n## {name}, batch {args.batch} (load {os.getloadavg()[0]:.1f}): DP step "
               f"{result['dp']['wall_ms']:.1f} ms, non-private {result['nonprivate']['wall_ms']:.1f} ms "
               f"({result['dp_over_nonprivate']:.2f}x)")
-        for kind in STEPS:
+        for kind in steps:
             r = result[kind]
             phases = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["phase_ms"].items()))
             print(f"\n{kind}: wall {r['wall_ms']:.1f} ms/step; ops {r['op_ms_total']:.1f} ms/step "

@@ -56,6 +56,16 @@ def test_profiles_a_real_step_end_to_end(tmp_path, capsys):
     assert {r["op"] for r in linear["dp"]["ops"]} != {r["op"] for r in linear["nonprivate"]["ops"]}
     assert result["models"]["linear"]["dp_over_nonprivate"] == linear["dp_over_nonprivate"]
     assert "| op | ms/step |" in capsys.readouterr().out
+    assert saved["baseline"] == "jax_nonprivate_fastpool"
+
+
+def test_layers_baseline_profiles_grad_sum(tmp_path):
+    out = tmp_path / "profile.json"
+    profile_dpsgd.main(["--models=linear", "--batch=16", "--steps=1", "--baseline=layers",
+                        f"--out={out}"])
+    saved = json.loads(out.read_text())
+    assert saved["baseline"] == "jax_nonprivate_layers"
+    assert saved["models"]["linear"]["nonprivate"]["ops"]
 
 
 def test_refuses_an_unknown_model(capsys):
