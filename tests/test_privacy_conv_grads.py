@@ -69,6 +69,9 @@ def test_polyphase_forward_only_where_each_kernel_side_is_a_multiple_of_its_stri
 def test_eligible_only_on_cpu_with_non_negative_padding(monkeypatch):
     assert conv_grads.eligible((2, 8, 8, 3), (3, 3, 3, 4), ((1, 1), (0, 0)))
     assert not conv_grads.eligible((2, 8, 8, 3), (3, 3, 3, 4), ((-1, 1), (0, 0)))
+    d, k = np.zeros((1, 4, 4, 2), np.float32), np.zeros((3, 3, 1, 2), np.float32)
+    with pytest.raises(ValueError, match="padding >= 0"):
+        conv_grads.conv_input_grad(d, k, (6, 6), (1, 1), ((-1, 1), (0, 0)))
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert not conv_grads.eligible((2, 8, 8, 3), (3, 3, 3, 4), ((1, 1), (0, 0)))
 

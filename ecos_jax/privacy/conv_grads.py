@@ -103,6 +103,9 @@ def conv_input_grad(d: jax.Array, kernel: jax.Array, in_hw: tuple[int, int],
     Returns:
       `[B, H, W, Cin]`, the input gradient.
     """
+    if any(s < 1 for s in strides) or any(p < 0 for pair in padding for p in pair):
+        raise ValueError(f"conv_input_grad needs strides >= 1 and padding >= 0, got strides "
+                         f"{strides}, padding {padding} (see `eligible`).")
     kh, kw, cin, _ = kernel.shape
     (sh, sw), ((plh, phh), (plw, phw)) = strides, padding
     b, ho, wo, _ = d.shape
