@@ -120,12 +120,18 @@ class FilterBank:
 
     @property
     def num_paths(self) -> int:
-        """K = 1 + J L + L² J (J - 1) / 2 (orders 0, 1 and 2)."""
-        return 1 + self.J * self.L + self.L ** 2 * self.J * (self.J - 1) // 2
+        """K = 1 + J L + L² J (J - 1) / 2 (orders 0, 1 and 2): `num_paths(J, L)`."""
+        return num_paths(self.J, self.L)
 
     @property
     def out_shape(self) -> tuple[int, int]:
         return tuple(s // 2 ** self.J for s in self.shape)
+
+
+def num_paths(J: int, L: int) -> int:
+    """Scattering paths per input channel, K = 1 + J L + L² J (J - 1) / 2 (orders 0, 1 and 2):
+    81 for J = 2, L = 8; 49 for J = 2, L = 6."""
+    return 1 + J * L + L ** 2 * J * (J - 1) // 2
 
 
 def filter_bank(shape: tuple[int, int] = (28, 28), J: int = 2, L: int = 8) -> FilterBank:

@@ -203,7 +203,13 @@ def test_model_inputs_scattering_group_norm_and_validation(tmp_path):
 
     c = _scatter_config(tmp_path)
     c.features.num_groups = 4
-    with pytest.raises(ConfigError, match="num_groups"):
+    with pytest.raises(ConfigError, match="num_groups=4 must divide the 81 "):
+        train_dp.validate(c, 1000)
+    # The path count follows J and L (49 at L = 6), not a fixed 81.
+    c.features.L, c.features.num_groups = 6, 7
+    train_dp.validate(c, 1000)
+    c.features.num_groups = 27
+    with pytest.raises(ConfigError, match="the 49 scattering paths .* L = 6 .*1, 7, 49"):
         train_dp.validate(c, 1000)
 
 

@@ -139,10 +139,12 @@ def validate(config: ml_collections.ConfigDict, n_train: int) -> int:
                     raise ValueError(
                         f"the DP statistics alone spend ε = {stats_eps:.3g} >= target ε = {e:g}: "
                         "raise features.stats_noise_multiplier.")
-    if (f.name == "scattering" and f.normalization.startswith("group_norm")
-            and (81 % f.num_groups)):
-        raise ValueError(f"features.num_groups={f.num_groups} must divide the 81 scattering "
-                         "paths of each channel (1, 3, 9, 27 or 81).")
+    if f.name == "scattering" and f.normalization.startswith("group_norm"):
+        k = scattering.num_paths(f.J, f.L)
+        if not 0 < f.num_groups <= k or k % f.num_groups:
+            divisors = ", ".join(str(d) for d in range(1, k + 1) if k % d == 0)
+            raise ValueError(f"features.num_groups={f.num_groups} must divide the {k} scattering "
+                             f"paths of each channel at J = {f.J}, L = {f.L} ({divisors}).")
     return max(1, round(config.train.epochs * n_train / config.train.batch_size))
 
 
