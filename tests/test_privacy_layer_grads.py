@@ -267,6 +267,12 @@ def test_patched_conv_equals_the_conv_and_only_for_the_model_input():
     y = np.arange(B) % 2
     params = jax.jit(model.init)(jax.random.key(0), x[:1])
     assert [layer.patched for layer in _layers(model, params, x, y)] == [True, True, False]
+    # Every conv here has K > C, so its per-example kernels are formed as [B, C, K]
+    # (`_kernel_transposed`): the sums and norms below check that layout too.
+    factors = jax.eval_shape(
+        lambda p, x: layer_grads._tape(model, p, x, y, layer_grads.softmax_xent)[1], params, x)
+    assert all(layer_grads._kernel_transposed(layer, *factors[layer.path])
+               for layer in _layers(model, params, x, y))
 
     @jax.jit
     def run(params):
