@@ -91,7 +91,11 @@ runs), so fashion_scatter_tuned stays as it is; the DP statistics cost 0.1-0.3 p
 Session 10 tried 6 more runs on the carve (lr 8 unless given): augmentation multiplicity over
 horizontal flips 89.96 against a plain rerun's 90.56; cosine decay 89.56, cosine at lr 16
 90.08, cosine at lr 12 over 100 epochs 89.88, linear decay 89.82 (22 runs in all); none beat
-the constant lr 8, so nothing changed (README, "ScatterNet + linear").
+the constant lr 8, so nothing changed (README, "ScatterNet + linear"). Session 13 tried 7
+more (momentum 0.95 90.06; batch 16,384 over 120 epochs at lr 8 90.44, at lr 16 89.88 and
+90.54 in two runs with fresh noise; Adam 3e-3 89.78; no momentum at lr 80 88.94; L = 6
+89.62; 29 in all): the two runs of one setting differ by 0.66, as much as any lever, so
+nothing changed.
 
   python experiments/train_dp.py --config=configs/train_dp.py:fashion_scatter \
       --workdir=runs/scatter90_val_lr8_C0.1_ep60 --config.data.validation_size=5000 \
