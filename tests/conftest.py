@@ -14,3 +14,8 @@ os.environ.setdefault(
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jax_compilation"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+
+# The experiment drivers' heap settings (one glibc arena, no mmap), before XLA starts threads.
+from ecos_jax.utils import allocator  # noqa: E402
+
+allocator.configure()

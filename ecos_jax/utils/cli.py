@@ -16,6 +16,7 @@ from typing import Any
 
 from absl import app
 
+from ecos_jax.utils import allocator
 from ecos_jax.utils.errors import ConfigError
 
 # What ml_collections raises while it loads the config file and applies `--config.*`
@@ -61,6 +62,8 @@ def main(config_file: str, experiment: Callable[[Any, str], Any], *, workdir: st
     """
     from absl import flags  # noqa: PLC0415
 
+    # Before anything computes, so XLA's worker threads start on the tuned heap.
+    allocator.configure()
     config = define_config(config_file)
     workdir_flag = flags.DEFINE_string("workdir", workdir, "Where results (and resumable state) are written.")
 
