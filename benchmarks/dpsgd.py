@@ -89,6 +89,7 @@ from ecos_jax.models import get_model  # noqa: E402
 from ecos_jax.privacy import clipped_grads, dpsgd, layer_grads  # noqa: E402
 from ecos_jax.privacy.pooling import fast_max_pool_grads  # noqa: E402
 from ecos_jax.privacy.sampling import default_max_batch_size, prefix_buckets  # noqa: E402
+from ecos_jax.utils import allocator
 
 # name -> (ecos_jax model name, kwargs, torch channels (None: linear), torch embed dim)
 MODELS = {
@@ -528,6 +529,7 @@ def main(argv=None) -> None:
                         help="also time the DP step with layer_grads.py as at COMMIT (A/B)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "dpsgd.json"))
     args = parser.parse_args(argv)
+    allocator.configure()  # as the experiment drivers run (ECOS_JAX_MALLOC=system: glibc's default)
     ab = None if args.ab is None else load_layer_grads(args.ab)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     names = [m for m in args.models.split(",") if m]

@@ -48,6 +48,7 @@ import optax  # noqa: E402
 
 from ecos_jax.models import get_model  # noqa: E402
 from ecos_jax.privacy import dpsgd, layer_grads  # noqa: E402
+from ecos_jax.utils import allocator
 from ecos_jax.utils.io import write_json  # noqa: E402
 
 DATASET_SIZE = 60_000
@@ -143,6 +144,7 @@ def main(argv=None):
     parser.add_argument("--variants", default="full,buckets,host_M,grad,layers",
                         help="which of full, buckets, host_M, grad, layers to run")
     args = parser.parse_args(argv)
+    allocator.configure()  # as the experiment drivers run (ECOS_JAX_MALLOC=system: glibc's default)
     variants = [v for v in ALL_VARIANTS if v in args.variants.split(",")]
     if args.steps <= args.log_every or args.steps % args.log_every:
         parser.error("--steps must be a multiple of --log_every, at least two chunks")

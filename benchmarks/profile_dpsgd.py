@@ -38,6 +38,8 @@ from pathlib import Path
 
 import jax
 
+from ecos_jax.utils import allocator
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dpsgd as dpsgd_bench  # noqa: E402  (benchmarks/dpsgd.py: the same steps it times)
@@ -134,6 +136,7 @@ def main(argv=None) -> dict:
                              "(the same tape as the DP step; the fastest on the CNNs)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "profile_dpsgd.json"))
     args = parser.parse_args(argv)
+    allocator.configure()  # as the experiment drivers run (ECOS_JAX_MALLOC=system: glibc's default)
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in dpsgd_bench.MODELS]
     if unknown:

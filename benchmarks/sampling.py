@@ -48,6 +48,7 @@ import numpy as np
 from ecos_jax import samplers
 from ecos_jax.samplers import kmeans as km_module  # the module
 from ecos_jax.samplers.pool import Pool, aligned_empty
+from ecos_jax.utils import allocator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import selective_labeling as sl_config  # noqa: E402  (the default rule, below)
@@ -266,6 +267,7 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "sampling.json"))
     args = ap.parse_args(argv)
+    allocator.configure()  # as the experiment drivers run (ECOS_JAX_MALLOC=system: glibc's default)
 
     report = {"args": vars(args), "python": sys.version.split()[0], "jax": jax.__version__,
               "devices": [str(dv) for dv in jax.devices()], "cpu_count": os.cpu_count(),

@@ -46,6 +46,9 @@ def child(args) -> dict:
     from jax.sharding import PartitionSpec as P
 
     sys.path.insert(0, str(ROOT))
+    from ecos_jax.utils import allocator
+
+    allocator.configure()  # before the first computation, as the experiment drivers run
     from ecos_jax.models import get_model
     from ecos_jax.parallel import mesh as mesh_lib
     from ecos_jax.privacy.dpsgd import DPSGDConfig, make_dp_step
