@@ -19,7 +19,8 @@ unaffected. The cost: freed memory below the 2 GiB trim threshold stays with the
 
 Process-wide, and effective only for threads that have not allocated yet, so it must run
 before JAX creates its CPU client (the first computation). Every experiment driver calls it
-first (`cli.main`), as do the benchmarks and the test suite. Library users call it once at
+first (`cli.main`), as do the benchmarks (the in-process tests keep glibc's default, see
+tests/conftest.py). Library users call it once at
 the top of their program:
 
     >>> from ecos_jax.utils import allocator
