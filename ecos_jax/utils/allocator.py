@@ -14,8 +14,9 @@ and never `mmap`s (`M_MMAP_MAX` = 0), and keeps up to 2 GiB of freed memory at i
 are already mapped. On 2 CPU cores at batch 2048 (benchmarks/allocator.py): page faults per
 step fall ~20-fold and the steps of the CNNs run 1.3-1.7x faster, the DP and non-private steps
 alike. Batches whose temporaries stay under glibc's 32 MiB mmap threshold (batch 256 here) are
-unaffected. The cost: freed memory below the 2 GiB trim threshold stays with the process
-(its peak resident memory is unchanged; see the benchmark).
+unaffected. The cost: freed memory below the 2 GiB trim threshold stays with the process,
+and the peak resident set can rise a little (one reading, `cnn` at batch 2048 from a
+scratch script: 784 -> 842 MB; benchmarks/allocator.py does not measure it).
 
 Process-wide, and effective only for threads that have not allocated yet, so it must run
 before JAX creates its CPU client (the first computation). Every experiment driver calls it
@@ -51,6 +52,12 @@ ENV = "ECOS_JAX_MALLOC"
 _applied: bool | None = None
 
 
+def supported() -> bool:
+    """Whether this process runs on glibc under Linux, where `configure` can apply (changes
+    nothing)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def configure() -> bool:
     """Applies `SETTINGS` with glibc's `mallopt` once per process; True if they are in force.
 
@@ -64,7 +71,7 @@ def configure() -> bool:
     choice = os.environ.get(ENV, "tuned")
     if choice not in ("tuned", "system"):
         raise ValueError(f"{ENV} must be 'tuned' or 'system', got {choice!r}.")
-    if choice == "system" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if choice == "system" or not supported():
         _applied = False
         return False
     mallopt = ctypes.CDLL("libc.so.6").mallopt
