@@ -529,7 +529,9 @@ def main(argv=None) -> None:
                         help="also time the DP step with layer_grads.py as at COMMIT (A/B)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "dpsgd.json"))
     args = parser.parse_args(argv)
-    allocator.configure()  # as the experiment drivers run (ECOS_JAX_MALLOC=system: glibc's default)
+    # as the experiment drivers run (ECOS_JAX_MALLOC=system: glibc's default); torch in this
+    # process allocates from the same heap, so the peers run under it too
+    heap = "tuned" if allocator.configure() else "system"
     ab = None if args.ab is None else load_layer_grads(args.ab)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     names = [m for m in args.models.split(",") if m]
@@ -548,6 +550,7 @@ def main(argv=None) -> None:
                      "l2_norm_clip": CLIP, "noise_multiplier": SIGMA, "optimizer": f"sgd({LR})",
                      "torch_threads": threads, "jax_threads": f"XLA CPU pool over {threads} cores",
                      "microbatch": args.microbatch, "skip": sorted(skip), "ab": args.ab,
+                     "heap": heap,
                      "command": " ".join(["python benchmarks/dpsgd.py", *sys.argv[1:]])},
         "models": {},
     }
