@@ -1,5 +1,4 @@
 """Per-example gradients from layer inputs/output grads equal vmap(grad) on the real models."""
-import math
 
 import flax.linen as nn
 import jax
@@ -7,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax import lax
 
 from ecos_jax import per_sample
 from ecos_jax.models import get_model
@@ -236,15 +236,39 @@ def _layers(model, params, x, y):
     return list(out.values())
 
 
-def test_tramer_cnn_first_conv_runs_from_one_hot_patches():
+def test_tramer_cnn_first_conv_runs_from_its_patches():
     # tramer_cnn's first conv (8x8 stride 2, pad 2, one input channel: 64 taps) runs as its
-    # one-hot patches times the kernel, recorded as patches; its second (16 channels) does not.
-    # tests/test_train_dp_fashion.py checks its sum against vmap(grad); the slow test below
-    # its clipped sum and norms.
+    # patches (grouped strided slices) times the kernel, recorded as patches; its second (16
+    # channels) does not. tests/test_train_dp_fashion.py checks its sum against vmap(grad);
+    # the slow test below its clipped sum and norms.
     model, params, x, y = _setup("tramer_cnn", 16)
     layers = _layers(model, params, x, y)
     assert [layer.patched for layer in layers] == [True, False, False, False]
-    assert math.prod(layers[0].kernel_size) >= layer_grads._ONE_HOT_MIN_TAPS
+    first = layers[0]
+    want = lax.conv_general_dilated_patches(jnp.asarray(x), first.kernel_size, first.strides,
+                                            first.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_array_equal(layer_grads._patches(jnp.asarray(x), first),
+                                  want.reshape(x.shape[0], -1, want.shape[-1]))
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding", [
+    ((7, 9, 1), (8, 8), (2, 2), ((2, 2), (2, 2))),   # tramer_cnn's first conv, odd sizes
+    ((10, 11, 2), (4, 6), (2, 3), ((1, 0), (0, 2))),  # unequal strides, 2 channels
+    ((9, 9, 1), (4, 4), (3, 2), ((0, 0), (1, 1))),   # row stride not dividing the kernel
+    ((8, 7, 1), (3, 3), (2, 2), ((1, 1), (1, 1))),   # kernel width not a multiple: per-tap
+    ((6, 6, 1), (5, 4), (1, 1), ((1, 2), (0, 1))),   # stride 1, 20 taps: one-hot
+    ((6, 5, 3), (3, 2), (1, 1), ((1, 1), (0, 1))),   # stride 1, 3 channels: per-tap slices
+])
+def test_patches_equal_xla_patches_in_kernel_order(shape, kernel, strides, padding):
+    layer = layer_grads._Layer(("c",), "conv", True, kernel, strides, padding)
+    x = jnp.asarray(RNG.normal(size=(3, *shape)).astype(np.float32))
+    # XLA's feature order is (Cin, kh, kw); ours (kh, kw, Cin), an HWIO kernel's [K, C] rows
+    want = lax.conv_general_dilated_patches(x, kernel, strides, padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    n, ho, wo, _ = want.shape
+    want = want.reshape(n, ho, wo, shape[2], *kernel).transpose(0, 1, 2, 4, 5, 3)
+    got = jax.jit(layer_grads._patches, static_argnums=1)(x, layer)
+    np.testing.assert_array_equal(got, want.reshape(n, ho * wo, -1))
 
 
 @pytest.mark.slow
