@@ -238,7 +238,7 @@ def _layers(model, params, x, y):
 
 def test_tramer_cnn_first_conv_runs_from_its_patches():
     # tramer_cnn's first conv (8x8 stride 2, pad 2, one input channel: 64 taps) runs as its
-    # patches (grouped strided slices) times the kernel, recorded as patches; its second (16
+    # patches (`_grouped_patches`) times the kernel, recorded as patches; its second (16
     # channels) does not. tests/test_train_dp_fashion.py checks its sum against vmap(grad);
     # the slow test below its clipped sum and norms.
     model, params, x, y = _setup("tramer_cnn", 16)
@@ -253,11 +253,11 @@ def test_tramer_cnn_first_conv_runs_from_its_patches():
 
 @pytest.mark.parametrize("shape,kernel,strides,padding", [
     ((7, 9, 1), (8, 8), (2, 2), ((2, 2), (2, 2))),   # tramer_cnn's first conv, odd sizes
-    ((10, 11, 2), (4, 6), (2, 3), ((1, 0), (0, 2))),  # unequal strides, 2 channels
+    ((10, 11, 2), (4, 6), (2, 3), ((1, 0), (0, 2))),  # unequal strides, 2 channels, grouped
     ((9, 9, 1), (4, 4), (3, 2), ((0, 0), (1, 1))),   # row stride not dividing the kernel
-    ((8, 7, 1), (3, 3), (2, 2), ((1, 1), (1, 1))),   # kernel width not a multiple: per-tap
+    ((8, 7, 1), (3, 3), (2, 2), ((1, 1), (1, 1))),   # kernel width not a multiple: per tap
     ((6, 6, 1), (5, 4), (1, 1), ((1, 2), (0, 1))),   # stride 1, 20 taps: one-hot
-    ((6, 5, 3), (3, 2), (1, 1), ((1, 1), (0, 1))),   # stride 1, 3 channels: per-tap slices
+    ((6, 5, 3), (3, 2), (1, 1), ((1, 1), (0, 1))),   # stride 1, 3 channels: per tap
 ])
 def test_patches_equal_xla_patches_in_kernel_order(shape, kernel, strides, padding):
     layer = layer_grads._Layer(("c",), "conv", True, kernel, strides, padding)

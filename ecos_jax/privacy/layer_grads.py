@@ -183,60 +183,69 @@ def _conv_views(x: jax.Array, layer: _Layer) -> list[jax.Array]:
     ]
 
 
-# Above this many kernel taps a one-channel stride-1 conv's patches come from XLA's one-hot
-# patch convolution, below it from strided slices. Measured on 2 CPU cores at batch 2048 (load
-# 9-16): 28x28x1, 3x3 stride 1 (9 taps): slices 178 ms, one-hot 320 ms.
+# Above this many kernel taps a one-channel conv's patches come from XLA's one-hot patch
+# convolution, below it from one strided slice per tap (unless `_grouped_patches` applies).
+# Measured on 2 CPU cores at batch 2048 (load 9-16): 28x28x1, 3x3 stride 1 (9 taps): slices
+# 178 ms, one-hot 320 ms.
 _ONE_HOT_MIN_TAPS = 16
-
-
-def _grouped_views(x: jax.Array, layer: _Layer) -> list[jax.Array]:
-    """For a conv whose kernel width is a multiple of its column stride s_w > 1: the
-    kh·(kw/s_w) views `[B, Ho, Wo, s_w·Cin]` whose stack is the patches in (kh, kw, Cin) order.
-
-    Kernel column kw = b·s_w + r reads input column s_w·(j + b) + r under output column j, so
-    with the padded input's columns regrouped as `[W/s_w, s_w·Cin]` (a free reshape), the s_w
-    taps r of one b are one contiguous slice: view (i, b) is rows i, i + s_h, ... and grouped
-    columns b, ..., b + Wo - 1. Columns padded on the right up to a multiple of s_w are never
-    read (the last one read is s_w·(Wo - 1) + kw - 1, as for the conv itself).
-    """
-    (kh, kw), (sh, sw) = layer.kernel_size, layer.strides
-    (top, bottom), (left, right) = layer.padding
-    wp = x.shape[2] + left + right
-    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right + (-wp) % sw), (0, 0)))
-    ho, wo = _out_hw(layer, x.shape)
-    b, c = x.shape[0], x.shape[3]
-    z = xp.reshape(b, xp.shape[1], xp.shape[2] // sw, sw * c)
-    return [
-        lax.slice(z, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + wo, sw * c), (1, sh, 1, 1))
-        for i in range(kh)
-        for j in range(kw // sw)
-    ]
 
 
 def _patches(x: jax.Array, layer: _Layer) -> jax.Array:
     """Input patches under each conv output: `[B, H, W, Cin] -> [B, Ho*Wo, kh*kw*Cin]`.
 
-    Features in (kh, kw, Cin) order, matching an HWIO kernel reshaped to `[K, C]`. Built from
-    strided slices (plain data movement): for a column stride that divides the kernel width,
-    `_grouped_views` (s_w taps per slice); otherwise one slice per tap, except for one input
-    channel and many taps, where `conv_general_dilated_patches` (a convolution with a one-hot
-    kernel; its (Cin, kh, kw) feature order is (kh, kw) for Cin = 1) is faster
-    (`_ONE_HOT_MIN_TAPS`). tramer_cnn's first conv (28x28x1, 8x8 stride 2, pad 2, 64 taps) at
-    batch 2048, jitted, idle 2-core machine, medians of 7 in 3 rounds: grouped views 24-29 ms,
-    one-hot 46-49 ms (one slice per tap was slower than one-hot there, 515 against 264 ms at
-    load 9-16).
+    Features in (kh, kw, Cin) order, matching an HWIO kernel reshaped to `[K, C]`. Plain data
+    movement: `_grouped_patches` where the column stride s_w > 1 divides kw; otherwise one
+    strided slice per tap, stacked on a new minor axis, except for one input channel and many
+    taps, where `conv_general_dilated_patches` (a convolution with a one-hot kernel; its
+    (Cin, kh, kw) feature order is (kh, kw) for Cin = 1) is faster (`_ONE_HOT_MIN_TAPS`).
     """
     (_, kw), (_, sw) = layer.kernel_size, layer.strides
     if sw > 1 and kw % sw == 0:
-        views = _grouped_views(x, layer)
-    elif x.shape[-1] == 1 and math.prod(layer.kernel_size) >= _ONE_HOT_MIN_TAPS:
+        return _grouped_patches(x, layer)
+    if x.shape[-1] == 1 and math.prod(layer.kernel_size) >= _ONE_HOT_MIN_TAPS:
         p = lax.conv_general_dilated_patches(x, layer.kernel_size, layer.strides, layer.padding,
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return p.reshape(x.shape[0], -1, p.shape[-1])
-    else:
-        views = _conv_views(x, layer)
+    views = _conv_views(x, layer)
     b, ho, wo, c = views[0].shape
     return jnp.stack(views, axis=3).reshape(b, ho * wo, len(views) * c)
+
+
+def _grouped_patches(x: jax.Array, layer: _Layer) -> jax.Array:
+    """`_patches` for a column stride s_w that divides the kernel width, in two stages.
+
+    The kh strided row slices of the padded input, stacked as `[B, Ho, kh, W, Cin]`; its
+    columns regrouped as `[W/s_w, s_w·Cin]` (a free reshape: kernel column b·s_w + r reads
+    grouped column j + b, entry r, under output column j), so that each of the kw/s_w column
+    slices moves s_w taps at once; stacked and transposed into (kh, kw, Cin) order. Columns
+    padded on the right up to a multiple of s_w are never read (the last one read is
+    s_w·(Wo - 1) + kw - 1, as for the conv itself).
+
+    tramer_cnn's first conv (28x28x1, 8x8 stride 2, pad 2) at batch 2048, jitted alone,
+    medians of 20 calls in 4 interleaved rounds, idle 2 cores: 10.6 ms, against 25.1 ms for
+    one slice per column group and ~47 ms for the one-hot patch convolution; in the DP step
+    (`benchmarks/dpsgd.py --ab`) 1.16x faster than the former. The result is behind an
+    optimization barrier: without it XLA fused the transpose into each consumer and the DP step
+    gained only 1.04x. The same two stages without grouping were faster alone on cnn's and
+    cnn_stride's first convs too (3x3 stride 1: 6.5 against 18.5 ms), but made their DP steps
+    9-12% slower, so those keep one slice per tap.
+    """
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.strides
+    (top, bottom), (left, right) = layer.padding
+    ho, wo = _out_hw(layer, x.shape)
+    b, c = x.shape[0], x.shape[3]
+    extra = (-(x.shape[2] + left + right)) % sw
+    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right + extra), (0, 0)))
+    wp = xp.shape[2]
+    rows = jnp.stack([
+        lax.slice(xp, (0, i, 0, 0), (b, i + (ho - 1) * sh + 1, wp, c), (1, sh, 1, 1))
+        for i in range(kh)
+    ], axis=2).reshape(b, ho, kh, wp // sw, sw * c)  # [B, Ho, kh, Wp/s_w, s_w·Cin]
+    cols = [lax.slice(rows, (0, 0, 0, j, 0), (b, ho, kh, j + wo, sw * c))
+            for j in range(kw // sw)]
+    p = jnp.stack(cols, axis=4)  # [B, Ho, kh, Wo, kw/s_w, s_w·Cin]
+    p = p.transpose(0, 1, 3, 2, 4, 5).reshape(b, ho * wo, -1)
+    return lax.optimization_barrier(p)
 
 
 def _out_hw(layer: _Layer, x_shape: tuple[int, ...]) -> tuple[int, int]:
