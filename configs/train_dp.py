@@ -96,6 +96,9 @@ more (momentum 0.95 90.06; batch 16,384 over 120 epochs at lr 8 90.44, at lr 16 
 90.54 in two runs with fresh noise; Adam 3e-3 89.78; no momentum at lr 80 88.94; L = 6
 89.62; 29 in all): the two runs of one setting differ by 0.66, as much as any lever, so
 nothing changed.
+Session 16 tried 21 more with the features preconditioned by their covariance (README,
+"ScatterNet + linear"): 91.14 with the covariance taken non-privately (an upper bound),
+90.34-90.38 with it released under DP and composed to ε = 3; 50 in all, nothing changed.
 
   python experiments/train_dp.py --config=configs/train_dp.py:fashion_scatter \
       --workdir=runs/scatter90_val_lr8_C0.1_ep60 --config.data.validation_size=5000 \
